@@ -1,0 +1,1 @@
+"""ragkit: context-budget RAG."""

@@ -1,0 +1,25 @@
+"""One family of errors a user can cause and fix; each message says what to do."""
+
+
+class RagkitError(Exception):
+    """A problem the user can fix (bad input, missing key, unknown model). The CLI prints it without a traceback."""
+
+
+class UnknownModelError(RagkitError):
+    pass
+
+
+class ConfigError(RagkitError):
+    pass
+
+
+class InputError(RagkitError):
+    """Missing path, empty folder, unreadable or unsupported file."""
+
+
+class IndexError_(RagkitError):
+    """Corrupt, locked or mismatched index."""
+
+
+class ProviderError(RagkitError):
+    """A model API call failed (after retries); the message names the endpoint or variable, never the key."""
