@@ -1,0 +1,49 @@
+"""Cost math: what N input and M output tokens cost on a model, per query, per day and per month."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ragkit.errors import InputError
+
+DAYS_PER_MONTH = 30
+
+
+def cost_usd(model, input_tokens: int, output_tokens: int) -> float:
+    """Price of one call: tokens times the registry's USD per million tokens."""
+    from ragkit.models import get_model
+
+    spec = get_model(model)
+    return (input_tokens * spec.input_usd_per_mtok + output_tokens * spec.output_usd_per_mtok) / 1_000_000
+
+
+@dataclass(frozen=True)
+class VolumeCost:
+    model: str
+    tokens_per_day: int
+    input_share: float
+    input_tokens_per_day: int
+    output_tokens_per_day: int
+    cost_per_day_usd: float
+    cost_per_month_usd: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def volume_cost(model, tokens_per_day: int, input_share: float = 0.75) -> VolumeCost:
+    """Daily and monthly (30-day) cost of a token volume split between input and output.
+
+    GPT-4o at 10M tokens/day, 75% input: 7.5M x $2.50 + 2.5M x $10.00 per 1M = $43.75/day.
+    """
+    from ragkit.models import get_model
+
+    if tokens_per_day < 0:
+        raise InputError("tokens per day cannot be negative.")
+    if not 0.0 <= input_share <= 1.0:
+        raise InputError(f"input share must be between 0 and 1 (got {input_share}); 0.75 means 75% input tokens.")
+    spec = get_model(model)
+    input_tokens = round(tokens_per_day * input_share)
+    output_tokens = tokens_per_day - input_tokens
+    per_day = cost_usd(spec, input_tokens, output_tokens)
+    return VolumeCost(spec.id, tokens_per_day, input_share, input_tokens, output_tokens,
+                      per_day, per_day * DAYS_PER_MONTH)
