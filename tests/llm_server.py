@@ -218,7 +218,13 @@ class _Handler(BaseHTTPRequestHandler):
             outcome = outcome.then if outcome.then is not None else "slow answer"
         if isinstance(outcome, Fault):
             if outcome.kind == "malformed":
-                self._send(200, b'{"id": "broken", "choices": [ {"message": ', "application/json")
+                if request.stream:  # a stream whose first event is cut-off JSON
+                    self._start_sse()
+                    self._sse('{"id": "broken", "choices": [ {"delta": ',
+                              event="message_start" if api == "anthropic" else None)
+                    self._sse("[DONE]")
+                else:
+                    self._send(200, b'{"id": "broken", "choices": [ {"message": ', "application/json")
                 return None
             extra = {}
             if outcome.retry_after_s is not None:

@@ -1,0 +1,114 @@
+"""Anthropic Messages over the `anthropic` SDK (Claude 3.5 Sonnet, Claude 3.5 Haiku, ...).
+
+Base URL: --base-url, the registry entry's base_url, ANTHROPIC_BASE_URL, the SDK default.
+Key: the registry entry's api_key_env (ANTHROPIC_API_KEY), always passed explicitly: without it
+this SDK version goes looking for profiles under ~/.config/anthropic.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+from ragkit.errors import ProviderError
+from ragkit.providers.base import Completion, redact, resolve_key, short
+
+DEFAULT_ANTHROPIC_URL = "https://api.anthropic.com"
+_STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
+
+
+class AnthropicProvider:
+    """One Claude model. Thread-safe (the SDK client is)."""
+
+    def __init__(self, spec, *, base_url: str | None = None, timeout_s: float = 60.0, max_retries: int = 2):
+        self.spec = spec
+        env_url = os.environ.get("ANTHROPIC_BASE_URL", "").strip() or None
+        self.base_url = base_url or spec.base_url or env_url or DEFAULT_ANTHROPIC_URL
+        overridden = bool(base_url) or bool(env_url)
+        env_names = [spec.api_key_env] if spec.api_key_env else ["ANTHROPIC_API_KEY"]
+        self._key, self.key_env = resolve_key(env_names, base_url=self.base_url,
+                                              base_url_overridden=overridden, model_id=spec.id)
+        self.timeout_s = float(timeout_s)
+        self.max_retries = int(max_retries)
+        self._client = None
+
+    def __repr__(self) -> str:  # never the key
+        return f"AnthropicProvider(model={self.spec.api_model!r}, base_url={self.base_url!r})"
+
+    def _sdk(self):
+        if self._client is None:
+            import anthropic  # heavy (~2 s): only when a call is made
+
+            self._client = anthropic.Anthropic(api_key=self._key, base_url=self.base_url,
+                                               timeout=self.timeout_s, max_retries=self.max_retries)
+        return self._client
+
+    def complete(self, system: str, prompt: str, *, max_tokens: int, temperature: float = 0.0,
+                 on_text: Callable[[str], None] | None = None) -> Completion:
+        kwargs = dict(model=self.spec.api_model, max_tokens=max_tokens, system=system,
+                      messages=[{"role": "user", "content": prompt}],
+                      # this SDK version has no temperature kwarg; the API still takes the field
+                      extra_body={"temperature": temperature})
+        client = self._sdk()
+        start = time.perf_counter()
+        try:
+            if on_text is None:
+                msg = client.messages.create(**kwargs)
+                latency = time.perf_counter() - start
+                return self._completion(msg, latency, latency)
+            ttft = None
+            with client.messages.stream(**kwargs) as stream:
+                for delta in stream.text_stream:
+                    if delta:
+                        if ttft is None:
+                            ttft = time.perf_counter() - start
+                        on_text(delta)
+                msg = stream.get_final_message()
+            latency = time.perf_counter() - start
+            return self._completion(msg, latency if ttft is None else ttft, latency)
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise ProviderError(self._explain(exc)) from None
+
+    def _completion(self, msg, ttft: float, latency: float) -> Completion:
+        if msg is None or getattr(msg, "usage", None) is None:
+            raise ProviderError(f"{self.base_url} sent an incomplete Messages response (no usage); "
+                                f"is it an Anthropic-compatible endpoint?")
+        text = "".join(getattr(block, "text", "") or "" for block in (msg.content or ())
+                       if getattr(block, "type", "") == "text")
+        return Completion(
+            text=text, input_tokens=int(msg.usage.input_tokens or 0), output_tokens=int(msg.usage.output_tokens or 0),
+            ttft_s=ttft, latency_s=latency, model=msg.model or self.spec.api_model,
+            finish_reason=_STOP.get(msg.stop_reason or "end_turn", msg.stop_reason or "stop"),
+        )
+
+    def _explain(self, exc: Exception) -> str:
+        import anthropic
+
+        url = self.base_url
+        if isinstance(exc, anthropic.APITimeoutError):
+            msg = (f"{url} did not answer within {self.timeout_s:g} s (tried {self.max_retries + 1} times); "
+                   f"try again later or raise --timeout.")
+        elif isinstance(exc, anthropic.APIConnectionError):
+            msg = f"cannot reach {url}: check the URL (--base-url / ANTHROPIC_BASE_URL) and your network."
+        elif isinstance(exc, anthropic.AuthenticationError):
+            msg = f"{url} rejected the API key (HTTP 401): check {self.key_env or self.spec.api_key_env or 'ANTHROPIC_API_KEY'}."
+        elif isinstance(exc, anthropic.PermissionDeniedError):
+            msg = f"{url} refused access to model '{self.spec.api_model}' (HTTP 403): check the key's permissions."
+        elif isinstance(exc, anthropic.NotFoundError):
+            msg = f"{url} has no model '{self.spec.api_model}' (HTTP 404): check --model and --base-url."
+        elif isinstance(exc, anthropic.RateLimitError):
+            msg = (f"{url} kept rate-limiting (HTTP 429) after {self.max_retries} retries: "
+                   f"wait and try again, or check your quota.")
+        elif isinstance(exc, anthropic.APIStatusError):
+            detail = short(getattr(exc, "message", "") or "")
+            msg = (f"{url} failed with HTTP {exc.status_code} for model '{self.spec.id}' "
+                   f"after {self.max_retries} retries: {detail}")
+        elif isinstance(exc, ValueError):
+            msg = f"{url} sent a malformed response (not valid JSON): is it an Anthropic Messages endpoint?"
+        elif isinstance(exc, anthropic.APIError):
+            msg = f"{url} returned an error for model '{self.spec.id}': {short(str(exc))}"
+        else:
+            msg = f"calling {url} failed ({type(exc).__name__}): {short(str(exc))}"
+        return redact(msg, self._key)

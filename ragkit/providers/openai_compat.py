@@ -1,0 +1,154 @@
+"""OpenAI Chat Completions over the `openai` SDK: OpenAI itself and every compatible endpoint
+(Gemini's OpenAI endpoint, Together AI, vLLM, Ollama, llama.cpp) chosen by base URL.
+
+Base URL, first that is set: --base-url, the registry entry's base_url, OPENAI_BASE_URL, the SDK
+default (api.openai.com). Key: the registry entry's api_key_env (OPENAI_API_KEY, GEMINI_API_KEY,
+TOGETHER_API_KEY, ...); with a key-less local endpoint a placeholder is sent.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+from ragkit.errors import ProviderError
+from ragkit.providers.base import Completion, redact, resolve_key, short
+
+DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
+
+
+class OpenAICompatProvider:
+    """One model on one OpenAI-compatible endpoint. Thread-safe (the SDK client is)."""
+
+    def __init__(self, spec, *, base_url: str | None = None, timeout_s: float = 60.0, max_retries: int = 2):
+        self.spec = spec
+        env_url = os.environ.get("OPENAI_BASE_URL", "").strip() or None
+        # A registry base_url (Gemini, Together) wins over OPENAI_BASE_URL, which is meant for OpenAI models.
+        self.base_url = base_url or spec.base_url or env_url or DEFAULT_OPENAI_URL
+        overridden = bool(base_url) or (not spec.base_url and bool(env_url))
+        env_names = [spec.api_key_env] if spec.api_key_env else ["OPENAI_API_KEY"]
+        self._key, self.key_env = resolve_key(env_names, base_url=self.base_url,
+                                              base_url_overridden=overridden, model_id=spec.id)
+        self.timeout_s = float(timeout_s)
+        self.max_retries = int(max_retries)
+        self._client = None
+
+    def __repr__(self) -> str:  # never the key
+        return f"OpenAICompatProvider(model={self.spec.api_model!r}, base_url={self.base_url!r})"
+
+    def _sdk(self):
+        if self._client is None:
+            import openai  # heavy: only when a call is made
+
+            self._client = openai.OpenAI(api_key=self._key, base_url=self.base_url,
+                                         timeout=self.timeout_s, max_retries=self.max_retries)
+        return self._client
+
+    def complete(self, system: str, prompt: str, *, max_tokens: int, temperature: float = 0.0,
+                 on_text: Callable[[str], None] | None = None) -> Completion:
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+        client = self._sdk()
+        start = time.perf_counter()
+        try:
+            if on_text is None:
+                return self._plain(client, messages, max_tokens, temperature, start)
+            return self._stream(client, messages, max_tokens, temperature, start, on_text)
+        except ProviderError:
+            raise
+        except Exception as exc:  # every SDK/parse failure becomes one sentence, never a traceback
+            raise ProviderError(self._explain(exc)) from None
+
+    def _plain(self, client, messages, max_tokens, temperature, start) -> Completion:
+        resp = client.chat.completions.create(model=self.spec.api_model, messages=messages,
+                                              max_tokens=max_tokens, temperature=temperature)
+        latency = time.perf_counter() - start
+        if not getattr(resp, "choices", None):
+            raise ProviderError(f"{self.base_url} answered without any choices; is it an OpenAI-compatible "
+                                f"Chat Completions endpoint?")
+        choice = resp.choices[0]
+        text = (choice.message.content or "") if choice.message else ""
+        usage = resp.usage
+        return Completion(
+            text=text,
+            input_tokens=int(usage.prompt_tokens) if usage else self._estimate(messages),
+            output_tokens=int(usage.completion_tokens) if usage else self._estimate_text(text),
+            ttft_s=latency, latency_s=latency, model=resp.model or self.spec.api_model,
+            finish_reason=choice.finish_reason or "stop", usage_reported=usage is not None,
+        )
+
+    def _stream(self, client, messages, max_tokens, temperature, start, on_text) -> Completion:
+        stream = client.chat.completions.create(model=self.spec.api_model, messages=messages,
+                                                max_tokens=max_tokens, temperature=temperature, stream=True,
+                                                stream_options={"include_usage": True})
+        parts: list[str] = []
+        ttft = None
+        usage = None
+        model = None
+        finish = None
+        seen = 0
+        for chunk in stream:
+            seen += 1
+            model = model or getattr(chunk, "model", None)
+            if getattr(chunk, "usage", None):
+                usage = chunk.usage
+            for choice in chunk.choices or ():
+                delta = choice.delta.content if choice.delta else None
+                if delta:
+                    if ttft is None:
+                        ttft = time.perf_counter() - start
+                    parts.append(delta)
+                    on_text(delta)
+                if choice.finish_reason:
+                    finish = choice.finish_reason
+        latency = time.perf_counter() - start
+        if seen == 0:
+            raise ProviderError(f"{self.base_url} sent an empty stream (no Chat Completions chunks); "
+                                f"is it an OpenAI-compatible endpoint?")
+        text = "".join(parts)
+        return Completion(
+            text=text,
+            input_tokens=int(usage.prompt_tokens) if usage else self._estimate(messages),
+            output_tokens=int(usage.completion_tokens) if usage else self._estimate_text(text),
+            ttft_s=ttft if ttft is not None else latency, latency_s=latency,
+            model=model or self.spec.api_model, finish_reason=finish or "stop", usage_reported=usage is not None,
+        )
+
+    # Some servers (old vLLM/llama.cpp builds) send no usage: fall back to our own count, flagged.
+    def _estimate_text(self, text: str) -> int:
+        from ragkit.tokens import counter_for
+
+        return counter_for(self.spec).count(text)
+
+    def _estimate(self, messages) -> int:
+        return sum(self._estimate_text(m["content"]) for m in messages) + 4 * len(messages)
+
+    def _explain(self, exc: Exception) -> str:
+        import openai
+
+        url, name = self.base_url, self.spec.id
+        if isinstance(exc, openai.APITimeoutError):
+            msg = (f"{url} did not answer within {self.timeout_s:g} s (tried {self.max_retries + 1} times); "
+                   f"try again later or raise --timeout.")
+        elif isinstance(exc, openai.APIConnectionError):
+            msg = f"cannot reach {url}: check the URL (--base-url / OPENAI_BASE_URL) and that the server is running."
+        elif isinstance(exc, openai.AuthenticationError):
+            var = self.key_env or (self.spec.api_key_env or "OPENAI_API_KEY")
+            msg = f"{url} rejected the API key (HTTP 401): check {var}."
+        elif isinstance(exc, openai.PermissionDeniedError):
+            msg = f"{url} refused access to model '{self.spec.api_model}' (HTTP 403): check the key's permissions."
+        elif isinstance(exc, openai.NotFoundError):
+            msg = (f"{url} has no model '{self.spec.api_model}' or no Chat Completions route (HTTP 404): "
+                   f"check --model and --base-url.")
+        elif isinstance(exc, openai.RateLimitError):
+            msg = (f"{url} kept rate-limiting (HTTP 429) after {self.max_retries} retries: "
+                   f"wait and try again, or check your quota.")
+        elif isinstance(exc, openai.APIStatusError):
+            detail = short(getattr(exc, "message", "") or "")
+            msg = f"{url} failed with HTTP {exc.status_code} for model '{name}' after {self.max_retries} retries: {detail}"
+        elif isinstance(exc, ValueError):  # json.JSONDecodeError and SDK parse errors
+            msg = f"{url} sent a malformed response (not valid JSON): is it an OpenAI-compatible endpoint?"
+        elif isinstance(exc, openai.APIError):
+            msg = f"{url} returned an error for model '{name}': {short(str(exc))}"
+        else:
+            msg = f"calling {url} failed ({type(exc).__name__}): {short(str(exc))}"
+        return redact(msg, self._key)
