@@ -13,14 +13,14 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_SRC = HERE.parent.parent / "shared" / "data" / "lost-in-the-middle" / "nq-open-oracle.jsonl.gz"
-# Questions whose passages make the small slice: easy to check by eye, answers unambiguous.
+# Questions whose passages make the small slice: easy to check by eye, answers unambiguous,
+# and short enough (~800 tokens in all) to be stuffed even into the local model's 2K budget.
 SAMPLE_QUESTIONS = [
     "who wrote the book the origin of species",
     "how many steps does the cn tower have",
     "who got the first nobel prize in physics",
     "how many countries are a part of opec",
     "who sings the pokemon theme song season 1",
-    "who wrote the first declaration of human rights",
     "how many episodes are there in dragon ball z",
     "who wrote the song city of new orleans",
 ]

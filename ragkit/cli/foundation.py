@@ -1,8 +1,187 @@
-"""CLI commands: foundation."""
+"""CLI commands that start fast: models, count, plan, cost (no torch, faiss or SDK imports)."""
 from __future__ import annotations
 
+import json
+
 import click
+
+MODEL_OPTION = click.option("-m", "--model", envvar="RAGKIT_MODEL", default="gpt-4o", show_default=True,
+                            help="Model id or alias (see `ragkit models`); env RAGKIT_MODEL.")
+
+
+def _echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def _k(n: int) -> str:
+    """128000 -> 128K, 16384 -> 16K, 1000000 -> 1M: the way model cards write sizes."""
+    if n >= 1_000_000:
+        return f"{n / 1_000_000:g}M"
+    if n >= 1000:
+        return f"{n / 1000:.0f}K" if n % 1000 == 0 or n % 1024 else f"{n // 1024}K"
+    return str(n)
+
+
+def _console():
+    from rich.console import Console
+
+    console = Console()
+    # Piped output has no width to fit: don't squeeze tables into rich's 80-column default.
+    return console if console.is_terminal else Console(width=120)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
+def models(as_json):
+    """List models: context window, practical limit, prices, latency, tokenizer.
+
+    \b
+    Examples:
+      ragkit models
+      ragkit models --json
+    A limit marked * is a documented default, not a measurement; override it in ./ragkit.toml.
+    """
+    from ragkit.models import list_models
+
+    specs = list_models()
+    if as_json:
+        _echo_json([s.to_dict() for s in specs])
+        return
+    from rich.table import Table
+
+    table = Table(title="ragkit models", title_justify="left")
+    for col, just in [("id", "left"), ("window", "right"), ("practical", "right"), ("max out", "right"),
+                      ("$in/1M", "right"), ("$out/1M", "right"), ("TTFT", "right"), ("tok/s", "right"),
+                      ("tokens", "left")]:
+        table.add_column(col, justify=just, no_wrap=True)
+    for s in specs:
+        star = "" if s.limit_source.startswith(("article", "measured")) else "*"
+        practical = f"{_k(s.practical_limit_tokens)}{star}"
+        if s.practical_low_tokens != s.practical_high_tokens:
+            practical += f" ({_k(s.practical_low_tokens)[:-1]}-{_k(s.practical_high_tokens)})"
+        if s.limit_is_measured:
+            practical += " measured"
+        enc = s.encoding.removesuffix("_base")
+        tokens = enc if s.exact_tokens else f"~{enc} +{s.token_margin:.0%}"
+        table.add_row(s.id, _k(s.context_window_tokens), practical, _k(s.max_output_tokens),
+                      f"{s.input_usd_per_mtok:.2f}", f"{s.output_usd_per_mtok:.2f}", f"{s.ttft_s:g}s",
+                      f"{s.tokens_per_s:g}", tokens)
+    console = _console()
+    console.print(table)
+    console.print("* a documented default, not a measurement (`ragkit models --json` gives each reason); "
+                  "~ counts are estimates, planned with the margin shown.")
+
+
+@click.command()
+@click.argument("path", type=click.Path())
+@MODEL_OPTION
+@click.option("--include", multiple=True, help="Only files matching this glob (repeatable).")
+@click.option("--exclude", multiple=True, help="Skip files matching this glob (repeatable).")
+@click.option("--text-field", default="text", show_default=True, help="JSON Lines field holding the text.")
+@click.option("--no-cache", is_flag=True, help="Recount every document (ignore the content-hash cache).")
+@click.option("--json", "as_json", is_flag=True, help="Print per-file and total counts as JSON.")
+def count(path, model, include, exclude, text_field, no_cache, as_json):
+    """Count a file or folder in a model's tokens, per file and in total.
+
+    \b
+    Examples:
+      ragkit count corpora/nq-wiki --model gpt-4o
+      ragkit count docs/ -m claude-3.5-sonnet --json
+    Exact for OpenAI models; for the others an estimate, with the margin the planner adds.
+    """
+    from ragkit.counting import count_path
+
+    result = count_path(path, model, include=include, exclude=exclude, text_field=text_field,
+                        use_cache=not no_cache)
+    if as_json:
+        _echo_json(result.to_dict())
+        return
+    from rich.table import Table
+
+    table = Table(show_footer=True, title=f"{result.path} in {result.model} tokens", title_justify="left")
+    table.add_column("file", footer="total")
+    table.add_column("documents", justify="right", footer=f"{result.documents:,}")
+    table.add_column("tokens", justify="right", footer=f"{result.tokens:,}")
+    for f in result.files:
+        table.add_row(f.source, f"{f.documents:,}", f"{f.tokens:,}")
+    console = _console()
+    console.print(table)
+    if result.exact:
+        console.print(f"Exact: {result.encoding} is {result.model}'s own tokenizer.")
+    else:
+        console.print(f"Estimate: {result.model}'s tokenizer is not public; counted with {result.encoding}. "
+                      f"The planner adds a {result.margin:.0%} margin: {result.planning_tokens:,} tokens.")
+
+
+@click.command()
+@click.argument("path", type=click.Path(), required=False)
+@MODEL_OPTION
+@click.option("-q", "--question", default="", help="The question (its tokens are reserved).")
+@click.option("--answer-tokens", type=int, default=None, help="Tokens reserved for the answer [default: 1024, or the model's max output].")
+@click.option("--corpus-tokens", type=int, default=None, help="Plan for this many tokens instead of reading PATH.")
+@click.option("--include", multiple=True, help="Only files matching this glob (repeatable).")
+@click.option("--exclude", multiple=True, help="Skip files matching this glob (repeatable).")
+@click.option("--text-field", default="text", show_default=True, help="JSON Lines field holding the text.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(path, model, question, answer_tokens, corpus_tokens, include, exclude, text_field, as_json):
+    """Decide stuff or retrieve for a corpus and model, say why and what a query costs.
+
+    \b
+    Examples:
+      ragkit plan corpora/nq-wiki --model gpt-4o -q "who wrote On the Origin of Species?"
+      ragkit plan --corpus-tokens 120000 -m claude-3.5-sonnet --json
+    """
+    from ragkit.budget import plan as make_plan
+    from ragkit.errors import InputError
+
+    documents = 0
+    if corpus_tokens is None:
+        if path is None:
+            raise InputError("give a PATH to a file or folder, or --corpus-tokens N.")
+        from ragkit.counting import count_path
+
+        counted = count_path(path, model, include=include, exclude=exclude, text_field=text_field)
+        corpus_tokens, documents = counted.tokens, counted.documents
+    p = make_plan(model, corpus_tokens=corpus_tokens, question=question, answer_tokens=answer_tokens,
+                  documents=documents)
+    if as_json:
+        _echo_json(p.to_dict())
+        return
+    est = "" if p.exact else f" (estimated, {p.encoding} + margin)"
+    click.echo(f"strategy:        {p.strategy}")
+    click.echo(f"corpus:          {p.corpus_tokens:,} tokens in {p.documents:,} documents{est}")
+    click.echo(f"practical limit: {p.practical_limit_tokens:,} tokens ({p.limit_source})")
+    click.echo(f"reserve:         {p.reserve_tokens:,} = instructions {p.instructions_tokens:,} + question "
+               f"{p.question_tokens:,} + answer {p.answer_tokens:,}")
+    click.echo(f"context budget:  {p.budget_tokens:,} tokens")
+    click.echo(f"per query:       ~{p.estimated_input_tokens:,} input tokens, at most ${p.estimated_cost_usd:.4f}")
+    click.echo(f"why:             {p.reason}")
+
+
+@click.command()
+@MODEL_OPTION
+@click.option("--tokens-per-day", type=int, required=True, help="Total tokens per day (input + output).")
+@click.option("--input-share", type=float, default=0.75, show_default=True, help="Fraction of tokens that are input.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def cost(model, tokens_per_day, input_share, as_json):
+    """Cost per day and per 30-day month of a daily token volume.
+
+    \b
+    Examples:
+      ragkit cost -m gpt-4o --tokens-per-day 10000000          # $43.75/day at 75% input
+      ragkit cost -m gemini-2.0-flash --tokens-per-day 2000000 --input-share 0.6
+    """
+    from ragkit.costs import volume_cost
+
+    v = volume_cost(model, tokens_per_day, input_share)
+    if as_json:
+        _echo_json(v.to_dict())
+        return
+    click.echo(f"{v.model}: {v.tokens_per_day:,} tokens/day ({v.input_tokens_per_day:,} in, "
+               f"{v.output_tokens_per_day:,} out) = ${v.cost_per_day_usd:,.2f}/day, ${v.cost_per_month_usd:,.2f}/month")
 
 
 def register(group: click.Group) -> None:
     """Adds this module's commands to the top-level group."""
+    for command in (models, count, plan, cost):
+        group.add_command(command)
