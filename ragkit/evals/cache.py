@@ -1,0 +1,96 @@
+"""SQLite response cache: one row per successful model call, keyed by model + exact prompt + parameters.
+
+An interrupted run resumes from it and a re-run costs nothing. Only successes are stored, so a
+failed call is retried next time. Schema changes are numbered migrations, recorded once applied.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def default_cache_path() -> Path:
+    if os.environ.get("RAGKIT_EVAL_CACHE"):
+        return Path(os.environ["RAGKIT_EVAL_CACHE"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "ragkit" / "eval-cache.sqlite"
+
+
+def call_key(model_id: str, api_model: str, system: str, prompt: str, max_tokens: int, temperature: float) -> str:
+    """sha256 over everything that changes the answer (not the endpoint: same model, same answer)."""
+    payload = json.dumps({"model": model_id, "api_model": api_model, "system": system, "prompt": prompt,
+                          "max_tokens": max_tokens, "temperature": temperature}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class CachedResponse:
+    text: str
+    input_tokens: int
+    output_tokens: int
+    latency_s: float
+    cost_usd: float
+    created: float
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _m001_initial(db: sqlite3.Connection) -> None:
+    db.execute("""CREATE TABLE responses (
+        key TEXT PRIMARY KEY, model TEXT NOT NULL, text TEXT NOT NULL,
+        input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,
+        latency_s REAL NOT NULL, cost_usd REAL NOT NULL, created REAL NOT NULL)""")
+
+
+MIGRATIONS = [_m001_initial]
+
+
+class ResponseCache:
+    """Thread-safe (one connection behind a lock; WAL so a crash mid-write loses nothing committed)."""
+
+    def __init__(self, path: Path | str | None = None):
+        self.path = Path(path) if path else default_cache_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._lock:
+            self._db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied REAL)")
+            done = {row[0] for row in self._db.execute("SELECT name FROM _migrations")}
+            for migration in MIGRATIONS:
+                if migration.__name__ not in done:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    migration(self._db)
+                    self._db.execute("INSERT INTO _migrations VALUES (?, ?)", (migration.__name__, time.time()))
+                    self._db.execute("COMMIT")
+
+    def get(self, key: str) -> CachedResponse | None:
+        with self._lock:
+            row = self._db.execute("SELECT text, input_tokens, output_tokens, latency_s, cost_usd, created "
+                                   "FROM responses WHERE key = ?", (key,)).fetchone()
+        return CachedResponse(*row) if row else None
+
+    def put(self, key: str, model: str, response: CachedResponse) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             (key, model, response.text, response.input_tokens, response.output_tokens,
+                              response.latency_s, response.cost_usd, response.created))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
