@@ -1,8 +1,159 @@
-"""CLI commands: ask."""
+"""CLI commands: ask, costs."""
 from __future__ import annotations
+
+import json
+import sys
 
 import click
 
 
+def _fmt_usd(x: float) -> str:
+    return f"${x:.6f}" if x < 0.01 else f"${x:.4f}"
+
+
+def _print_sources(sources, heading: str) -> None:
+    click.echo(heading)
+    for s in sources:
+        title = f" — {s.title}" if s.title else ""
+        click.echo(f"  [{s.number}] {s.span}{title}")
+
+
+@click.command("ask")
+@click.argument("path", type=click.Path(exists=True, dir_okay=True, file_okay=True))
+@click.argument("question")
+@click.option("-m", "--model", envvar="RAGKIT_MODEL", default="gpt-4o-mini", show_default=True,
+              help="Model id or alias from `ragkit models` (env RAGKIT_MODEL).")
+@click.option("-u", "--base-url", default=None,
+              help="OpenAI/Anthropic-compatible endpoint to use instead of the registry's, "
+                   "e.g. http://127.0.0.1:8080/v1 (no key needed for local servers).")
+@click.option("-n", "--answer-tokens", type=int, default=None, help="Most tokens the answer may use.")
+@click.option("-s", "--strategy", type=click.Choice(["stuff", "retrieve"]), default=None,
+              help="Force a strategy (default: the planner decides).")
+@click.option("--dry-run", is_flag=True, help="Print the plan, the exact prompt and its estimated cost; call no model.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--stream/--no-stream", default=None, help="Stream the answer as it is written (default: on a terminal).")
+@click.option("-t", "--timeout", "timeout_s", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for the model API.")
+@click.option("-r", "--retries", "max_retries", type=int, default=2, show_default=True,
+              help="Retries (with back-off) on 429/5xx/timeouts.")
+@click.option("--index-dir", type=click.Path(file_okay=False), default=None, help="Where the index lives.")
+@click.option("--log-question", is_flag=True,
+              help="Store the question text in the cost ledger (by default only its SHA-256).")
+@click.option("--no-ledger", is_flag=True, help="Do not record this call in the cost ledger.")
+def ask_command(path, question, model, base_url, answer_tokens, strategy, dry_run, as_json, stream, timeout_s,
+                max_retries, index_dir, log_question, no_ledger):
+    """Answer QUESTION from the documents under PATH, citing them.
+
+    The planner stuffs the whole documents when they fit the model's practical limit and
+    retrieves the relevant chunks otherwise; the answer cites sources like [2].
+
+    \b
+    Examples:
+      ragkit ask corpora/nq-wiki-sample "who wrote the origin of species" -m gpt-4o-mini
+      ragkit ask docs/ "how do I rotate keys?" -m claude-3.5-haiku --json
+      ragkit ask docs/ "what is X?" -m llama-3.1-70b -u http://127.0.0.1:8080/v1
+      ragkit ask docs/ "what is X?" -m qwen2.5-coder-0.5b-local     # embedded, no key, no network
+      ragkit ask docs/ "what is X?" --dry-run                       # plan + exact prompt + cost
+    """
+    from ragkit.answer import Session
+
+    session = Session(path, model=model, base_url=base_url, timeout_s=timeout_s, max_retries=max_retries,
+                      index_dir=index_dir, ledger=not no_ledger, log_question=log_question)
+    try:
+        if dry_run:
+            prepared = session.prepare(question, answer_tokens=answer_tokens, strategy=strategy)
+            if as_json:
+                click.echo(json.dumps(prepared.to_dict(), indent=2, ensure_ascii=False))
+            else:
+                _print_dry_run(prepared)
+            return
+        if stream is None:
+            stream = sys.stdout.isatty()
+        streamed = bool(stream and not as_json)
+
+        def echo_delta(text: str) -> None:
+            click.echo(text, nl=False)
+            sys.stdout.flush()
+
+        answer = session.ask(question, answer_tokens=answer_tokens, strategy=strategy,
+                             on_text=echo_delta if streamed else None)
+    finally:
+        session.close()
+    if as_json:
+        click.echo(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
+        return
+    if streamed:
+        click.echo()
+    else:
+        click.echo(answer.answer)
+    click.echo()
+    if answer.sources:
+        _print_sources(answer.sources, "Sources:")
+    else:
+        click.echo(f"Sources: none cited ({len(answer.context)} sent)")
+    p = answer.plan
+    click.echo(f"Strategy: {answer.strategy} — {p.reason}")
+    estimated = "" if answer.usage.reported else " (estimated: the endpoint reported no usage)"
+    click.echo(f"Tokens: {answer.usage.input_tokens:,} in, {answer.usage.output_tokens:,} out{estimated}")
+    click.echo(f"Cost: {_fmt_usd(answer.cost_usd)} ({answer.model}, API model {answer.api_model})")
+    click.echo(f"Latency: {answer.latency_s:.2f} s (first token {answer.ttft_s:.2f} s; "
+               f"planning and retrieval {answer.prepare_s:.2f} s)")
+
+
+def _print_dry_run(prepared) -> None:
+    p = prepared.plan
+    click.echo(f"Model: {prepared.model}")
+    click.echo(f"Strategy: {p.strategy} — {p.reason}")
+    click.echo(f"Sources sent: {len(prepared.context)} "
+               f"(budget {p.budget_tokens:,} tokens of the practical limit {p.practical_limit_tokens:,})")
+    approx = "" if p.exact else f" (estimated with {p.encoding}; {prepared.estimated_input_tokens:,} with margin)"
+    click.echo(f"Prompt tokens: {prepared.input_tokens:,}{approx}; answer up to {p.answer_tokens:,}")
+    click.echo(f"Estimated cost: at most {_fmt_usd(prepared.estimated_cost_usd)} per question")
+    click.echo(f"Prepared in {prepared.prepare_s:.2f} s")
+    click.echo("\n===== system =====")
+    click.echo(prepared.system)
+    click.echo("===== user =====")
+    click.echo(prepared.user)
+    click.echo("===== end =====")
+
+
+@click.command("costs")
+@click.option("--since", default=None, help="Window: 7d, 24h, 2w, 30m or a date like 2026-11-01 (default: all).")
+@click.option("--by", "by", type=click.Choice(["model", "day", "task"]), default="model", show_default=True,
+              help="Group rows by model, day (UTC) or task.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def costs_command(since, by, as_json):
+    """Summarise recorded model calls: cost per model, day or task, and the monthly projection.
+
+    \b
+    Examples:
+      ragkit costs
+      ragkit costs --since 7d --by day
+      ragkit costs --by task --json
+    """
+    from ragkit.ledger import Ledger
+
+    summary = Ledger().summary(since=since, by=by)
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+        return
+    window = f"since {summary.since[:16].replace('T', ' ')} UTC" if summary.since else "all recorded calls"
+    click.echo(f"Ledger: {summary.path}")
+    if not summary.calls:
+        click.echo(f"No calls recorded ({window}).")
+        return
+    click.echo(f"{summary.calls:,} calls, {window}: {summary.input_tokens:,} tokens in, "
+               f"{summary.output_tokens:,} out, {_fmt_usd(summary.cost_usd)}")
+    width = max(len(by), *(len(g.key) for g in summary.groups))
+    click.echo(f"\n{by:<{width}}  {'calls':>7}  {'tokens in':>12}  {'tokens out':>11}  {'cost USD':>12}")
+    for g in summary.groups:
+        click.echo(f"{g.key:<{width}}  {g.calls:>7,}  {g.input_tokens:>12,}  {g.output_tokens:>11,}  "
+                   f"{g.cost_usd:>12.6f}")
+    click.echo(f"\nProjected monthly cost at this rate: {_fmt_usd(summary.projected_monthly_usd)} "
+               f"({_fmt_usd(summary.cost_usd)} over {summary.rate_days:.1f} days x 30)")
+
+
 def register(group: click.Group) -> None:
     """Adds this module's commands to the top-level group."""
+    group.add_command(ask_command)
+    group.add_command(costs_command)

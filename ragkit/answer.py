@@ -1,0 +1,300 @@
+"""ask(): plan -> context -> prompt -> provider -> Answer; and Session, for apps asking many questions.
+
+    from ragkit.answer import Session
+    with Session("corpora/nq-wiki", model="gpt-4o-mini") as s:      # corpus opened once
+        a = s.ask("who wrote the origin of species")                  # thread-safe
+        print(a.answer, [src.span for src in a.sources], a.cost_usd)
+
+The planner decides per question: "stuff" sends every document whole, "retrieve" builds/updates
+the index once per session and sends the chunks packed into the budget. Nothing is written to
+the ledger unless the model call completed.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from ragkit.errors import InputError
+from ragkit.prompt import SourceRef, as_sources, build_prompt, cited_numbers, framing_tokens, scaffold_tokens
+
+DEFAULT_MODEL = "gpt-4o-mini"
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int
+    output_tokens: int
+    reported: bool = True         # False: the endpoint sent no usage, counts are ragkit's estimate
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """Everything decided before the model is called: what --dry-run prints."""
+
+    question: str
+    model: str
+    plan: object                  # ragkit.budget.Plan
+    system: str
+    user: str
+    context: tuple[SourceRef, ...]
+    input_tokens: int             # the prompt counted with the model's counting encoding
+    estimated_input_tokens: int   # the same, inflated by the counting margin (== input_tokens when exact)
+    estimated_cost_usd: float     # estimated input + a full-length answer: an upper bound
+    prepare_s: float
+
+    @property
+    def strategy(self) -> str:
+        return self.plan.strategy
+
+    def to_dict(self) -> dict:
+        return {
+            "question": self.question, "model": self.model, "strategy": self.plan.strategy,
+            "reason": self.plan.reason, "plan": self.plan.to_dict(),
+            "prompt": {"system": self.system, "user": self.user},
+            "context": [s.to_dict() for s in self.context],
+            "input_tokens": self.input_tokens, "estimated_input_tokens": self.estimated_input_tokens,
+            "max_output_tokens": self.plan.answer_tokens, "estimated_cost_usd": self.estimated_cost_usd,
+            "prepare_s": self.prepare_s,
+        }
+
+
+@dataclass(frozen=True)
+class Answer:
+    answer: str
+    strategy: str
+    plan: object                  # ragkit.budget.Plan
+    sources: tuple[SourceRef, ...]    # the sources the answer cites, in citation order
+    context: tuple[SourceRef, ...]    # every source sent to the model
+    usage: Usage
+    cost_usd: float               # usage times the registry prices
+    model: str                    # registry id
+    api_model: str                # the model id the API answered with
+    latency_s: float              # the model call, retries included
+    ttft_s: float
+    prepare_s: float              # planning + retrieval + prompt building
+    finish_reason: str
+    question: str
+
+    def to_dict(self) -> dict:
+        return {
+            "question": self.question, "answer": self.answer, "strategy": self.strategy,
+            "reason": self.plan.reason, "model": self.model, "api_model": self.api_model,
+            "sources": [s.to_dict() for s in self.sources],
+            "context": [s.to_dict() for s in self.context],
+            "usage": self.usage.to_dict(), "cost_usd": self.cost_usd,
+            "latency_s": self.latency_s, "ttft_s": self.ttft_s, "prepare_s": self.prepare_s,
+            "finish_reason": self.finish_reason, "plan": self.plan.to_dict(),
+        }
+
+
+class Session:
+    """A corpus opened once for many questions: documents, counts, index, embedder and providers
+    stay loaded. `ask` is safe to call from several threads at once."""
+
+    def __init__(self, path: str | Path, *, model: str | None = None, base_url: str | None = None,
+                 timeout_s: float = 60.0, max_retries: int = 2, index_dir: str | Path | None = None,
+                 ledger=True, log_question: bool = False, task: str = "ask", corpus=None):
+        from ragkit.ledger import Ledger
+
+        self.path = Path(path)
+        self.model = model or DEFAULT_MODEL
+        self.base_url = base_url
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.index_dir = index_dir
+        self.log_question = log_question
+        self.task = task
+        self.ledger = Ledger() if ledger is True else (ledger or None)
+        self._corpus = corpus
+        self._docs = None
+        self._doc_tokens: dict[str, list[int]] = {}   # per counting encoding
+        self._doc_sources: list[SourceRef] | None = None
+        self._indexed = False
+        self._providers: dict[tuple, object] = {}
+        self._lock = threading.RLock()          # lazy state
+        self._retrieval_lock = threading.Lock()  # pack(): milliseconds; serialised in case the index isn't re-entrant
+
+    # ---- lazily loaded state (each once per session) ------------------------------------------------
+    @property
+    def corpus(self):
+        with self._lock:
+            if self._corpus is None:
+                from ragkit.corpus import Corpus
+
+                self._corpus = Corpus.open(self.path, index_dir=self.index_dir)
+            return self._corpus
+
+    def documents(self) -> list:
+        with self._lock:
+            if self._docs is None:
+                docs = list(self.corpus.documents())
+                if not docs:
+                    raise InputError(f"no readable documents under {self.path}.")
+                self._docs = docs
+                self._doc_sources = as_sources(docs)
+            return self._docs
+
+    def _doc_token_counts(self, spec, counter) -> list[int]:
+        key = counter.encoding_name  # raw counts depend on the encoding only (margins apply later)
+        with self._lock:
+            if key not in self._doc_tokens:
+                from ragkit.counting import count_documents
+
+                self._doc_tokens[key] = count_documents(self.documents(), spec)
+            return self._doc_tokens[key]
+
+    def ensure_index(self) -> None:
+        """Builds or updates the index (incremental) once per session."""
+        with self._lock:
+            if not self._indexed:
+                self.corpus.index(progress=False)
+                self._indexed = True
+
+    def provider(self, spec):
+        from ragkit.providers import provider_for
+
+        key = (spec.id, self.base_url, self.timeout_s, self.max_retries)
+        with self._lock:
+            if key not in self._providers:
+                self._providers[key] = provider_for(spec, base_url=self.base_url, timeout_s=self.timeout_s,
+                                                    max_retries=self.max_retries)
+            return self._providers[key]
+
+    # ---- the pipeline ---------------------------------------------------------------------------------
+    def prepare(self, question: str, *, model: str | None = None, answer_tokens: int | None = None,
+                strategy: str | None = None) -> PreparedPrompt:
+        """Plans and builds the exact prompt, without calling any model (what --dry-run shows).
+
+        strategy forces "stuff" or "retrieve" (None: the planner decides).
+        """
+        from ragkit.budget import plan as make_plan
+        from ragkit.costs import cost_usd
+        from ragkit.models import get_model
+        from ragkit.tokens import counter_for
+
+        question = (question or "").strip()
+        if not question:
+            raise InputError("the question is empty: ask something, e.g. ragkit ask DOCS \"what is X?\".")
+        t0 = time.perf_counter()
+        spec = get_model(model or self.model)
+        counter = counter_for(spec)
+        docs = self.documents()
+        doc_sources = self._doc_sources
+        raw_tokens = sum(self._doc_token_counts(spec, counter))
+        # The plan counts what is really sent: texts + their fences, instructions, question.
+        corpus_tokens = raw_tokens + framing_tokens(counter, doc_sources)
+        the_plan = make_plan(spec, corpus_tokens=corpus_tokens, question=question, answer_tokens=answer_tokens,
+                             instructions_tokens=scaffold_tokens(counter), documents=0)
+        the_plan = replace(the_plan, documents=len(docs))
+        if strategy not in (None, "stuff", "retrieve"):
+            raise InputError(f"strategy {strategy!r}: use stuff or retrieve.")
+        if strategy and strategy != the_plan.strategy:
+            if strategy == "stuff" and the_plan.strategy == "retrieve":
+                raise InputError(f"the documents do not fit {spec.name}'s budget ({the_plan.reason}); "
+                                 "stuffing them would pass the practical limit.")
+            the_plan = replace(the_plan, strategy=strategy, context_tokens=the_plan.budget_tokens,
+                               reason=f"Retrieval forced (--strategy retrieve). {the_plan.reason}")
+        if the_plan.strategy == "stuff":
+            sources = doc_sources
+        else:
+            sources = self._retrieve(question, spec, counter, the_plan)
+        system, user = build_prompt(question, sources)
+        input_tokens = counter.count(system) + counter.count(user)
+        estimated = counter.planning_tokens(input_tokens)
+        return PreparedPrompt(
+            question=question, model=spec.id, plan=the_plan, system=system, user=user, context=tuple(sources),
+            input_tokens=input_tokens, estimated_input_tokens=estimated,
+            estimated_cost_usd=cost_usd(spec, estimated, the_plan.answer_tokens),
+            prepare_s=time.perf_counter() - t0,
+        )
+
+    def _retrieve(self, question: str, spec, counter, the_plan) -> list[SourceRef]:
+        """Packs chunks into the plan's budget, leaving room for each chunk's fence."""
+        self.ensure_index()
+        room = the_plan.pack_budget_tokens
+        budget = room
+        sources: list[SourceRef] = []
+        for _ in range(4):  # the fences' size depends on which chunks were packed: re-pack until it fits
+            with self._retrieval_lock:
+                packed = self.corpus.pack(question, budget_tokens=max(1, budget), model=spec)
+            sources = as_sources(packed.chunks)
+            titles = self._titles()
+            sources = [replace(s, title=s.title or titles.get(s.doc_id)) for s in sources]
+            framing = framing_tokens(counter, sources)
+            if packed.tokens + framing <= room or budget <= 1:
+                break
+            budget = room - framing
+        if not sources:
+            raise InputError(f"retrieval found nothing to send for this question under {self.path}; "
+                             f"check that the index holds the documents (ragkit index {self.path}).")
+        return sources
+
+    def _titles(self) -> dict[str, str]:
+        with self._lock:
+            if not hasattr(self, "_title_map"):
+                self._title_map = {s.doc_id: s.title for s in (self._doc_sources or []) if s.title}
+            return self._title_map
+
+    def ask(self, question: str, *, model: str | None = None, answer_tokens: int | None = None,
+            strategy: str | None = None, on_text: Callable[[str], None] | None = None,
+            temperature: float = 0.0) -> Answer:
+        """Answers one question from the corpus. on_text given => the answer streams through it."""
+        from ragkit.costs import cost_usd
+        from ragkit.models import get_model
+
+        prepared = self.prepare(question, model=model, answer_tokens=answer_tokens, strategy=strategy)
+        spec = get_model(prepared.model)
+        done = self.provider(spec).complete(prepared.system, prepared.user, max_tokens=prepared.plan.answer_tokens,
+                                            temperature=temperature, on_text=on_text)
+        # Only a completed call gets this far: no partial answer, no ledger row for failures.
+        cost = cost_usd(spec, done.input_tokens, done.output_tokens)
+        cited = cited_numbers(done.text, len(prepared.context))
+        answer = Answer(
+            answer=done.text.strip(), strategy=prepared.plan.strategy, plan=prepared.plan,
+            sources=tuple(prepared.context[n - 1] for n in cited), context=prepared.context,
+            usage=Usage(done.input_tokens, done.output_tokens, getattr(done, "usage_reported", True)),
+            cost_usd=cost, model=spec.id, api_model=done.model, latency_s=done.latency_s, ttft_s=done.ttft_s,
+            prepare_s=prepared.prepare_s, finish_reason=done.finish_reason, question=prepared.question,
+        )
+        self._record(spec, done, answer)
+        return answer
+
+    def _record(self, spec, done, answer: Answer) -> None:
+        if self.ledger is None:
+            return
+        from ragkit.ledger import record_call
+
+        try:
+            record_call(task=self.task, spec=spec, completion=done, strategy=answer.strategy, cost_usd=answer.cost_usd,
+                        question=answer.question, log_question=self.log_question, ledger=self.ledger)
+        except Exception as exc:  # bookkeeping must not lose an answer already paid for
+            print(f"ragkit: warning: could not write the cost ledger {self.ledger.path}: {exc}", file=sys.stderr)
+
+    def close(self) -> None:
+        with self._lock:
+            corpus, self._corpus = self._corpus, None
+            self._providers.clear()
+        close = getattr(corpus, "close", None)
+        if callable(close):
+            close()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def ask(path: str | Path, question: str, *, model: str | None = None, base_url: str | None = None,
+        answer_tokens: int | None = None, strategy: str | None = None,
+        on_text: Callable[[str], None] | None = None, **session_kw) -> Answer:
+    """One question, one corpus: opens a Session, asks, closes. For many questions keep a Session."""
+    with Session(path, model=model, base_url=base_url, **session_kw) as session:
+        return session.ask(question, answer_tokens=answer_tokens, strategy=strategy, on_text=on_text)

@@ -1,0 +1,111 @@
+"""The cost ledger: migrations, rows, summaries, the monthly projection, the `costs` command."""
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from click.testing import CliRunner
+
+from ragkit.cli import main
+from ragkit.errors import InputError
+from ragkit.ledger import MIGRATIONS, Ledger, LedgerEntry, ledger_path, m001_initial, migrate, parse_since, question_hash
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+
+
+def entry(model="gpt-4o-mini", cost=0.01, days_ago=0.0, task="ask", **kw) -> LedgerEntry:
+    ts = (NOW - timedelta(days=days_ago)).isoformat()
+    base = dict(task=task, model=model, api_model=model, provider="openai", strategy="stuff", input_tokens=1000,
+                output_tokens=100, cost_usd=cost, latency_s=1.5, ttft_s=0.3, question_sha256=question_hash("q"), ts=ts)
+    base.update(kw)
+    return LedgerEntry(**base)
+
+
+def test_path_follows_ragkit_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAGKIT_HOME", str(tmp_path / "h"))
+    assert ledger_path() == tmp_path / "h" / "ledger.sqlite"
+    monkeypatch.delenv("RAGKIT_HOME")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert ledger_path() == tmp_path / "xdg" / "ragkit" / "ledger.sqlite"
+
+
+def test_migrations_apply_once_and_upgrade_an_old_ledger(tmp_path):
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)  # a ledger written by a version that knew only m001
+    db.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    m001_initial(db)
+    db.execute("INSERT INTO _migrations VALUES ('m001_initial', 'then')")
+    db.execute("INSERT INTO calls (ts, task, model, api_model, provider, strategy, input_tokens, output_tokens, "
+               "cost_usd, latency_s) VALUES ('2026-11-01T00:00:00+00:00', 'ask', 'gpt-4o', 'gpt-4o', 'openai', "
+               "'stuff', 10, 2, 0.5, 1.0)")
+    db.commit()
+    assert migrate(db) == [fn.__name__ for fn in MIGRATIONS[1:]]
+    assert migrate(db) == []
+    db.close()
+    [old] = Ledger(path).entries()
+    assert old.cost_usd == 0.5 and old.usage_reported is True   # kept, with the new column's default
+
+
+def test_record_and_read_back(tmp_path):
+    ledger = Ledger(tmp_path / "l.sqlite")
+    saved = ledger.record(entry(ts=""))
+    assert saved.id == 1 and saved.ts.endswith("+00:00")
+    [back] = ledger.entries()
+    assert back == saved
+    assert back.question is None and back.question_sha256 == question_hash("q") and len(back.question_sha256) == 64
+
+
+def test_bad_rows_are_refused(tmp_path):
+    ledger = Ledger(tmp_path / "l.sqlite")
+    with pytest.raises(sqlite3.IntegrityError):
+        ledger.record(entry(input_tokens=-5))
+    assert ledger.entries() == []
+
+
+def test_summary_by_model_day_task_and_projection(tmp_path):
+    ledger = Ledger(tmp_path / "l.sqlite")
+    ledger.record(entry("gpt-4o", 0.30, days_ago=9))                 # outside a 7-day window
+    ledger.record(entry("gpt-4o", 0.20, days_ago=6))
+    ledger.record(entry("claude-3.5-haiku", 0.05, days_ago=1, task="eval"))
+    ledger.record(entry("claude-3.5-haiku", 0.05, days_ago=0.5))
+    s = ledger.summary(since="7d", by="model", now=NOW)
+    assert s.calls == 3 and s.cost_usd == pytest.approx(0.30)
+    assert [(g.key, g.calls) for g in s.groups] == [("gpt-4o", 1), ("claude-3.5-haiku", 2)]
+    assert s.rate_days == pytest.approx(6.0)                         # from the first call in the window
+    assert s.projected_monthly_usd == pytest.approx(0.30 / 6 * 30)
+    by_day = ledger.summary(by="day", now=NOW)
+    assert [g.key for g in by_day.groups] == ["2026-11-19", "2026-11-22", "2026-11-27", "2026-11-28"]
+    by_task = ledger.summary(by="task", now=NOW)
+    assert {g.key: g.calls for g in by_task.groups} == {"ask": 3, "eval": 1}
+    one = Ledger(tmp_path / "one.sqlite")
+    one.record(entry(cost=0.01, days_ago=1 / 24))
+    assert one.summary(now=NOW).projected_monthly_usd == pytest.approx(0.30)   # a 1-day floor, not x720
+
+
+def test_parse_since():
+    assert parse_since("7d", NOW) == NOW - timedelta(days=7)
+    assert parse_since("24h", NOW) == NOW - timedelta(hours=24)
+    assert parse_since("2026-11-01", NOW) == datetime(2026, 11, 1, tzinfo=timezone.utc)
+    with pytest.raises(InputError, match="7d"):
+        parse_since("last tuesday", NOW)
+
+
+def test_costs_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAGKIT_HOME", str(tmp_path))
+    runner = CliRunner()
+    empty = runner.invoke(main, ["costs"])
+    assert empty.exit_code == 0 and "No calls recorded" in empty.output
+    now = datetime.now(timezone.utc)
+    ledger = Ledger()
+    ledger.record(entry("gpt-4o", 0.25, ts=(now - timedelta(days=2)).isoformat()))
+    ledger.record(entry("gpt-4o-mini", 0.05, ts=(now - timedelta(hours=1)).isoformat()))
+    out = runner.invoke(main, ["costs", "--since", "7d"])
+    assert out.exit_code == 0, out.output
+    assert "2 calls" in out.output and "gpt-4o-mini" in out.output and "Projected monthly cost" in out.output
+    data = json.loads(runner.invoke(main, ["costs", "--by", "day", "--json"]).output)
+    assert data["calls"] == 2 and data["cost_usd"] == pytest.approx(0.30) and data["by"] == "day"
+    assert data["projected_monthly_usd"] == pytest.approx(0.30 / data["rate_days"] * 30)
+    bad = runner.invoke(main, ["costs", "--since", "soon"])
+    assert bad.exit_code == 1 and "Error:" in bad.output and "Traceback" not in bad.output
