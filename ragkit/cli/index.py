@@ -1,8 +1,103 @@
-"""CLI commands: index."""
+"""CLI commands: index, search (a thin layer over ragkit.corpus)."""
 from __future__ import annotations
+
+import json
+import sys
 
 import click
 
 
+def _hit_dict(h) -> dict:
+    return {"source": h.source, "doc_id": h.doc_id, "score": h.score, "span": [h.start_char, h.end_char],
+            "position": h.position, "text": h.text}
+
+
+_index_dir = click.option("-d", "--index-dir", type=click.Path(file_okay=False),
+                          help="Index folder (default: PATH/.ragkit/).")
+_embed_model = click.option("-e", "--embed-model", envvar="RAGKIT_EMBED_MODEL", default=None,
+                            help="sentence-transformers model name or path (default all-MiniLM-L6-v2, bundled; "
+                                 "an existing index keeps its own).")
+
+
+@click.command("index")
+@click.argument("path", type=click.Path(exists=True))
+@_index_dir
+@_embed_model
+@click.option("-i", "--include", multiple=True, help="Glob of files to index (repeatable), e.g. '*.md'.")
+@click.option("-x", "--exclude", multiple=True, help="Glob of files to skip (repeatable), e.g. 'drafts/*'.")
+@click.option("-f", "--text-field", default=None, help="JSON Lines field holding the text (default: text).")
+@click.option("--chunk-tokens", type=int, default=None, help="Max chunk size in the embedder's word pieces (default 240).")
+@click.option("--overlap-tokens", type=int, default=None, help="Overlap between chunks in word pieces (default 32).")
+@click.option("--rebuild", is_flag=True, help="Discard the index and embed everything again (after changing settings).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def index_cmd(path, index_dir, embed_model, include, exclude, text_field, chunk_tokens, overlap_tokens, rebuild,
+              quiet, as_json):
+    """Build or update the search index of a file or folder (only new or changed files are embedded).
+
+    \b
+    Examples:
+      ragkit index docs/
+      ragkit index corpora/nq-wiki --include '*.jsonl' --text-field text
+      ragkit index notes/ --chunk-tokens 128 --rebuild
+    """
+    from ragkit.corpus import Corpus
+
+    corpus = Corpus.open(path, index_dir=index_dir, embed_model=embed_model, chunk_tokens=chunk_tokens,
+                         overlap_tokens=overlap_tokens, text_field=text_field, include=include, exclude=exclude,
+                         rebuild=rebuild)
+    on_skip = lambda rel, reason: click.echo(f"warning: skipped {rel}: {reason}", err=True)  # noqa: E731
+    report = corpus.index(progress=not quiet and not as_json, rebuild=rebuild, on_skip=on_skip)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(report.summary())
+
+
+@click.command("search")
+@click.argument("path", type=click.Path(exists=True))
+@click.argument("query", required=False)
+@click.option("-k", "--top-k", "k", type=int, default=5, show_default=True, help="Hits per query.")
+@click.option("-Q", "--queries", type=click.File("r"), default=None,
+              help="File with one query per line ('-' = stdin); prints JSON Lines, one line per query.")
+@_index_dir
+@_embed_model
+@click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
+def search_cmd(path, query, k, queries, index_dir, embed_model, as_json):
+    """Search an indexed file or folder: the chunks most similar to QUERY, best first.
+
+    \b
+    Examples:
+      ragkit search docs/ "how do I rotate the API key?"
+      ragkit search docs/ "rotate key" -k 10 --json
+      ragkit search corpora/nq-wiki --queries questions.txt > hits.jsonl
+    """
+    from ragkit.corpus import Corpus
+    from ragkit.errors import InputError
+
+    if (query is None) == (queries is None):
+        raise InputError("give either a QUERY or --queries FILE (one query per line)")
+    corpus = Corpus.open(path, index_dir=index_dir, embed_model=embed_model)
+    if queries is not None:
+        lines = [line.strip() for line in queries if line.strip()]
+        for start in range(0, len(lines), 256):  # batched: one model load, few model calls
+            part = lines[start:start + 256]
+            for q, hits in zip(part, corpus.search_many(part, k)):
+                click.echo(json.dumps({"query": q, "hits": [_hit_dict(h) for h in hits]}, ensure_ascii=False))
+        return
+    hits = corpus.search(query, k)
+    if as_json:
+        click.echo(json.dumps({"query": query, "hits": [_hit_dict(h) for h in hits]}, indent=2, ensure_ascii=False))
+        return
+    if not hits:
+        click.echo("no hits")
+    for n, h in enumerate(hits, 1):
+        click.echo(f"{n}. {h.score:.3f}  {h.doc_id}  [{h.start_char}:{h.end_char}]")
+        snippet = " ".join(h.text.split())
+        click.echo("   " + (snippet[:300] + ("…" if len(snippet) > 300 else "")))
+
+
 def register(group: click.Group) -> None:
     """Adds this module's commands to the top-level group."""
+    group.add_command(index_cmd)
+    group.add_command(search_cmd)

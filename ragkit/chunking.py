@@ -1,0 +1,244 @@
+"""Token-aware chunking: split on structure first (sections at headings, paragraphs, then
+sentences, words, and word pieces as a last resort), sized in the *embedder's* tokens.
+
+Why the embedder's tokens: all-MiniLM-L6-v2 reads at most 256 word pieces (incl. [CLS]/[SEP])
+and silently drops the rest, so a chunk sized in another tokenizer could be embedded only in part.
+Every chunk is re-counted in that tokenizer before it is returned and cut further if needed.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from bisect import bisect_left
+from dataclasses import asdict, dataclass
+from typing import Iterable, Protocol
+
+DEFAULT_CHUNK_TOKENS = 240   # content word pieces; + [CLS]/[SEP] = 242 <= MiniLM's 256 window
+DEFAULT_OVERLAP_TOKENS = 32
+_MAX_BLOCK_CHARS = 50_000    # bound on one tokenizer call, so a 100 MB paragraph stays cheap
+
+_HEADING = re.compile(
+    r"^(?:#{1,6}[ \t]+\S.*$"                                     # Markdown ATX heading
+    r"|[^\n]*\S[^\n]*\n(?P<u>[=\-~^\"'`#*+:.])(?P=u){2,}[ \t]*$"  # reST title + underline
+    r"|.+\n(?:=+|-+)[ \t]*$)",                                 # Markdown setext heading
+    re.MULTILINE,
+)
+_PARAGRAPH_GAP = re.compile(r"\n[ \t]*\n\s*")
+_SENTENCE_GAP = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\s*\n\s*")
+_WORD = re.compile(r"\S+")
+
+
+class PieceTokenizer(Protocol):
+    """What the chunker needs from the embedder's tokenizer (see ragkit.embed.load_piece_tokenizer)."""
+
+    name: str
+    max_tokens: int        # the model's window, special tokens included
+    special_tokens: int    # added to every input ([CLS] + [SEP] = 2 for BERT)
+
+    def offsets_batch(self, texts: list[str]) -> list[list[tuple[int, int]]]: ...
+
+
+@dataclass(frozen=True)
+class ChunkSettings:
+    """Chunker settings recorded in the index manifest: a change means a rebuild."""
+
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+    overlap_tokens: int = DEFAULT_OVERLAP_TOKENS
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of one document: `text == document.text[start_char:end_char]`."""
+
+    doc_id: str
+    source: str
+    position: int      # 0-based order within the document
+    start_char: int
+    end_char: int
+    text: str
+    tokens: int        # in the embedder's tokenizer, without special tokens
+
+    @property
+    def text_hash(self) -> str:
+        return text_hash(self.text)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _spans(text: str, s: int, e: int, gap: re.Pattern) -> list[tuple[int, int]]:
+    """Non-blank pieces of text[s:e] between matches of `gap`, stripped of whitespace."""
+    out, pos = [], s
+    for m in gap.finditer(text, s, e):
+        out.append((pos, m.start()))
+        pos = m.end()
+    out.append((pos, e))
+    res = []
+    for a, b in out:
+        while a < b and text[a].isspace():
+            a += 1
+        while b > a and text[b - 1].isspace():
+            b -= 1
+        if a < b:
+            res.append((a, b))
+    return res
+
+
+def _sections(text: str) -> list[tuple[int, int]]:
+    starts = sorted({0, *(m.start() for m in _HEADING.finditer(text))})
+    bounds = starts + [len(text)]
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if text[a:b].strip()]
+
+
+def _blocks(text: str, s: int, e: int) -> list[tuple[int, int]]:
+    """Paragraphs of a section; an oversized paragraph is cut at whitespace into bounded blocks."""
+    out = []
+    for a, b in _spans(text, s, e, _PARAGRAPH_GAP):
+        while b - a > _MAX_BLOCK_CHARS:
+            cut = a + _MAX_BLOCK_CHARS
+            ws = max(text.rfind(" ", a + _MAX_BLOCK_CHARS // 2, cut), text.rfind("\n", a + _MAX_BLOCK_CHARS // 2, cut))
+            cut = ws if ws > a else cut
+            out.append((a, cut))
+            a = cut
+            while a < b and text[a].isspace():
+                a += 1
+        if a < b:
+            out.append((a, b))
+    return out
+
+
+class _Counter:
+    """Counts word pieces in any whitespace-bounded span of a block from one tokenization."""
+
+    def __init__(self, base: int, offsets: list[tuple[int, int]]):
+        self.starts = [base + a for a, _ in offsets]
+        self.ends = [base + b for _, b in offsets]
+
+    def count(self, a: int, b: int) -> int:
+        return bisect_left(self.starts, b) - bisect_left(self.starts, a)
+
+    def piece_runs(self, a: int, b: int, size: int) -> list[tuple[int, int, int]]:
+        i, j = bisect_left(self.starts, a), bisect_left(self.starts, b)
+        out = []
+        for k in range(i, j, size):
+            last = min(k + size, j) - 1
+            out.append((self.starts[k], self.ends[last], last - k + 1))
+        return out
+
+
+def _atomic(text: str, a: int, b: int, c: _Counter, limit: int) -> Iterable[tuple[int, int, int]]:
+    """Pieces of one block, each <= limit tokens: the block, else sentences, else words, else word pieces."""
+    n = c.count(a, b)
+    if n <= limit:
+        if n:
+            yield (a, b, n)
+        return
+    for sa, sb in _spans(text, a, b, _SENTENCE_GAP):
+        n = c.count(sa, sb)
+        if n <= limit:
+            if n:
+                yield (sa, sb, n)
+            continue
+        for m in _WORD.finditer(text, sa, sb):
+            wa, wb = m.span()
+            n = c.count(wa, wb)
+            if n <= limit:
+                if n:
+                    yield (wa, wb, n)
+            else:
+                yield from c.piece_runs(wa, wb, limit)
+
+
+def _merge(pieces: list[tuple[int, int, int]], limit: int, overlap: int) -> list[list[tuple[int, int, int]]]:
+    """Greedy packing of consecutive pieces up to `limit` tokens; each new group starts with the
+    trailing pieces of the previous one (<= overlap tokens) so a fact cut at a boundary survives."""
+    groups, cur, cur_t = [], [], 0
+    for p in pieces:
+        if cur and cur_t + p[2] > limit:
+            groups.append(cur)
+            carry, ct = [], 0
+            for q in reversed(cur):
+                if ct + q[2] > overlap:
+                    break
+                carry.insert(0, q)
+                ct += q[2]
+            while carry and ct + p[2] > limit:
+                ct -= carry.pop(0)[2]
+            cur, cur_t = carry, ct
+        cur.append(p)
+        cur_t += p[2]
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+class Chunker:
+    """Splits Documents into Chunks that fit the embedder's window whole."""
+
+    def __init__(self, tokenizer: PieceTokenizer, settings: ChunkSettings | None = None):
+        from ragkit.errors import ConfigError
+
+        self.tokenizer = tokenizer
+        self.settings = settings or ChunkSettings()
+        room = tokenizer.max_tokens - tokenizer.special_tokens
+        if self.settings.chunk_tokens < 8:
+            raise ConfigError("chunk size must be at least 8 tokens")
+        if self.settings.chunk_tokens > room:
+            raise ConfigError(
+                f"chunk size {self.settings.chunk_tokens} exceeds the embedder's window ({room} word pieces "
+                f"after special tokens); {tokenizer.name} would silently truncate it. Use --chunk-tokens {room} or less."
+            )
+        if not 0 <= self.settings.overlap_tokens < self.settings.chunk_tokens:
+            raise ConfigError("overlap must be >= 0 and smaller than the chunk size")
+
+    def split(self, doc) -> list[Chunk]:
+        return self.split_many([doc])
+
+    def split_many(self, docs) -> list[Chunk]:
+        """Chunks of several documents; one batched tokenizer call per batch of paragraphs."""
+        limit, overlap = self.settings.chunk_tokens, self.settings.overlap_tokens
+        out: list[Chunk] = []
+        for doc in docs:
+            text = doc.text
+            plan = [(sec, _blocks(text, *sec)) for sec in _sections(text)]
+            flat = [blk for _, blocks in plan for blk in blocks]
+            offsets = self.tokenizer.offsets_batch([text[a:b] for a, b in flat]) if flat else []
+            counters = iter(_Counter(a, off) for (a, _), off in zip(flat, offsets))
+            position = 0
+            doc_chunks: list[Chunk] = []
+            for _, blocks in plan:
+                pieces: list[tuple[int, int, int]] = []
+                for a, b in blocks:
+                    pieces.extend(_atomic(text, a, b, next(counters), limit))
+                for group in _merge(pieces, limit, overlap):
+                    s, e = group[0][0], group[-1][1]
+                    doc_chunks.append(Chunk(doc.id, doc.source, position, s, e, text[s:e], sum(p[2] for p in group)))
+                    position += 1
+            out.extend(self._verify(doc_chunks, limit))
+        return out
+
+    def _verify(self, chunks: list[Chunk], limit: int) -> list[Chunk]:
+        """Re-counts each chunk on its own; cuts any that a non-additive tokenizer made too long."""
+        if not chunks:
+            return chunks
+        offsets = self.tokenizer.offsets_batch([c.text for c in chunks])
+        fixed, changed = [], False
+        for c, off in zip(chunks, offsets):
+            if len(off) <= limit:
+                fixed.append(c if len(off) == c.tokens else Chunk(c.doc_id, c.source, c.position, c.start_char,
+                                                                  c.end_char, c.text, len(off)))
+                continue
+            changed = True
+            counter = _Counter(c.start_char, off)
+            for a, b, n in counter.piece_runs(c.start_char, c.end_char, limit):
+                fixed.append(Chunk(c.doc_id, c.source, 0, a, b, c.text[a - c.start_char:b - c.start_char], n))
+        if changed:
+            fixed = [Chunk(c.doc_id, c.source, i, c.start_char, c.end_char, c.text, c.tokens) for i, c in enumerate(fixed)]
+        return fixed

@@ -1,0 +1,397 @@
+"""The retrieval API: open a corpus, index it (incrementally), search it, pack context for a model.
+
+    from ragkit.corpus import Corpus
+    corpus = Corpus.open("docs/")                  # index in docs/.ragkit/ unless index_dir is given
+    report = corpus.index(progress=True)           # embeds only new or changed files
+    hits = corpus.search("how do I rotate keys?", k=5)
+    ctx = corpus.pack("how do I rotate keys?", budget_tokens=3000, model="gpt-4o")
+
+`build_memory_index(texts)` searches an in-memory list of passages with no folder (evals).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ragkit.chunking import ChunkSettings, Chunker, text_hash
+from ragkit.errors import IndexError_, InputError
+from ragkit.loaders import Document, discover_files, load_file
+from ragkit.retrieve import Hit, PackedContext, pack_hits
+from ragkit import store as _store
+
+log = logging.getLogger("ragkit")
+EMBED_GROUP = 512   # texts handed to the model per call: progress/caching granularity
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    """What one `index()` run did. Files are counted by path relative to the corpus root."""
+
+    index_dir: str
+    files_added: int
+    files_changed: int
+    files_removed: int
+    files_unchanged: int
+    files_skipped: int
+    chunks_added: int
+    chunks_removed: int
+    chunks_total: int
+    chunks_embedded: int        # vectors computed by the model this run
+    chunks_from_cache: int      # vectors reused by content hash
+    index_type: str
+    generation: str
+    elapsed_s: float
+    embed_s: float
+    skipped: tuple[tuple[str, str], ...] = field(default=())   # (path, reason)
+
+    @property
+    def chunks_per_s(self) -> float:
+        return self.chunks_embedded / self.embed_s if self.embed_s > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
+        d["chunks_per_s"] = round(self.chunks_per_s, 2)
+        return d
+
+    def summary(self) -> str:
+        return (f"files: {self.files_added} added, {self.files_changed} changed, {self.files_removed} removed, "
+                f"{self.files_unchanged} unchanged, {self.files_skipped} skipped; chunks: +{self.chunks_added} "
+                f"-{self.chunks_removed} = {self.chunks_total} ({self.chunks_embedded} embedded, "
+                f"{self.chunks_from_cache} from cache); {self.index_type} index {self.generation} in "
+                f"{self.elapsed_s:.1f} s" + (f" ({self.chunks_per_s:.0f} chunks/s)" if self.chunks_embedded else ""))
+
+
+def default_index_dir(path: Path) -> Path:
+    """`<folder>/.ragkit/` for a folder; `<folder>/.ragkit-<file name>/` for a single file."""
+    p = Path(path).expanduser().resolve()
+    return p / ".ragkit" if p.is_dir() else p.parent / f".ragkit-{p.name}"
+
+
+class Corpus:
+    """A folder (or file) of documents with its index folder. Thread-safe for searches."""
+
+    def __init__(self, path: Path, index_dir: Path, *, embed_model: str | None, chunk: ChunkSettings | None,
+                 text_field: str | None, include=(), exclude=(), hnsw_threshold: int = _store.HNSW_THRESHOLD,
+                 rebuild: bool = False):
+        self.path = path
+        self.index_dir = index_dir
+        self.include, self.exclude = tuple(include), tuple(exclude)
+        self.hnsw_threshold = hnsw_threshold
+        self._requested = (embed_model, chunk, text_field)
+        self._gen: _store.Generation | None = None
+        self._gen_lock = threading.Lock()
+        # rebuild=True: the old index's settings are ignored (index(rebuild=True) then discards it).
+        gen = None if rebuild else self._generation()
+        have = gen.settings if gen else None
+        # Unspecified settings follow the existing index; specified ones must match it.
+        from ragkit.embed import resolve_model
+
+        self.embed_model = resolve_model(embed_model)[0] if embed_model else (have["embed_model"] if have else resolve_model(None)[0])
+        self.chunk_settings = chunk or (ChunkSettings(**have["chunker"]) if have else ChunkSettings())
+        self.text_field = text_field or (have.get("text_field", "text") if have else "text")
+        if have:
+            self._check(have)
+
+    @classmethod
+    def open(cls, path, index_dir=None, embed_model: str | None = None, *, chunk_tokens: int | None = None,
+             overlap_tokens: int | None = None, text_field: str | None = None, include=(), exclude=(),
+             hnsw_threshold: int = _store.HNSW_THRESHOLD, rebuild: bool = False) -> "Corpus":
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise InputError(f"{p} does not exist; pass a file or a folder of documents")
+        chunk = None
+        if chunk_tokens is not None or overlap_tokens is not None:
+            d = ChunkSettings()
+            chunk = ChunkSettings(chunk_tokens if chunk_tokens is not None else d.chunk_tokens,
+                                  overlap_tokens if overlap_tokens is not None else d.overlap_tokens)
+        idx = Path(index_dir).expanduser().resolve() if index_dir else default_index_dir(p)
+        return cls(p.resolve(), idx, embed_model=embed_model, chunk=chunk, text_field=text_field,
+                   include=include, exclude=exclude, hnsw_threshold=hnsw_threshold, rebuild=rebuild)
+
+    # -- settings -----------------------------------------------------------------------------
+    def _wanted(self, dim: int | None) -> dict:
+        return {"embed_model": self.embed_model, "chunker": self.chunk_settings.to_dict(),
+                "text_field": self.text_field, **({"dim": dim} if dim is not None else {})}
+
+    def _check(self, have: dict) -> None:
+        want = self._wanted(None)
+        have_cmp = {k: have.get(k) for k in want}
+        if have_cmp != want:
+            raise IndexError_(_store.mismatch_message(self.index_dir, have_cmp, want))
+
+    def _generation_unchecked(self) -> _store.Generation | None:
+        return self._generation()
+
+    def _generation(self) -> _store.Generation | None:
+        """The current generation, reopened when another process has published a newer one."""
+        with self._gen_lock:
+            cur = _store.read_current(self.index_dir) if self.index_dir.is_dir() else None
+            if self._gen is None or (cur and self._gen.name != cur):
+                if self._gen is not None:
+                    self._gen.close()
+                self._gen = _store.open_generation(self.index_dir) if cur else None
+            return self._gen
+
+    # -- documents ----------------------------------------------------------------------------
+    def documents(self) -> list[Document]:
+        """Every readable document (what `stuff` sends); warns once per skipped file."""
+        _, files = discover_files(self.path, self.include, self.exclude)
+        return [d for sf in files if not _is_index_path(sf.path, self.index_dir)
+                for d in load_file(sf, text_field=self.text_field)]
+
+    # -- indexing -----------------------------------------------------------------------------
+    def index(self, progress: bool = False, *, rebuild: bool = False, on_skip=None, on_progress=None) -> IndexReport:
+        """Brings the index up to date with the files: embeds only new or changed files, removes
+        deleted ones. One writer at a time (IndexError_ for the second); atomic on disk."""
+        t0 = time.perf_counter()
+        self.index_dir.mkdir(parents=True, exist_ok=True)
+        with _store.WriteLock(self.index_dir):
+            current = self._generation_unchecked()
+            old = None if rebuild else current
+            if old is not None:
+                self._check(old.settings)
+            if rebuild:  # build from nothing; the current generation stays readable until the swap
+                for name in ("embcache.sqlite", "embcache.sqlite-wal", "embcache.sqlite-shm"):
+                    (self.index_dir / name).unlink(missing_ok=True)
+            _store.cleanup_stray(self.index_dir, current.name if current else None)
+            _, files = discover_files(self.path, self.include, self.exclude)
+            files = [sf for sf in files if not _is_index_path(sf.path, self.index_dir)]
+            if not files and old is None:
+                raise InputError(f"no files to index under {self.path}; check the path and --include/--exclude")
+            old_files = old.files() if old else {}
+            ch = _store.scan_changes(files, old_files)
+            skipped: list[tuple[str, str]] = [(r.rel, r.skipped) for r in old_files.values()
+                                               if r.skipped and r.rel not in ch.removed
+                                               and r.rel not in {sf.rel for sf in ch.changed}]
+            if not ch.any and not ch.restat and old is not None:
+                return self._report(old, ch, skipped, t0, 0.0, 0, 0, 0, 0)
+            report_skip = on_skip or (lambda rel, reason: log.warning("skipped %s: %s", rel, reason))
+
+            tok = self._tokenizer()
+            chunker = Chunker(tok, self.chunk_settings)
+            records: list[_store.FileRecord] = list(ch.restat.values())
+            new_chunks: list[_store.NewChunk] = []
+            for sf in ch.added + ch.changed:
+                reasons: list[str] = []
+
+                def _skip(rel, reason, _r=reasons):
+                    _r.append(reason)
+                    report_skip(rel, reason)
+
+                docs = list(load_file(sf, text_field=self.text_field, on_skip=_skip))
+                chunks = chunker.split_many(docs)
+                try:
+                    st = sf.path.stat()
+                    size, mtime = st.st_size, st.st_mtime_ns
+                except OSError:
+                    size, mtime = -1, -1
+                skipped_reason = "; ".join(reasons) if not chunks else None
+                if skipped_reason:
+                    skipped.append((sf.rel, skipped_reason))
+                records.append(_store.FileRecord(sf.rel, size, mtime, ch.hashes.get(sf.rel, ""), len(chunks),
+                                                 skipped_reason))
+                new_chunks += [_store.NewChunk(sf.rel, c.doc_id, c.source, c.position, c.start_char, c.end_char,
+                                               c.tokens, text_hash(c.text), c.text) for c in chunks]
+            vectors, embedded, cached, embed_s, dim = self._vectors(new_chunks, progress, on_progress)
+            remove = ch.removed + [sf.rel for sf in ch.changed]
+            removed_chunks = sum(old_files[r].chunks for r in ch.removed + [sf.rel for sf in ch.changed]
+                                 if r in old_files)
+            settings = _store.Settings(self.embed_model, dim, self.chunk_settings.to_dict(), self.text_field)
+            if old is not None and old.settings.get("dim") != dim:  # same name, different model files
+                raise IndexError_(_store.mismatch_message(self.index_dir, old.settings, settings.to_dict()))
+            # restat records (same content, new mtime) only refresh their file row; their chunks stay.
+            _store.write_generation(self.index_dir, old, settings, remove_rels=remove, after=current,
+                                    file_records=records, new_chunks=new_chunks, new_vectors=vectors,
+                                    hnsw_threshold=self.hnsw_threshold)
+            gen = self._generation()
+            self._prune_cache(gen)
+            return self._report(gen, ch, skipped, t0, embed_s, len(new_chunks), removed_chunks, embedded, cached)
+
+    def _report(self, gen, ch, skipped, t0, embed_s, added, removed, embedded, cached) -> IndexReport:
+        return IndexReport(str(self.index_dir), len(ch.added), len(ch.changed), len(ch.removed), ch.unchanged,
+                           len(skipped), added, removed, gen.live_chunks, embedded, cached, gen.kind, gen.name,
+                           round(time.perf_counter() - t0, 3), round(embed_s, 3), tuple(skipped))
+
+    def _tokenizer(self):
+        from ragkit.embed import load_piece_tokenizer
+
+        return load_piece_tokenizer(self._model_arg())
+
+    def _model_arg(self) -> str | None:
+        from ragkit.embed import DEFAULT_EMBED_MODEL
+
+        return None if self.embed_model == DEFAULT_EMBED_MODEL else self.embed_model
+
+    def embedder(self):
+        from ragkit.embed import get_embedder
+
+        return get_embedder(self._model_arg())
+
+    def _vectors(self, chunks: list[_store.NewChunk], progress: bool, on_progress):
+        """Vectors for new chunks: from the content-hash cache when possible, else the model
+        (longest-first groups so batches pad little; each group committed to the cache at once)."""
+        import numpy as np
+
+        gen = self._gen
+        dim = gen.settings["dim"] if gen is not None else None
+        if not chunks:
+            return np.zeros((0, dim or 0), dtype="float32"), 0, 0, 0.0, dim if dim else self.embedder().dim
+        emb = self.embedder()
+        dim = emb.dim
+        cache = _store.EmbeddingCache(self.index_dir / "embcache.sqlite", self.embed_model, dim)
+        try:
+            unique = list(dict.fromkeys(c.text_hash for c in chunks))
+            found = cache.get_many(unique)
+            text_of = {c.text_hash: (c.text, c.tokens) for c in chunks}
+            todo = sorted((h for h in unique if h not in found), key=lambda h: -text_of[h][1])
+            t0 = time.perf_counter()
+            bar = _ProgressBar(len(todo), enabled=progress)
+            try:
+                for i in range(0, len(todo), EMBED_GROUP):
+                    part = todo[i:i + EMBED_GROUP]
+                    vecs = emb.encode([text_of[h][0] for h in part])
+                    cache.put_many(part, vecs)
+                    found.update(zip(part, vecs))
+                    _store._crash_point("after_embed_group")
+                    bar.advance(len(part))
+                    if on_progress:
+                        on_progress(min(i + EMBED_GROUP, len(todo)), len(todo))
+            finally:
+                bar.close()
+            embed_s = time.perf_counter() - t0
+            matrix = np.stack([found[c.text_hash] for c in chunks]).astype("float32")
+            return matrix, len(todo), len(chunks) - len(todo), embed_s, dim
+        finally:
+            cache.close()
+
+    def _prune_cache(self, gen) -> None:
+        path = self.index_dir / "embcache.sqlite"
+        if gen is None or not path.exists():
+            return
+        with gen._db_lock:
+            live = {r[0] for r in gen.db.execute("SELECT text_hash FROM chunks")}
+        cache = _store.EmbeddingCache(path, self.embed_model, gen.settings["dim"])
+        try:
+            cache.prune(live)
+        finally:
+            cache.close()
+
+    # -- search -------------------------------------------------------------------------------
+    def _require(self) -> _store.Generation:
+        gen = self._generation()
+        if gen is None:
+            raise IndexError_(f"no index at {self.index_dir}; run `ragkit index {self.path}` first")
+        self._check(gen.settings)
+        return gen
+
+    def search(self, query: str, k: int = 5) -> list[Hit]:
+        """The k chunks most similar to `query` (cosine), best first."""
+        return self.search_many([query], k)[0]
+
+    def search_many(self, queries: list[str], k: int = 5) -> list[list[Hit]]:
+        """Batched search: one model call for all queries."""
+        if k < 1:
+            raise InputError("k must be at least 1")
+        gen = self._require()
+        vecs = self.embedder().encode(list(queries))
+        results = gen.search(vecs, k)
+        rows = gen.chunks(sorted({i for r in results for i, _ in r}))
+        return [[Hit(rows[i].doc_id, rows[i].source, rows[i].start_char, rows[i].end_char, rows[i].text,
+                     round(s, 6), rows[i].position, i) for i, s in r if i in rows] for r in results]
+
+    def pack(self, question: str, budget_tokens: int, model, k: int = 50, order: str = "edges", *,
+             per_chunk_overhead_tokens: int = 0) -> PackedContext:
+        """The best chunks for `question` packed into `budget_tokens` of `model`'s tokens."""
+        from ragkit.tokens import counter_for
+
+        return pack_hits(self.search(question, k), budget_tokens, counter_for(model), order=order,
+                         per_chunk_overhead_tokens=per_chunk_overhead_tokens)
+
+    def stats(self) -> dict:
+        gen = self._require()
+        return dict(gen.manifest)
+
+    def close(self) -> None:
+        with self._gen_lock:
+            if self._gen is not None:
+                self._gen.close()
+                self._gen = None
+
+
+def _is_index_path(path: Path, index_dir: Path) -> bool:
+    try:
+        path.resolve().relative_to(index_dir)
+        return True
+    except ValueError:
+        return False
+
+
+class _ProgressBar:
+    """rich progress on stderr with chunks/s; a no-op when disabled."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.p = None
+        if not enabled or total == 0:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.p = Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("{task.fields[rate]} chunks/s"), TimeRemainingColumn(),
+                          console=Console(stderr=True), transient=False)
+        self.t0 = time.perf_counter()
+        self.task = self.p.add_task("embed", total=total, rate="-")
+        self.p.start()
+
+    def advance(self, n: int) -> None:
+        if self.p is None:
+            return
+        task = self.p.tasks[0]
+        done = task.completed + n
+        rate = done / max(1e-9, time.perf_counter() - self.t0)
+        self.p.update(self.task, advance=n, rate=f"{rate:.0f}")
+
+    def close(self) -> None:
+        if self.p is not None:
+            self.p.stop()
+
+
+class MemoryIndex:
+    """Exact search over an in-memory list of passages (no folder, no chunking): for evals."""
+
+    def __init__(self, texts: list[str], ids: list[str] | None = None, embed_model: str | None = None):
+        import faiss
+
+        from ragkit.embed import get_embedder
+
+        self.texts = list(texts)
+        self.ids = [str(i) for i in (ids if ids is not None else range(len(self.texts)))]
+        if len(self.ids) != len(self.texts):
+            raise InputError("ids and texts must have the same length")
+        self.embedder = get_embedder(embed_model)
+        self.vectors = self.embedder.encode(self.texts)
+        self.index = faiss.IndexFlatIP(self.embedder.dim)
+        self.index.add(self.vectors)
+        self._lock = threading.Lock()
+
+    def search(self, query: str, k: int = 5) -> list[Hit]:
+        return self.search_many([query], k)[0]
+
+    def search_many(self, queries: list[str], k: int = 5) -> list[list[Hit]]:
+        import faiss
+
+        q = self.embedder.encode(list(queries))
+        with self._lock:
+            faiss.omp_set_num_threads(1)
+            scores, idx = self.index.search(q, min(k, len(self.texts)))
+        return [[Hit(self.ids[i], self.ids[i], 0, len(self.texts[i]), self.texts[i], round(float(s), 6), 0, int(i))
+                 for i, s in zip(row_i, row_s) if i >= 0] for row_i, row_s in zip(idx, scores)]
+
+
+def build_memory_index(texts: list[str], ids: list[str] | None = None, embed_model: str | None = None) -> MemoryIndex:
+    """Embeds `texts` (each whole, up to the model's window) into an exact in-memory index."""
+    return MemoryIndex(texts, ids, embed_model)

@@ -1,0 +1,174 @@
+"""Search results and budget packing.
+
+`pack_hits` turns scored chunks into a context that fits a budget counted in the *target model's*
+tokens (ragkit.tokens): best chunks first, overlapping or adjacent chunks of one document merged,
+near-duplicates dropped, and the result ordered against lost-in-the-middle (most relevant at the
+edges) unless another order is asked for.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+ORDERS = ("edges", "score", "document")
+DEFAULT_DEDUPE_JACCARD = 0.8
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved chunk. `text == document.text[start_char:end_char]`; score = cosine similarity."""
+
+    doc_id: str
+    source: str
+    start_char: int
+    end_char: int
+    text: str
+    score: float
+    position: int = 0      # chunk number within its document
+    chunk_id: int = -1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PackedChunk:
+    """A passage of the packed context, with what a citation needs."""
+
+    doc_id: str
+    source: str
+    start_char: int
+    end_char: int
+    text: str
+    score: float
+    tokens: int            # in the target model's tokens (planning count, margin included)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PackedContext:
+    """Chunks in prompt order; `tokens` = sum of chunk tokens + per-chunk overhead, always <= budget_tokens."""
+
+    chunks: tuple[PackedChunk, ...]
+    tokens: int
+    budget_tokens: int = 0
+    order: str = "edges"
+    candidates: int = 0    # hits considered
+    dropped_duplicates: int = 0
+    merged: int = 0
+    sources: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict:
+        return {"chunks": [c.to_dict() for c in self.chunks], "tokens": self.tokens,
+                "budget_tokens": self.budget_tokens, "order": self.order, "candidates": self.candidates,
+                "dropped_duplicates": self.dropped_duplicates, "merged": self.merged,
+                "sources": list(self.sources)}
+
+    def text(self, separator: str = "\n\n") -> str:
+        return separator.join(c.text for c in self.chunks)
+
+
+_WORDS = re.compile(r"\w+")
+
+
+def _shingles(text: str, n: int = 3) -> set:
+    words = _WORDS.findall(text.lower())
+    if len(words) < n:
+        return {tuple(words)}
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def _jaccard(a: set, b: set) -> float:
+    if not a or not b:
+        return 0.0
+    return len(a & b) / len(a | b)
+
+
+@dataclass
+class _Group:
+    doc_id: str
+    source: str
+    start: int
+    end: int
+    text: str
+    score: float
+    pos_lo: int
+    pos_hi: int
+    tokens: int
+    rank: int
+    shingles: set
+
+
+def _merge_text(g: _Group, h: Hit) -> tuple[int, int, str] | None:
+    """Span and text of g joined with h when they overlap or touch (adjacent chunks); else None."""
+    adjacent = h.position in (g.pos_lo - 1, g.pos_hi + 1)
+    if h.start_char >= g.start and h.end_char <= g.end:
+        return g.start, g.end, g.text  # already inside
+    if h.start_char <= g.end and h.end_char > g.end:            # h continues g
+        return g.start, h.end_char, g.text + h.text[g.end - h.start_char:]
+    if h.end_char >= g.start and h.start_char < g.start:        # h precedes g
+        return h.start_char, max(g.end, h.end_char), h.text[:g.start - h.start_char] + g.text
+    if adjacent and h.start_char > g.end:
+        return g.start, h.end_char, g.text + "\n\n" + h.text
+    if adjacent and h.end_char < g.start:
+        return h.start_char, g.end, h.text + "\n\n" + g.text
+    return None
+
+
+def _order(groups: list[_Group], order: str) -> list[_Group]:
+    by_score = sorted(groups, key=lambda g: (-g.score, g.rank))
+    if order == "score":
+        return by_score
+    if order == "document":
+        return sorted(groups, key=lambda g: (g.source, g.doc_id, g.start))
+    # "edges": ranks 1,3,5,... from the front, ...,6,4,2 at the back: the weakest end up in the middle,
+    # where long-context models attend least (Liu et al. 2023).
+    return by_score[0::2] + by_score[1::2][::-1]
+
+
+def pack_hits(hits: list[Hit], budget_tokens: int, counter, *, order: str = "edges",
+              per_chunk_overhead_tokens: int = 0, dedupe_jaccard: float = DEFAULT_DEDUPE_JACCARD) -> PackedContext:
+    """Packs hits (any order; sorted by score here) into `budget_tokens` of `counter`'s tokens.
+
+    `counter` is a ragkit.tokens.TokenCounter (count + planning_tokens). Each chunk's cost is its
+    planning count (margin included for estimated encodings) plus `per_chunk_overhead_tokens`
+    (the prompt's per-source framing); the total never exceeds the budget.
+    """
+    from ragkit.errors import InputError
+
+    if order not in ORDERS:
+        raise InputError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
+    cost = lambda text: counter.planning_tokens(counter.count(text))  # noqa: E731
+    groups: list[_Group] = []
+    total = dropped = merged = 0
+    for rank, h in enumerate(sorted(hits, key=lambda h: -h.score)):
+        target = next((g for g in groups if g.doc_id == h.doc_id and _merge_text(g, h) is not None), None)
+        if target is not None:
+            start, end, text = _merge_text(target, h)
+            if text == target.text:
+                continue
+            t = cost(text)
+            if total - target.tokens + t <= budget_tokens:
+                total += t - target.tokens
+                target.start, target.end, target.text, target.tokens = start, end, text, t
+                target.pos_lo, target.pos_hi = min(target.pos_lo, h.position), max(target.pos_hi, h.position)
+                target.shingles = _shingles(text)
+                merged += 1
+            continue
+        sh = _shingles(h.text)
+        if any(_jaccard(sh, g.shingles) >= dedupe_jaccard for g in groups):
+            dropped += 1
+            continue
+        t = cost(h.text)
+        if total + t + per_chunk_overhead_tokens > budget_tokens:
+            continue  # a later, shorter chunk may still fit
+        groups.append(_Group(h.doc_id, h.source, h.start_char, h.end_char, h.text, h.score, h.position,
+                             h.position, t, rank, sh))
+        total += t + per_chunk_overhead_tokens
+    ordered = _order(groups, order)
+    chunks = tuple(PackedChunk(g.doc_id, g.source, g.start, g.end, g.text, round(g.score, 6), g.tokens)
+                   for g in ordered)
+    sources = tuple(dict.fromkeys(c.source for c in chunks))
+    return PackedContext(chunks, total, budget_tokens, order, len(hits), dropped, merged, sources)
