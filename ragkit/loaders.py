@@ -122,15 +122,14 @@ def discover_files(path: str | os.PathLike, include=(), exclude=()) -> tuple[Pat
     return root, files
 
 
-_LATIN_CODEPAGES = {"cp1250", "cp1252", "cp1254", "cp1257", "cp1258", "latin_1", "iso8859_2", "iso8859_3",
-                    "iso8859_4", "iso8859_9", "iso8859_10", "iso8859_13", "iso8859_14", "iso8859_15",
-                    "iso8859_16", "mac_roman", "mac_latin2", "mac_iceland", "mac_turkish", "cp850", "cp437", "cp775"}
+# Short texts fit several code pages equally well; among equally good guesses, prefer the Windows
+# code pages (by far the most common source of non-UTF-8 text), Western first.
+_PREFERRED = ("cp1252", "cp1251", "cp1250", "cp1253", "cp1254", "cp1255", "cp1256", "cp1257", "cp1258")
 
 
 def decode_bytes(data: bytes) -> tuple[str, str]:
     """(text, encoding used). The stated fallback: UTF-8 (with or without BOM); else charset-normalizer's
-    guess, except that a Latin-script guess becomes Windows-1252 (short Western text is ambiguous between
-    Latin code pages and cp1252 is by far the most common); else Latin-1, which cannot fail."""
+    guess (among equally good guesses a Windows code page, Western first); else Latin-1, which cannot fail."""
     try:
         return data.decode("utf-8-sig" if data.startswith(b"\xef\xbb\xbf") else "utf-8"), "utf-8"
     except UnicodeDecodeError:
@@ -139,14 +138,12 @@ def decode_bytes(data: bytes) -> tuple[str, str]:
         from charset_normalizer import from_bytes
 
         # Judge by a sample: the guess on 64 KB is as good as on 100 MB and far cheaper.
-        best = from_bytes(data[:65536]).best()
-        if best is not None and best.encoding:
-            if best.encoding in _LATIN_CODEPAGES:
-                try:
-                    return data.decode("cp1252"), "cp1252"
-                except UnicodeDecodeError:
-                    pass
-            return data.decode(best.encoding, errors="replace"), best.encoding
+        results = list(from_bytes(data[:65536]))
+        if results:
+            least = min(r.chaos for r in results)
+            tied = [r.encoding for r in results if r.chaos <= least]
+            enc = next((e for e in _PREFERRED if e in tied), tied[0])
+            return data.decode(enc, errors="replace"), enc
     except (LookupError, ImportError):
         pass
     return data.decode("latin-1"), "latin-1"
@@ -204,6 +201,9 @@ def _pdf_text(path: Path) -> str:
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
+    pypdf_log = logging.getLogger("pypdf")
+    saved = pypdf_log.level
+    pypdf_log.setLevel(logging.ERROR)  # our one warning line says it; pypdf's own would be a second
     try:
         reader = PdfReader(str(path))
         if reader.is_encrypted:
@@ -216,6 +216,8 @@ def _pdf_text(path: Path) -> str:
         raise
     except (PdfReadError, Exception) as exc:  # noqa: BLE001 - broken PDFs raise many kinds
         raise _Skip(f"unreadable PDF ({type(exc).__name__}: {exc})") from None
+    finally:
+        pypdf_log.setLevel(saved)
     return "\n\n".join(p for p in pages if p)
 
 
