@@ -100,7 +100,8 @@ class Session:
 
     def __init__(self, path: str | Path, *, model: str | None = None, base_url: str | None = None,
                  timeout_s: float = 60.0, max_retries: int = 2, index_dir: str | Path | None = None,
-                 ledger=True, log_question: bool = False, task: str = "ask", corpus=None):
+                 ledger=True, log_question: bool = False, task: str = "ask", corpus=None,
+                 progress: bool = False):
         from ragkit.ledger import Ledger
 
         self.path = Path(path)
@@ -111,6 +112,7 @@ class Session:
         self.index_dir = index_dir
         self.log_question = log_question
         self.task = task
+        self.progress = progress      # index-building progress bar on stderr
         self.ledger = Ledger() if ledger is True else (ledger or None)
         self._corpus = corpus
         self._docs = None
@@ -154,7 +156,7 @@ class Session:
         """Builds or updates the index (incremental) once per session."""
         with self._lock:
             if not self._indexed:
-                self.corpus.index(progress=False)
+                self.corpus.index(progress=self.progress)
                 self._indexed = True
 
     def provider(self, spec):
@@ -191,7 +193,8 @@ class Session:
         # The plan counts what is really sent: texts + their fences, instructions, question.
         corpus_tokens = raw_tokens + framing_tokens(counter, doc_sources)
         the_plan = make_plan(spec, corpus_tokens=corpus_tokens, question=question, answer_tokens=answer_tokens,
-                             instructions_tokens=scaffold_tokens(counter), documents=0)
+                             instructions_tokens=counter.planning_tokens(scaffold_tokens(counter)),
+                             documents=0)
         the_plan = replace(the_plan, documents=len(docs))
         if strategy not in (None, "stuff", "retrieve"):
             raise InputError(f"strategy {strategy!r}: use stuff or retrieve.")
@@ -201,11 +204,34 @@ class Session:
                                  "stuffing them would pass the practical limit.")
             the_plan = replace(the_plan, strategy=strategy, context_tokens=the_plan.budget_tokens,
                                reason=f"Retrieval forced (--strategy retrieve). {the_plan.reason}")
+        limit = the_plan.practical_limit_tokens
+
+        def overshoot(system: str, user: str) -> int:
+            """Tokens by which the real prompt (+ the answer) passes the limit, counted like the planner."""
+            used = counter.planning_tokens(counter.count(system) + counter.count(user))
+            return used + the_plan.answer_tokens - limit
+
         if the_plan.strategy == "stuff":
             sources = doc_sources
-        else:
-            sources = self._retrieve(question, spec, counter, the_plan)
-        system, user = build_prompt(question, sources)
+            system, user = build_prompt(question, sources)
+            over = overshoot(system, user)
+            if over > 0 and strategy != "stuff":  # the plan's estimate was a hair short: retrieve instead
+                the_plan = replace(the_plan, strategy="retrieve", context_tokens=the_plan.budget_tokens,
+                                   reason=f"{the_plan.reason} Fenced and numbered, though, the prompt passes the "
+                                          f"limit by {over:,} tokens, so ragkit retrieves instead.")
+        if the_plan.strategy == "retrieve":
+            # Pack, build the real prompt, count it; shrink the budget by any overshoot and re-pack.
+            budget = the_plan.budget_tokens
+            for _ in range(6):
+                sources = self._retrieve(question, spec, counter, budget)
+                system, user = build_prompt(question, sources)
+                over = overshoot(system, user)
+                if over <= 0:
+                    break
+                budget -= over
+            else:
+                raise InputError(f"could not fit retrieved chunks into {spec.name}'s practical limit of {limit:,} "
+                                 f"tokens; lower --answer-tokens or shorten the question.")
         input_tokens = counter.count(system) + counter.count(user)
         estimated = counter.planning_tokens(input_tokens)
         return PreparedPrompt(
@@ -215,25 +241,25 @@ class Session:
             prepare_s=time.perf_counter() - t0,
         )
 
-    def _retrieve(self, question: str, spec, counter, the_plan) -> list[SourceRef]:
-        """Packs chunks into the plan's budget, leaving room for each chunk's fence."""
+    def _retrieve(self, question: str, spec, counter, budget: int) -> list[SourceRef]:
+        """The best chunks packed into `budget` (the model's tokens), leaving room for each chunk's fence.
+
+        pack() counts chunks in planning tokens (margin included), like the planner; the caller checks
+        the finished prompt and calls again with a smaller budget if it still overshoots.
+        """
         self.ensure_index()
-        room = the_plan.pack_budget_tokens
-        budget = room
-        sources: list[SourceRef] = []
-        for _ in range(4):  # the fences' size depends on which chunks were packed: re-pack until it fits
-            with self._retrieval_lock:
-                packed = self.corpus.pack(question, budget_tokens=max(1, budget), model=spec)
-            sources = as_sources(packed.chunks)
-            titles = self._titles()
-            sources = [replace(s, title=s.title or titles.get(s.doc_id)) for s in sources]
-            framing = framing_tokens(counter, sources)
-            if packed.tokens + framing <= room or budget <= 1:
-                break
-            budget = room - framing
+        titles = self._titles()
+        sample = (self._doc_sources or [])[:50]
+        per_chunk = counter.planning_tokens(-(-framing_tokens(counter, sample) // max(1, len(sample))))
+        if budget <= per_chunk:
+            raise InputError(f"no room for any retrieved chunk ({budget:,}-token budget); "
+                             "lower --answer-tokens or shorten the question.")
+        with self._retrieval_lock:
+            packed = self.corpus.pack(question, budget_tokens=budget, model=spec, per_chunk_overhead_tokens=per_chunk)
+        sources = [replace(s, title=s.title or titles.get(s.doc_id)) for s in as_sources(packed.chunks)]
         if not sources:
-            raise InputError(f"retrieval found nothing to send for this question under {self.path}; "
-                             f"check that the index holds the documents (ragkit index {self.path}).")
+            raise InputError(f"retrieval found nothing that fits the {budget:,}-token budget for this question "
+                             f"under {self.path}; check the index (ragkit index {self.path}).")
         return sources
 
     def _titles(self) -> dict[str, str]:
@@ -249,9 +275,10 @@ class Session:
         from ragkit.costs import cost_usd
         from ragkit.models import get_model
 
-        prepared = self.prepare(question, model=model, answer_tokens=answer_tokens, strategy=strategy)
-        spec = get_model(prepared.model)
-        done = self.provider(spec).complete(prepared.system, prepared.user, max_tokens=prepared.plan.answer_tokens,
+        spec = get_model(model or self.model)
+        provider = self.provider(spec)  # a missing key fails here, before any indexing work
+        prepared = self.prepare(question, model=spec.id, answer_tokens=answer_tokens, strategy=strategy)
+        done = provider.complete(prepared.system, prepared.user, max_tokens=prepared.plan.answer_tokens,
                                             temperature=temperature, on_text=on_text)
         # Only a completed call gets this far: no partial answer, no ledger row for failures.
         cost = cost_usd(spec, done.input_tokens, done.output_tokens)

@@ -99,6 +99,10 @@ def fence_tag(texts: list[str]) -> str:
     raise RuntimeError("no unused fence tag")  # unreachable in practice
 
 
+# Stands in for the real tag when estimating fence sizes (the real one depends on the texts);
+# hex digits with few merges, so estimates lean high. The finished prompt is always counted exactly.
+ESTIMATE_TAG = "source-f3e9a7b1"
+
 _ATTR_BAD = re.compile(r'["<>\r\n\t]+')
 
 
@@ -108,7 +112,8 @@ def _attr(value: str) -> str:
 
 def format_source(src: SourceRef, tag: str) -> str:
     title = f' title="{_attr(src.title)}"' if src.title else ""
-    return f'<{tag} n="{src.number}" path="{_attr(src.source)}"{title}>\n{src.text.strip()}\n</{tag}>'
+    where = src.doc_id if src.doc_id.startswith(src.source) else src.source  # "file.jsonl#record" when there is one
+    return f'<{tag} n="{src.number}" path="{_attr(where)}"{title}>\n{src.text.strip()}\n</{tag}>'
 
 
 def build_prompt(question: str, items: Iterable, *, tag: str | None = None) -> tuple[str, str]:
@@ -123,13 +128,13 @@ def build_prompt(question: str, items: Iterable, *, tag: str | None = None) -> t
 
 def scaffold_tokens(counter, question: str = "") -> int:
     """Tokens of the prompt without any source (instructions + question): the planner's reserve."""
-    system, user = build_prompt(question, [], tag="source-00000000")
+    system, user = build_prompt(question, [], tag=ESTIMATE_TAG)
     return counter.count(system) + counter.count(user.replace("(no sources)", ""))
 
 
 def framing_tokens(counter, sources: list[SourceRef]) -> int:
     """Tokens the fences and headers add around the sources' texts (plus the blank lines between)."""
-    tag = "source-00000000"
+    tag = ESTIMATE_TAG
     return sum(counter.count(format_source(SourceRef(s.number, s.doc_id, s.source, 0, 0, "", s.title), tag)) + 1
                for s in sources)
 

@@ -361,9 +361,12 @@ class LLMServer:
     responder: Responder = field(default=lambda req: "ok")
     _server: _Server | None = field(default=None, init=False, repr=False)
     _thread: threading.Thread | None = field(default=None, init=False, repr=False)
+    _port: int | None = field(default=None, init=False, repr=False)
 
     def start(self) -> "LLMServer":
         self._server = _Server(self.responder)
+        self._port = self._server.server_address[1]
+        self._requests: list[ChatRequest] = self._server.requests
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="llm-server", daemon=True)
         self._thread.start()
@@ -385,8 +388,9 @@ class LLMServer:
 
     @property
     def port(self) -> int:
-        assert self._server is not None, "server not started"
-        return self._server.server_address[1]
+        """The port (still readable after the server stopped, for messages that name the URL)."""
+        assert self._port is not None, "server not started"
+        return self._port
 
     @property
     def root_url(self) -> str:
@@ -402,7 +406,10 @@ class LLMServer:
 
     @property
     def requests(self) -> list[ChatRequest]:
-        assert self._server is not None, "server not started"
+        """Requests received so far (a copy; still readable after the server stopped)."""
+        assert self._port is not None, "server not started"
+        if self._server is None:
+            return list(self._requests)
         with self._server._lock:
             return list(self._server.requests)
 

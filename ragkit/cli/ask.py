@@ -58,7 +58,8 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, dry_ru
     from ragkit.answer import Session
 
     session = Session(path, model=model, base_url=base_url, timeout_s=timeout_s, max_retries=max_retries,
-                      index_dir=index_dir, ledger=not no_ledger, log_question=log_question)
+                      index_dir=index_dir, ledger=not no_ledger, log_question=log_question,
+                      progress=sys.stderr.isatty())
     try:
         if dry_run:
             prepared = session.prepare(question, answer_tokens=answer_tokens, strategy=strategy)
