@@ -22,6 +22,7 @@ from ragkit.errors import InputError
 from ragkit.prompt import SourceRef, as_sources, build_prompt, cited_numbers, framing_tokens, scaffold_tokens
 
 DEFAULT_MODEL = "gpt-4o-mini"
+DEFAULT_TOP_K = 50   # chunks retrieval considers; the best that fit the budget are sent
 
 
 @dataclass(frozen=True)
@@ -171,10 +172,11 @@ class Session:
 
     # ---- the pipeline ---------------------------------------------------------------------------------
     def prepare(self, question: str, *, model: str | None = None, answer_tokens: int | None = None,
-                strategy: str | None = None) -> PreparedPrompt:
+                strategy: str | None = None, top_k: int = DEFAULT_TOP_K) -> PreparedPrompt:
         """Plans and builds the exact prompt, without calling any model (what --dry-run shows).
 
-        strategy forces "stuff" or "retrieve" (None: the planner decides).
+        strategy forces "stuff" or "retrieve" (None: the planner decides); top_k is how many chunks
+        retrieval considers before packing the best of them into the budget.
         """
         from ragkit.budget import plan as make_plan
         from ragkit.costs import cost_usd
@@ -223,7 +225,7 @@ class Session:
             # Pack, build the real prompt, count it; shrink the budget by any overshoot and re-pack.
             budget = the_plan.budget_tokens
             for _ in range(6):
-                sources = self._retrieve(question, spec, counter, budget)
+                sources = self._retrieve(question, spec, counter, budget, top_k)
                 system, user = build_prompt(question, sources)
                 over = overshoot(system, user)
                 if over <= 0:
@@ -241,7 +243,7 @@ class Session:
             prepare_s=time.perf_counter() - t0,
         )
 
-    def _retrieve(self, question: str, spec, counter, budget: int) -> list[SourceRef]:
+    def _retrieve(self, question: str, spec, counter, budget: int, top_k: int) -> list[SourceRef]:
         """The best chunks packed into `budget` (the model's tokens), leaving room for each chunk's fence.
 
         pack() counts chunks in planning tokens (margin included), like the planner; the caller checks
@@ -255,7 +257,8 @@ class Session:
             raise InputError(f"no room for any retrieved chunk ({budget:,}-token budget); "
                              "lower --answer-tokens or shorten the question.")
         with self._retrieval_lock:
-            packed = self.corpus.pack(question, budget_tokens=budget, model=spec, per_chunk_overhead_tokens=per_chunk)
+            packed = self.corpus.pack(question, budget_tokens=budget, model=spec, k=top_k,
+                                      per_chunk_overhead_tokens=per_chunk)
         sources = [replace(s, title=s.title or titles.get(s.doc_id)) for s in as_sources(packed.chunks)]
         if not sources:
             raise InputError(f"retrieval found nothing that fits the {budget:,}-token budget for this question "
@@ -270,14 +273,14 @@ class Session:
 
     def ask(self, question: str, *, model: str | None = None, answer_tokens: int | None = None,
             strategy: str | None = None, on_text: Callable[[str], None] | None = None,
-            temperature: float = 0.0) -> Answer:
+            temperature: float = 0.0, top_k: int = DEFAULT_TOP_K) -> Answer:
         """Answers one question from the corpus. on_text given => the answer streams through it."""
         from ragkit.costs import cost_usd
         from ragkit.models import get_model
 
         spec = get_model(model or self.model)
         provider = self.provider(spec)  # a missing key fails here, before any indexing work
-        prepared = self.prepare(question, model=spec.id, answer_tokens=answer_tokens, strategy=strategy)
+        prepared = self.prepare(question, model=spec.id, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k)
         done = provider.complete(prepared.system, prepared.user, max_tokens=prepared.plan.answer_tokens,
                                             temperature=temperature, on_text=on_text)
         # Only a completed call gets this far: no partial answer, no ledger row for failures.
@@ -321,7 +324,7 @@ class Session:
 
 def ask(path: str | Path, question: str, *, model: str | None = None, base_url: str | None = None,
         answer_tokens: int | None = None, strategy: str | None = None,
-        on_text: Callable[[str], None] | None = None, **session_kw) -> Answer:
+        on_text: Callable[[str], None] | None = None, top_k: int = DEFAULT_TOP_K, **session_kw) -> Answer:
     """One question, one corpus: opens a Session, asks, closes. For many questions keep a Session."""
     with Session(path, model=model, base_url=base_url, **session_kw) as session:
-        return session.ask(question, answer_tokens=answer_tokens, strategy=strategy, on_text=on_text)
+        return session.ask(question, answer_tokens=answer_tokens, strategy=strategy, on_text=on_text, top_k=top_k)

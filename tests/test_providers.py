@@ -187,3 +187,11 @@ def test_endpoint_without_usage_is_estimated_and_flagged(monkeypatch):
         monkeypatch.setattr(provider._sdk().chat.completions, "create", no_usage)
         done = provider.complete("s", "q", max_tokens=5, on_text=lambda t: None)
     assert done.text == "two words" and not done.usage_reported and done.output_tokens > 0
+
+
+def test_local_provider_is_resolved_lazily_and_rejects_base_url():
+    spec = get_model("qwen2.5-coder-0.5b-local")
+    provider = provider_for(spec)                 # no model load yet: that happens on the first call
+    assert isinstance(provider, Provider)
+    with pytest.raises(ConfigError, match="base-url"):
+        provider_for(spec, base_url="http://127.0.0.1:8080/v1")

@@ -29,6 +29,8 @@ def _print_sources(sources, heading: str) -> None:
 @click.option("-n", "--answer-tokens", type=int, default=None, help="Most tokens the answer may use.")
 @click.option("-s", "--strategy", type=click.Choice(["stuff", "retrieve"]), default=None,
               help="Force a strategy (default: the planner decides).")
+@click.option("-k", "--top-k", type=click.IntRange(1, 10_000), default=50, show_default=True,
+              help="Chunks retrieval considers before packing the best into the budget.")
 @click.option("--dry-run", is_flag=True, help="Print the plan, the exact prompt and its estimated cost; call no model.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--stream/--no-stream", default=None, help="Stream the answer as it is written (default: on a terminal).")
@@ -40,7 +42,7 @@ def _print_sources(sources, heading: str) -> None:
 @click.option("--log-question", is_flag=True,
               help="Store the question text in the cost ledger (by default only its SHA-256).")
 @click.option("--no-ledger", is_flag=True, help="Do not record this call in the cost ledger.")
-def ask_command(path, question, model, base_url, answer_tokens, strategy, dry_run, as_json, stream, timeout_s,
+def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k, dry_run, as_json, stream, timeout_s,
                 max_retries, index_dir, log_question, no_ledger):
     """Answer QUESTION from the documents under PATH, citing them.
 
@@ -62,7 +64,7 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, dry_ru
                       progress=sys.stderr.isatty())
     try:
         if dry_run:
-            prepared = session.prepare(question, answer_tokens=answer_tokens, strategy=strategy)
+            prepared = session.prepare(question, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k)
             if as_json:
                 click.echo(json.dumps(prepared.to_dict(), indent=2, ensure_ascii=False))
             else:
@@ -76,7 +78,7 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, dry_ru
             click.echo(text, nl=False)
             sys.stdout.flush()
 
-        answer = session.ask(question, answer_tokens=answer_tokens, strategy=strategy,
+        answer = session.ask(question, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k,
                              on_text=echo_delta if streamed else None)
     finally:
         session.close()
