@@ -278,6 +278,8 @@ class Session:
         from ragkit.costs import cost_usd
         from ragkit.models import get_model
 
+        if not (question or "").strip():
+            raise InputError("the question is empty: ask something, e.g. ragkit ask DOCS \"what is X?\".")
         spec = get_model(model or self.model)
         provider = self.provider(spec)  # a missing key fails here, before any indexing work
         prepared = self.prepare(question, model=spec.id, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k)
@@ -306,6 +308,15 @@ class Session:
                         question=answer.question, log_question=self.log_question, ledger=self.ledger)
         except Exception as exc:  # bookkeeping must not lose an answer already paid for
             print(f"ragkit: warning: could not write the cost ledger {self.ledger.path}: {exc}", file=sys.stderr)
+
+    def refresh(self) -> None:
+        """Re-reads the documents and re-checks the index on the next question (files changed on disk)."""
+        with self._lock:
+            self._docs = None
+            self._doc_sources = None
+            self._doc_tokens.clear()
+            self._indexed = False
+            self.__dict__.pop("_title_map", None)
 
     def close(self) -> None:
         with self._lock:
