@@ -15,7 +15,8 @@ from typing import Iterable, Protocol
 
 DEFAULT_CHUNK_TOKENS = 240   # content word pieces; + [CLS]/[SEP] = 242 <= MiniLM's 256 window
 DEFAULT_OVERLAP_TOKENS = 32
-_MAX_BLOCK_CHARS = 50_000    # bound on one tokenizer call, so a 100 MB paragraph stays cheap
+_MAX_BLOCK_CHARS = 50_000
+MAX_TITLE_TOKENS = 48        # longer titles are cut: they must leave room for the text    # bound on one tokenizer call, so a 100 MB paragraph stays cheap
 
 _HEADING = re.compile(
     r"^(?:#{1,6}[ \t]+\S.*$"                                     # Markdown ATX heading
@@ -44,6 +45,10 @@ class ChunkSettings:
 
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS
     overlap_tokens: int = DEFAULT_OVERLAP_TOKENS
+    # Embed each chunk with its document's title in front (a "contextual header"): a passage that
+    # never names its subject is still found by a question that does. The title's word pieces come
+    # out of the chunk's budget, so title + chunk still fit the window whole.
+    embed_title: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,10 +65,16 @@ class Chunk:
     end_char: int
     text: str
     tokens: int        # in the embedder's tokenizer, without special tokens
+    title: str = ""    # document title embedded in front of the text ("" = none)
+
+    @property
+    def embed_text(self) -> str:
+        """What the embedder reads: title line + text."""
+        return f"{self.title}\n{self.text}" if self.title else self.text
 
     @property
     def text_hash(self) -> str:
-        return text_hash(self.text)
+        return text_hash(self.embed_text)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -203,10 +214,12 @@ class Chunker:
 
     def split_many(self, docs) -> list[Chunk]:
         """Chunks of several documents; one batched tokenizer call per batch of paragraphs."""
-        limit, overlap = self.settings.chunk_tokens, self.settings.overlap_tokens
+        overlap = self.settings.overlap_tokens
         out: list[Chunk] = []
         for doc in docs:
             text = doc.text
+            title, title_tokens = self._title(doc)
+            limit = self.settings.chunk_tokens - title_tokens
             plan = [(sec, _blocks(text, *sec)) for sec in _sections(text)]
             flat = [blk for _, blocks in plan for blk in blocks]
             offsets = self.tokenizer.offsets_batch([text[a:b] for a, b in flat]) if flat else []
@@ -219,10 +232,23 @@ class Chunker:
                     pieces.extend(_atomic(text, a, b, next(counters), limit))
                 for group in _merge(pieces, limit, overlap):
                     s, e = group[0][0], group[-1][1]
-                    doc_chunks.append(Chunk(doc.id, doc.source, position, s, e, text[s:e], sum(p[2] for p in group)))
+                    doc_chunks.append(Chunk(doc.id, doc.source, position, s, e, text[s:e], sum(p[2] for p in group),
+                                            title))
                     position += 1
             out.extend(self._verify(doc_chunks, limit))
         return out
+
+    def _title(self, doc) -> tuple[str, int]:
+        """(title to embed, its word pieces + 1 slack), cut to MAX_TITLE_TOKENS; ("", 0) when off or absent."""
+        title = (doc.meta or {}).get("title") if self.settings.embed_title else None
+        if not isinstance(title, str) or not title.strip():
+            return "", 0
+        title = " ".join(title.split())
+        off = self.tokenizer.offsets_batch([title])[0]
+        if len(off) > MAX_TITLE_TOKENS:
+            title = title[:off[MAX_TITLE_TOKENS - 1][1]]
+            off = off[:MAX_TITLE_TOKENS]
+        return title, min(len(off) + 1, self.settings.chunk_tokens // 2)
 
     def _verify(self, chunks: list[Chunk], limit: int) -> list[Chunk]:
         """Re-counts each chunk on its own; cuts any that a non-additive tokenizer made too long."""
@@ -233,12 +259,13 @@ class Chunker:
         for c, off in zip(chunks, offsets):
             if len(off) <= limit:
                 fixed.append(c if len(off) == c.tokens else Chunk(c.doc_id, c.source, c.position, c.start_char,
-                                                                  c.end_char, c.text, len(off)))
+                                                                  c.end_char, c.text, len(off), c.title))
                 continue
             changed = True
             counter = _Counter(c.start_char, off)
             for a, b, n in counter.piece_runs(c.start_char, c.end_char, limit):
-                fixed.append(Chunk(c.doc_id, c.source, 0, a, b, c.text[a - c.start_char:b - c.start_char], n))
+                fixed.append(Chunk(c.doc_id, c.source, 0, a, b, c.text[a - c.start_char:b - c.start_char], n, c.title))
         if changed:
-            fixed = [Chunk(c.doc_id, c.source, i, c.start_char, c.end_char, c.text, c.tokens) for i, c in enumerate(fixed)]
+            fixed = [Chunk(c.doc_id, c.source, i, c.start_char, c.end_char, c.text, c.tokens, c.title)
+                     for i, c in enumerate(fixed)]
         return fixed

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ragkit.chunking import ChunkSettings, Chunker, text_hash
+from ragkit.chunking import ChunkSettings, Chunker
 from ragkit.errors import IndexError_, InputError
 from ragkit.loaders import Document, discover_files, load_file
 from ragkit.retrieve import Hit, PackedContext, pack_hits
@@ -195,7 +195,7 @@ class Corpus:
                 records.append(_store.FileRecord(sf.rel, size, mtime, ch.hashes.get(sf.rel, ""), len(chunks),
                                                  skipped_reason))
                 new_chunks += [_store.NewChunk(sf.rel, c.doc_id, c.source, c.position, c.start_char, c.end_char,
-                                               c.tokens, text_hash(c.text), c.text) for c in chunks]
+                                               c.tokens, c.text_hash, c.text, c.title) for c in chunks]
             vectors, embedded, cached, embed_s, dim = self._vectors(new_chunks, progress, on_progress)
             remove = ch.removed + [sf.rel for sf in ch.changed]
             removed_chunks = sum(old_files[r].chunks for r in ch.removed + [sf.rel for sf in ch.changed]
@@ -246,7 +246,7 @@ class Corpus:
         try:
             unique = list(dict.fromkeys(c.text_hash for c in chunks))
             found = cache.get_many(unique)
-            text_of = {c.text_hash: (c.text, c.tokens) for c in chunks}
+            text_of = {c.text_hash: (f"{c.title}\n{c.text}" if c.title else c.text, c.tokens) for c in chunks}
             todo = sorted((h for h in unique if h not in found), key=lambda h: -text_of[h][1])
             t0 = time.perf_counter()
             bar = _ProgressBar(len(todo), enabled=progress)
@@ -301,7 +301,8 @@ class Corpus:
         results = gen.search(vecs, k)
         rows = gen.chunks(sorted({i for r in results for i, _ in r}))
         return [[Hit(rows[i].doc_id, rows[i].source, rows[i].start_char, rows[i].end_char, rows[i].text,
-                     round(s, 6), rows[i].position, i) for i, s in r if i in rows] for r in results]
+                     round(s, 6), rows[i].position, i, rows[i].title or "") for i, s in r if i in rows]
+                for r in results]
 
     def pack(self, question: str, budget_tokens: int, model, k: int = 50, order: str = "edges", *,
              per_chunk_overhead_tokens: int = 0) -> PackedContext:

@@ -172,6 +172,7 @@ def _html_text(raw: str) -> str:
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(raw, "html.parser")
+    title = " ".join(soup.title.get_text().split()) if soup.title else ""
     for tag in soup(["script", "style", "noscript", "template", "head", "svg"]):
         tag.decompose()
     for br in soup.find_all("br"):
@@ -194,7 +195,7 @@ def _html_text(raw: str) -> str:
         elif not blank:
             out.append("")
             blank = 1
-    return "\n".join(out).strip()
+    return "\n".join(out).strip(), title
 
 
 def _pdf_text(path: Path) -> str:
@@ -270,8 +271,10 @@ def load_file(sf: SourceFile, *, text_field: str = "text", on_skip: SkipHandler 
             text, enc = _read_text_file(sf.path)
             meta["encoding"] = enc
             if suffix in HTML_SUFFIXES:
-                text = _html_text(text)
+                text, title = _html_text(text)
                 meta["format"] = "html"
+                if title:
+                    meta["title"] = title
             else:
                 meta["format"] = {".md": "markdown", ".markdown": "markdown", ".rst": "rst",
                                   ".rest": "rst"}.get(suffix, "text")

@@ -26,6 +26,7 @@ class Hit:
     score: float
     position: int = 0      # chunk number within its document
     chunk_id: int = -1
+    title: str = ""        # document title, when the source has one
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -72,7 +72,7 @@ CREATE TABLE IF NOT EXISTS files (rel TEXT PRIMARY KEY, size INTEGER, mtime_ns I
                                   chunks INTEGER, skipped TEXT);
 CREATE TABLE IF NOT EXISTS chunks (id INTEGER PRIMARY KEY, rel TEXT NOT NULL, doc_id TEXT NOT NULL,
                                    source TEXT NOT NULL, position INTEGER, start_char INTEGER,
-                                   end_char INTEGER, tokens INTEGER, text_hash TEXT, text TEXT);
+                                   end_char INTEGER, tokens INTEGER, text_hash TEXT, text TEXT, title TEXT);
 CREATE INDEX IF NOT EXISTS chunks_rel ON chunks(rel);
 CREATE TABLE IF NOT EXISTS tombstones (id INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -112,8 +112,9 @@ class NewChunk:
     start_char: int
     end_char: int
     tokens: int
-    text_hash: str
+    text_hash: str     # of the embedded text (title + text): the embedding cache key
     text: str
+    title: str = ""
 
 
 @dataclass
@@ -126,6 +127,7 @@ class ChunkRow:
     end_char: int
     text: str
     tokens: int
+    title: str
 
 
 def mismatch_message(index_dir: Path, have: dict, want: dict) -> str:
@@ -266,7 +268,7 @@ class Generation:
         with self._db_lock:
             for i in range(0, len(ids), 900):
                 part = ids[i:i + 900]
-                q = ("SELECT id, doc_id, source, position, start_char, end_char, text, tokens FROM chunks "
+                q = ("SELECT id, doc_id, source, position, start_char, end_char, text, tokens, title FROM chunks "
                      f"WHERE id IN ({','.join('?' * len(part))})")
                 for row in self.db.execute(q, part):
                     out[row[0]] = ChunkRow(*row)
@@ -422,9 +424,9 @@ def write_generation(index_dir: Path, old: Generation | None, settings: Settings
     row = db.execute("SELECT value FROM meta WHERE key='next_id'").fetchone()
     next_id = int(row[0]) if row else 0
     new_ids = np.arange(next_id, next_id + len(new_chunks), dtype="int64")
-    db.executemany("INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?)",
+    db.executemany("INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                    [(int(i), c.rel, c.doc_id, c.source, c.position, c.start_char, c.end_char, c.tokens,
-                     c.text_hash, c.text) for i, c in zip(new_ids, new_chunks)])
+                     c.text_hash, c.text, c.title) for i, c in zip(new_ids, new_chunks)])
     db.execute("INSERT OR REPLACE INTO meta VALUES ('next_id', ?)", [str(next_id + len(new_chunks))])
     db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?)",
                    [(f.rel, f.size, f.mtime_ns, f.sha256, f.chunks, f.skipped) for f in file_records])

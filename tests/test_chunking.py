@@ -43,7 +43,8 @@ def _hard_documents() -> list[Document]:
             if i >= 200:
                 break
             rec = json.loads(line)
-            docs.append(Document(rec["id"], "nq", rec["text"]))
+            docs.append(Document(rec["id"], "nq", rec["text"], {"title": rec["title"]}))
+    docs.append(Document("long-title", "lt", long_par[:5000], {"title": "A very long title " * 40}))
     return docs
 
 
@@ -52,7 +53,9 @@ def test_no_default_chunk_is_truncated_by_the_embedder(hf_tokenizer):
     assert tok.max_tokens == 256 and tok.special_tokens == 2
     chunks = Chunker(tok).split_many(_hard_documents())
     assert len(chunks) > 250
-    lengths = [len(ids) for ids in hf_tokenizer([c.text for c in chunks], add_special_tokens=True,
+    assert any(c.title for c in chunks)
+    # what the model reads is title + text: that must fit whole
+    lengths = [len(ids) for ids in hf_tokenizer([c.embed_text for c in chunks], add_special_tokens=True,
                                                  truncation=False)["input_ids"]]
     assert max(lengths) <= 256, max(lengths)
     assert max(lengths) > 200  # the hard documents do fill the window

@@ -71,6 +71,7 @@ def test_formats_and_skips(corpus_dir):
     assert set(docs) == {"guide/intro.md", "notes.txt", "api.rst", "page.html", "paper.pdf",
                          "data.jsonl#a1", "data.jsonl#a2"}
     html = docs["page.html"].text
+    assert docs["page.html"].meta["title"] == "T"
     assert "Visible heading" in html and "Shown text." in html
     assert "secret" not in html and "color" not in html and "comment" not in html and "T\n" not in html
     assert "Portable document text" in docs["paper.pdf"].text

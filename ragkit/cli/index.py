@@ -8,8 +8,8 @@ import click
 
 
 def _hit_dict(h) -> dict:
-    return {"source": h.source, "doc_id": h.doc_id, "score": h.score, "span": [h.start_char, h.end_char],
-            "position": h.position, "text": h.text}
+    return {"source": h.source, "doc_id": h.doc_id, "title": h.title, "score": h.score,
+            "span": [h.start_char, h.end_char], "position": h.position, "text": h.text}
 
 
 _index_dir = click.option("-d", "--index-dir", type=click.Path(file_okay=False),
