@@ -1,8 +1,320 @@
-"""CLI commands: evals."""
+"""CLI commands: `ragkit eval needle|qa|kv|report|suite` (the lost-in-the-middle harness)."""
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import click
+
+from ragkit.errors import InputError
+
+
+def _echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """'500,2k,1.5k,32K' -> (500, 2000, 1500, 32000)."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kKmM]?)", part)
+        if not m:
+            raise InputError(f"cannot read length {part!r}: use numbers like 500,2k,32k")
+        out.append(int(round(float(m.group(1)) * {"": 1, "k": 1000, "m": 1_000_000}[m.group(2).lower()])))
+    if not out:
+        raise InputError("give at least one length")
+    return tuple(out)
+
+
+def parse_numbers(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise InputError(f"cannot read {text!r}: use comma-separated numbers like 0,25,50,75,100") from None
+    if not values:
+        raise InputError("give at least one depth")
+    return values
+
+
+def _strategies(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def common_options(fn):
+    """Options every task command shares."""
+    options = [
+        click.option("-m", "--model", envvar="RAGKIT_MODEL", required=True,
+                     help="Model id or alias (see `ragkit models`); env RAGKIT_MODEL."),
+        click.option("-d", "--depths", default=None,
+                     help="Depths in percent (0 = start, 100 = end), e.g. 0,25,50,75,100."),
+        click.option("-n", "--samples", default=3, show_default=True, type=int, help="Samples per grid cell."),
+        click.option("-s", "--strategy", "strategy", default="stuff", show_default=True,
+                     help="stuff, retrieve, or both: stuff,retrieve."),
+        click.option("--max-cost", default=5.0, show_default=True, type=float,
+                     help="Refuse to start if the estimated cost (USD) is higher."),
+        click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
+                     help="Run folder (results.jsonl, report.md, plots). Default ragkit-evals/TASK-MODEL. "
+                          "Re-running into it resumes."),
+        click.option("--max-tokens", default=64, show_default=True, type=int, help="Answer tokens per call."),
+        click.option("--concurrency", type=int, default=None,
+                     help="Parallel calls (default: local 1, anthropic 4, openai 8)."),
+        click.option("--base-url", default=None, help="OpenAI/Anthropic-compatible endpoint to call instead."),
+        click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default=None,
+                     help="Response cache (SQLite). Default ~/.cache/ragkit/eval-cache.sqlite or $RAGKIT_EVAL_CACHE."),
+        click.option("--retrieve-budget", type=int, default=None,
+                     help="Tokens to pack for `retrieve` (default: the planner's budget for the model)."),
+        click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generated samples."),
+        click.option("--floor", type=float, default=None,
+                     help="Absolute accuracy floor for the limit (default: 90% of the shortest length's)."),
+        click.option("--save-limit", is_flag=True,
+                     help="Write the measured limit into your model overrides (used by `ragkit plan`)."),
+        click.option("--overrides", type=click.Path(dir_okay=False), default=None,
+                     help="Overrides file for --save-limit (default: your user models.toml)."),
+        click.option("--no-progress", is_flag=True, help="No progress bar."),
+        click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _run(task_name: str, task_options: dict, *, model, lengths, depths, samples, strategy, max_cost, out,
+         max_tokens, concurrency, base_url, cache_path, retrieve_budget, seed, floor, save_limit, overrides,
+         no_progress, as_json):
+    from ragkit.evals.cache import ResponseCache
+    from ragkit.evals.report import render_report
+    from ragkit.evals.runner import GridSpec, run_grid
+    from ragkit.evals.tasks import make_task
+    from ragkit.models import get_model
+
+    spec = get_model(model)
+    task = make_task(task_name, seed=seed, **task_options)
+    grid = GridSpec(task=task_name, model=spec.id, lengths=lengths, depths=depths, samples=samples,
+                    strategies=_strategies(strategy), max_tokens=max_tokens, retrieve_budget_tokens=retrieve_budget,
+                    task_options={k: str(v) if isinstance(v, Path) else v for k, v in task_options.items()})
+    out_dir = Path(out) if out else Path("ragkit-evals") / f"{task_name}-{spec.id}"
+    echo = (lambda m: click.echo(m, err=True))
+    result = run_grid(task, grid, out_dir, base_url=base_url, cache=ResponseCache(cache_path),
+                      max_cost_usd=max_cost, concurrency=concurrency, progress=not no_progress and not as_json,
+                      echo=echo, render=False)
+    summary = render_report(out_dir, floor=floor)
+    _finish(out_dir, summary, result.to_dict(), floor=floor, save_limit=save_limit, overrides=overrides,
+            as_json=as_json)
+
+
+def _finish(out_dir: Path, summary: dict, run: dict | None, *, floor, save_limit, overrides, as_json) -> None:
+    saved = None
+    if save_limit:
+        from ragkit.evals.report import save_measured_limit
+
+        path, tokens, source = save_measured_limit(out_dir, floor=floor, path=Path(overrides) if overrides else None)
+        saved = {"path": str(path), "practical_limit_tokens": tokens, "limit_source": source}
+    if as_json:
+        _echo_json({"out_dir": str(out_dir), "run": run, "summary": summary, "saved_limit": saved})
+        return
+    limit = summary.get("limit") or {}
+    if run:
+        click.echo(f"{run['calls_made']} calls made, {run['failed']} failed, ${run['cost_usd']:.4f} paid, "
+                   f"{run['wall_s']:.1f} s.")
+    for strategy, s in summary["strategies"].items():
+        acc = s["overall"]["accuracy"]
+        click.echo(f"{strategy}: accuracy {'-' if acc is None else f'{acc:.2f}'} over {s['overall']['n']} scored calls")
+    if limit.get("length") is not None:
+        click.echo(f"Measured practical limit: {limit['length']:,} {limit['length_unit']} "
+                   f"(floor {limit['floor']:.2f}, {limit['floor_rule']}).")
+    elif limit:
+        click.echo(f"No tested length stays above the floor {limit['floor']:.2f}.")
+    if limit.get("retrieve_overtakes_at") is not None:
+        click.echo(f"Retrieve overtakes stuff at {limit['retrieve_overtakes_at']:,} {limit['length_unit']}.")
+    click.echo(f"Report: {out_dir / 'report.md'}")
+    if saved:
+        click.echo(f"Saved practical limit {saved['practical_limit_tokens']:,} tokens to {saved['path']} "
+                   f"({saved['limit_source']}).")
+
+
+def _needles(needle, question, answer):
+    from ragkit.evals.tasks import Needle
+
+    if not needle:
+        if question or answer:
+            raise InputError("--question/--answer go with --needle: give all three")
+        return ()
+    if not (len(needle) == len(question) == len(answer)):
+        raise InputError("give one --question and one --answer for each --needle")
+    return tuple(Needle(n, q, (a,)) for n, q, a in zip(needle, question, answer))
+
+
+@click.group("eval")
+def eval_group():
+    """Measure accuracy by context length and position (lost in the middle) on your model and data.
+
+    \b
+    Examples:
+      ragkit eval needle -m gpt-4o-mini --lengths 2k,8k,32k --depths 0,25,50,75,100
+      ragkit eval qa -m gpt-4o-mini --docs 10,20,30 --positions 0,4,9,14,19,24,29
+      ragkit eval kv -m gpt-4o-mini --lengths 2k,8k --strategy stuff,retrieve
+      ragkit eval report ragkit-evals/needle-gpt-4o-mini
+      ragkit eval suite lost-in-the-middle -m gpt-4o-mini
+    """
+
+
+@eval_group.command("needle")
+@common_options
+@click.option("-l", "--lengths", default="2k,8k,32k", show_default=True, help="Context lengths in tokens.")
+@click.option("--corpus", type=click.Path(exists=True), default=None,
+              help="Haystack text: a folder or JSONL of your documents (default: the bundled corpus).")
+@click.option("--needles", "n_needles", default=1, show_default=True, type=int,
+              help="How many default needles to hide (several: scored as the fraction found).")
+@click.option("--needle", multiple=True, help="Your own needle sentence (repeatable; with --question, --answer).")
+@click.option("--question", multiple=True, help="The question the matching --needle answers.")
+@click.option("--answer", multiple=True, help="The answer to the matching --question.")
+def needle_cmd(lengths, depths, corpus, n_needles, needle, question, answer, **kw):
+    """Needle in a haystack: hide facts at depths in corpus text cut to exact token lengths.
+
+    \b
+    Examples:
+      ragkit eval needle -m gpt-4o-mini -l 2k,8k,32k -d 0,25,50,75,100 -n 3
+      ragkit eval needle -m local -l 500,1k,2k -d 0,50,100 -n 2 -s stuff,retrieve
+      ragkit eval needle -m gpt-4o --corpus docs/ --needle "The build server is named Orca." \\
+          --question "What is the build server named?" --answer Orca --save-limit
+    """
+    options = {"corpus": corpus, "n_needles": n_needles, "needles": _needles(needle, question, answer)}
+    _run("needle", options, lengths=parse_sizes(lengths), depths=parse_numbers(depths or "0,25,50,75,100"), **kw)
+
+
+@eval_group.command("qa")
+@common_options
+@click.option("--docs", default="10,20,30", show_default=True,
+              help="Documents per prompt (the paper's setting); --depths are then ignored for --positions.")
+@click.option("--positions", default="0,4,9,14,19,24,29", show_default=True,
+              help="0-based gold positions (those >= the number of documents are skipped).")
+@click.option("-l", "--lengths", default=None,
+              help="Token lengths instead of --docs: pad with distractors to reach each; gold at --depths percent.")
+@click.option("--distractors", type=click.Choice(["hard", "random"]), default="hard", show_default=True,
+              help="hard: ragkit's nearest passages without an answer (the paper's way); random.")
+@click.option("--corpus", type=click.Path(exists=True), default=None, help="Passages (default: bundled nq-wiki).")
+@click.option("--questions", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Questions JSONL: question, answers, passage_id (default: bundled nq-wiki questions).")
+def qa_cmd(docs, positions, lengths, depths, distractors, corpus, questions, **kw):
+    """Multi-document QA: the gold passage at a position among distractors (Liu et al. 2023).
+
+    \b
+    Examples:
+      ragkit eval qa -m gpt-4o-mini --docs 10,20,30 --positions 0,4,9,14,19,24,29 -n 5
+      ragkit eval qa -m gpt-4o-mini -l 2k,8k,16k -d 0,50,100 -s stuff,retrieve --distractors random
+    """
+    options = {"corpus": corpus, "questions": questions, "distractors": distractors, "by_tokens": bool(lengths)}
+    if lengths:
+        sizes, where = parse_sizes(lengths), parse_numbers(depths or "0,25,50,75,100")
+    else:
+        sizes, where = parse_sizes(docs), parse_numbers(positions)
+    _run("qa", options, lengths=sizes, depths=where, **kw)
+
+
+@eval_group.command("kv")
+@common_options
+@click.option("-l", "--lengths", default="2k,4k,8k", show_default=True, help="Context lengths in tokens.")
+@click.option("--source", type=click.Choice(["bundled", "generated"]), default="bundled", show_default=True,
+              help="bundled: the paper's UUID records (more generated to reach long lengths); generated: only seeded UUIDs.")
+def kv_cmd(lengths, depths, source, **kw):
+    """Key-value retrieval: find one UUID key's value in a JSON object (Liu et al. 2023).
+
+    \b
+    Examples:
+      ragkit eval kv -m gpt-4o-mini -l 2k,4k,8k -d 0,25,50,75,100
+    """
+    _run("kv", {"source": source}, lengths=parse_sizes(lengths), depths=parse_numbers(depths or "0,25,50,75,100"),
+         **kw)
+
+
+@eval_group.command("report")
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--floor", type=float, default=None,
+              help="Absolute accuracy floor for the limit (default: 90% of the shortest length's).")
+@click.option("--save-limit", is_flag=True, help="Write the measured limit into your model overrides.")
+@click.option("--overrides", type=click.Path(dir_okay=False), default=None,
+              help="Overrides file for --save-limit (default: your user models.toml).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def report_cmd(out_dir, floor, save_limit, overrides, as_json):
+    """Re-render a run's report (tables, plots, limit) from its results.jsonl; calls no model.
+
+    \b
+    Examples:
+      ragkit eval report ragkit-evals/needle-gpt-4o-mini
+      ragkit eval report evals/reports/needle-local --floor 0.5 --json
+    """
+    from ragkit.evals.report import render_report
+
+    out = Path(out_dir)
+    summary = render_report(out, floor=floor)
+    _finish(out, summary, None, floor=floor, save_limit=save_limit, overrides=overrides, as_json=as_json)
+
+
+@eval_group.command("suite")
+@click.argument("suite")
+@click.option("-m", "--model", envvar="RAGKIT_MODEL", required=True, help="Model id or alias; env RAGKIT_MODEL.")
+@click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (one sub-folder per run). Default ragkit-evals/SUITE-MODEL.")
+@click.option("--max-cost", default=5.0, show_default=True, type=float, help="USD cap for the whole suite.")
+@click.option("-n", "--samples", type=int, default=None, help="Override the suite's samples per cell.")
+@click.option("--concurrency", type=int, default=None, help="Parallel calls (default by provider).")
+@click.option("--base-url", default=None, help="OpenAI/Anthropic-compatible endpoint to call instead.")
+@click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default=None, help="Response cache (SQLite).")
+@click.option("--list", "list_only", is_flag=True, help="Show the suite's runs and exit.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON.")
+def suite_cmd(suite, model, out, max_cost, samples, concurrency, base_url, cache_path, list_only, no_progress,
+              as_json):
+    """Run an eval suite: a TOML file, or a name from the evals/ folder.
+
+    \b
+    Examples:
+      ragkit eval suite lost-in-the-middle -m gpt-4o-mini
+      ragkit eval suite litm-paper-qa -m gpt-4o --max-cost 20
+      ragkit eval suite my-suite.toml -m local --list
+    """
+    from ragkit.evals.cache import ResponseCache
+    from ragkit.evals.report import render_report
+    from ragkit.evals.runner import GridSpec, run_grid
+    from ragkit.evals.suites import load_suite
+    from ragkit.evals.tasks import make_task
+    from ragkit.models import get_model
+
+    s = load_suite(suite)
+    if list_only:
+        if as_json:
+            _echo_json(s.to_dict())
+            return
+        click.echo(f"{s.name}: {s.description}")
+        for r in s.runs:
+            click.echo(f"  {r.name}: {r.task} lengths={list(r.lengths)} depths={list(r.depths)} "
+                       f"samples={samples or r.samples} strategies={','.join(r.strategies)} options={r.options}")
+        return
+    spec = get_model(model)
+    root = Path(out) if out else Path("ragkit-evals") / f"{s.name}-{spec.id}"
+    cache = ResponseCache(cache_path)
+    remaining = max_cost
+    results = {}
+    for r in s.runs:
+        click.echo(f"== {s.name}/{r.name}", err=True)
+        task = make_task(r.task, **r.options)
+        grid = GridSpec(task=r.task, model=spec.id, lengths=r.lengths, depths=r.depths, samples=samples or r.samples,
+                        strategies=r.strategies, max_tokens=r.max_tokens, temperature=r.temperature,
+                        retrieve_budget_tokens=r.retrieve_budget_tokens, order=r.order, task_options=r.options)
+        result = run_grid(task, grid, root / r.name, base_url=base_url, cache=cache, max_cost_usd=remaining,
+                          concurrency=concurrency, progress=not no_progress and not as_json,
+                          echo=lambda m: click.echo(m, err=True), render=False)
+        remaining -= result.estimate.cost_usd
+        summary = render_report(root / r.name)
+        results[r.name] = {"run": result.to_dict(), "summary": summary}
+        if not as_json:
+            _finish(root / r.name, summary, result.to_dict(), floor=None, save_limit=False, overrides=None,
+                    as_json=False)
+    if as_json:
+        _echo_json({"suite": s.name, "out_dir": str(root), "runs": results})
 
 
 def register(group: click.Group) -> None:
     """Adds this module's commands to the top-level group."""
+    group.add_command(eval_group)

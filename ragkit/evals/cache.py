@@ -16,10 +16,12 @@ from pathlib import Path
 
 
 def default_cache_path() -> Path:
+    """$RAGKIT_EVAL_CACHE, else eval-cache.sqlite in ragkit's cache folder ($RAGKIT_CACHE_DIR, ~/.cache/ragkit)."""
     if os.environ.get("RAGKIT_EVAL_CACHE"):
         return Path(os.environ["RAGKIT_EVAL_CACHE"]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "ragkit" / "eval-cache.sqlite"
+    from ragkit.tokens import cache_dir
+
+    return cache_dir() / "eval-cache.sqlite"
 
 
 def call_key(model_id: str, api_model: str, system: str, prompt: str, max_tokens: int, temperature: float) -> str:

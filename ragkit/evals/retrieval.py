@@ -15,53 +15,34 @@ _lock = threading.Lock()
 _searchers: dict[int, Callable[[str, int], list[str]]] = {}
 
 
-def _memory_index(texts: Sequence[str]):
+def _memory_index(texts: Sequence[str], ids: Sequence[str] | None = None):
     """ragkit's in-memory index (shared embedder, loaded once per process)."""
     from ragkit.corpus import build_memory_index
 
-    return build_memory_index(list(texts))
-
-
-def _hit_index(hit) -> int:
-    for name in ("index", "idx", "position", "i"):
-        if hasattr(hit, name):
-            return int(getattr(hit, name))
-    if isinstance(hit, tuple):
-        return int(hit[0])
-    return int(hit.doc_id)
+    return build_memory_index(list(texts), list(ids) if ids is not None else None)
 
 
 def rank_units(units: Sequence[str], query: str) -> list[int]:
-    """All unit indices, most relevant to the query first."""
+    """All unit indices, most relevant to the query first (ragkit's embedder, exact search)."""
     if not units:
         return []
-    index = _memory_index(units)
-    hits = index.search(query, k=len(units))
-    ranked = list(dict.fromkeys(_hit_index(h) for h in hits))
-    return ranked + [i for i in range(len(units)) if i not in set(ranked)]
+    hits = _memory_index(units, [str(i) for i in range(len(units))]).search(query, k=len(units))
+    ranked = list(dict.fromkeys(int(h.doc_id) for h in hits))
+    seen = set(ranked)
+    return ranked + [i for i in range(len(units)) if i not in seen]
 
 
-def order_edges(ranked: list[int]) -> list[int]:
-    """Best at the start, second best at the end, and so on inwards: the weakest sit in the middle."""
-    front, back = [], []
-    for k, i in enumerate(ranked):
-        (front if k % 2 == 0 else back).append(i)
-    return front + back[::-1]
+def retrieve_units(units: Sequence[str], query: str, budget_tokens: int, counter, *, order: str = "edges",
+                   ranker: Ranker | None = None) -> list[int]:
+    """The units `ragkit ask` would send: ranked, packed by ragkit.retrieve.pack_hits into the budget
+    (model tokens, estimates inflated by the margin), ordered against lost-in-the-middle."""
+    from ragkit.retrieve import Hit, pack_hits
 
-
-def pack_units(units: Sequence[str], ranked: list[int], unit_tokens: Sequence[int], budget_tokens: int,
-               order: str = "edges") -> list[int]:
-    """Greedy by rank into the budget (skipping units that don't fit), then ordered for the prompt."""
-    chosen, used = [], 0
-    for i in ranked:
-        if used + unit_tokens[i] <= budget_tokens:
-            chosen.append(i)
-            used += unit_tokens[i]
-    if order == "edges":
-        return order_edges(chosen)
-    if order == "document":
-        return sorted(chosen)
-    return chosen  # "rank"
+    ranked = (ranker or rank_units)(units, query)
+    hits = [Hit(str(i), f"unit-{i}", 0, len(units[i]), units[i], 1.0 - k / (len(ranked) + 1), 0, i)
+            for k, i in enumerate(ranked)]
+    packed = pack_hits(hits, budget_tokens, counter, order=order)
+    return [int(c.doc_id) for c in packed.chunks]
 
 
 def passage_searcher(passages: Sequence[dict]) -> Callable[[str, int], list[str]]:
@@ -70,12 +51,10 @@ def passage_searcher(passages: Sequence[dict]) -> Callable[[str, int], list[str]
     with _lock:
         if key in _searchers:
             return _searchers[key]
-    texts = [f"{p['title']}\n{p['text']}" for p in passages]
-    index = _memory_index(texts)
-    ids = [p["id"] for p in passages]
+    index = _memory_index([f"{p['title']}\n{p['text']}" for p in passages], [p["id"] for p in passages])
 
     def search(question: str, k: int) -> list[str]:
-        return [ids[_hit_index(h)] for h in index.search(question, k=k)]
+        return [h.doc_id for h in index.search(question, k=k)]
 
     with _lock:
         _searchers[key] = search

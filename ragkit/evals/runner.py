@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 from ragkit.errors import ConfigError, InputError
 from ragkit.evals.cache import CachedResponse, ResponseCache, call_key
-from ragkit.evals.retrieval import Ranker, pack_units, rank_units
+from ragkit.evals.retrieval import Ranker, retrieve_units
 from ragkit.evals.tasks import Sample, Task
 
 FORMAT = "ragkit-eval/1"
@@ -119,8 +119,8 @@ def build_calls(task: Task, grid: GridSpec, spec, counter, ranker: Ranker | None
                 chosen = list(range(len(sample.units)))
             else:
                 budget = grid.retrieve_budget_tokens or _planner_budget(spec, sum(unit_tokens), sample, grid)
-                ranked = (ranker or rank_units)(sample.units, sample.question)
-                chosen = pack_units(sample.units, ranked, unit_tokens, budget, grid.order)
+                chosen = retrieve_units(sample.units, sample.question, budget, counter, order=grid.order,
+                                        ranker=ranker)
             prompt = task.render(sample, [sample.units[i] for i in chosen], retrieved=strategy == "retrieve")
             prompt_tokens = system_tokens + counter.count(prompt) + MESSAGE_OVERHEAD_TOKENS
             calls.append(Call(
@@ -132,11 +132,11 @@ def build_calls(task: Task, grid: GridSpec, spec, counter, ranker: Ranker | None
 
 
 def _planner_budget(spec, corpus_tokens: int, sample: Sample, grid: GridSpec) -> int:
-    """The budget `ragkit ask` would pack into for this model (in the counting encoding's tokens)."""
+    """The budget `ragkit ask` would pack into for this model (model tokens; pack_hits applies the margin)."""
     from ragkit.budget import plan
 
     answer_tokens = min(grid.max_tokens, spec.max_output_tokens)
-    return plan(spec, corpus_tokens=corpus_tokens, question=sample.question, answer_tokens=answer_tokens).pack_budget_tokens
+    return plan(spec, corpus_tokens=corpus_tokens, question=sample.question, answer_tokens=answer_tokens).budget_tokens
 
 
 # ---------------------------------------------------------------- the results log
@@ -228,7 +228,7 @@ def run_grid(task: Task, grid: GridSpec, out_dir: Path | str, *, provider=None, 
     counter = counter_for(spec)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cache = cache or ResponseCache()
+    cache = cache if cache is not None else ResponseCache()  # (an empty cache is falsy: it has __len__)
     calls = build_calls(task, grid, spec, counter, ranker)
     results_path = out / "results.jsonl"
     previous = latest_by_call(read_results(results_path))

@@ -215,8 +215,8 @@ class NeedleTask(Task):
         for i in order:
             text = self.passages[i]["text"].strip()
             parts.append(text)
-            total += counter.count(text) + 1
-            if total >= n_tokens + 50:
+            total += counter.count(text)
+            if total >= n_tokens * 1.02 + 50:  # a running sum, not the joined count: keep some slack
                 break
         ids = counter.encode("\n\n".join(parts))
         if len(ids) < n_tokens:
@@ -244,7 +244,8 @@ class NeedleTask(Task):
         text = haystack
         for char, sentence in sorted(inserts, reverse=True):
             before, after = text[:char], text[char:]
-            pad_before = "" if not before or before[-1].isspace() else " "
+            # After a cut mid-sentence (depth 100 on an exact-length haystack) the needle starts a new line.
+            pad_before = "" if not before or before[-1].isspace() else (" " if before[-1] in ".!?" else "\n")
             text = before + pad_before + sentence + ("\n" if after and not after[0].isspace() else "") + after
         units = chunk_text(text, counter, self.chunk_tokens)
         gold = tuple(i for i, u in enumerate(units) if any(n.text in u for n in needles))
@@ -327,6 +328,14 @@ class QATask(Task):
             ranked = [pid for pid in ids[: needed * 3 + 20] if ok(pid)]
         return list(dict.fromkeys(ranked))[:needed]
 
+    def samples(self, counter: Counter, lengths: Sequence[int], depths: Sequence[float],
+                n_samples: int) -> list[Sample]:
+        if self.by_tokens:
+            return super().samples(counter, lengths, depths, n_samples)
+        # The paper's grid: a gold position exists only where it is < the number of documents.
+        return [self.make_sample(counter, n, pos, i) for n in lengths for pos in depths if 0 <= pos < n
+                for i in range(n_samples)]
+
     @staticmethod
     def unit(passage: dict) -> str:
         return f"(Title: {passage['title']}) {passage['text'].strip()}"
@@ -336,17 +345,18 @@ class QATask(Task):
         gold = self.by_id[q["passage_id"]]
         if self.by_tokens:
             pool = self._distractor_ids(q, self.max_distractors)
-            units = [self.unit(gold)]
-            total = counter.count(self.unit(gold)) + 8
-            docs = []
+            docs: list[str] = []
+            total = counter.count(self.docs_block([self.unit(gold)]))
             for pid in pool:
                 if total >= length:
-                    break
+                    total = counter.count(self.docs_block([self.unit(gold)] + docs))  # exact, not the running sum
+                    if total >= length:
+                        break
                 docs.append(self.unit(self.by_id[pid]))
-                total += counter.count(docs[-1]) + 8
-            if total < length:
-                raise InputError(f"only {total} tokens of distractors for length {length}; use shorter --lengths")
-            position = round((len(docs)) * depth / 100.0)
+                total += counter.count(docs[-1]) + 5
+            if counter.count(self.docs_block([self.unit(gold)] + docs)) < length:
+                raise InputError(f"not enough distractors to reach {length} tokens; use shorter --lengths")
+            position = round(len(docs) * depth / 100.0)
             units = docs[:position] + [self.unit(gold)] + docs[position:]
         else:
             n_docs = int(length)
@@ -359,12 +369,15 @@ class QATask(Task):
             units = docs[:position] + [self.unit(gold)] + docs[position:]
         sample = Sample(self.name, index, int(length), self.length_unit, depth, self.depth_unit, q["question"],
                         tuple(q["answers"]), tuple(units), (position,), {"gold_passage_id": q["passage_id"]})
-        sample.meta["context_tokens"] = counter.count(self.render(sample, units, retrieved=False))
+        sample.meta["context_tokens"] = counter.count(self.docs_block(units))
         return sample
 
+    @staticmethod
+    def docs_block(units: Sequence[str]) -> str:
+        return "\n".join(f"Document [{i + 1}]{u}" for i, u in enumerate(units))
+
     def render(self, sample: Sample, units: Sequence[str], *, retrieved: bool) -> str:
-        docs = "\n".join(f"Document [{i + 1}]{u}" for i, u in enumerate(units))
-        return f"{self.prefix}\n\n{docs}\n\nQuestion: {sample.question}\nAnswer:"
+        return f"{self.prefix}\n\n{self.docs_block(units)}\n\nQuestion: {sample.question}\nAnswer:"
 
 
 def _default_passage_search(passages: list[dict]):

@@ -1,0 +1,118 @@
+"""Task generators: exact token lengths, needles on sentence boundaries at the asked depth, the paper's
+document rendering with the gold passage at its position, key-value records around the gold key."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from ragkit.evals.scoring import normalize_answer
+from ragkit.evals.tasks import KVTask, Needle, NeedleTask, QATask, sentence_boundaries
+from ragkit.tokens import counter_for
+
+COUNTER = counter_for("gpt-4o-mini")  # o200k, the model's own tokenizer
+
+
+@pytest.mark.parametrize("length", [500, 2000, 6000])
+def test_needle_context_has_the_exact_token_length(length):
+    task = NeedleTask()
+    s = task.make_sample(COUNTER, length, 50, 0)
+    text = "".join(s.units)
+    # the haystack is cut to length - needle tokens; joining needle and haystack may merge a token or two
+    assert abs(COUNTER.count(text) - length) <= 3
+    assert s.meta["needles"][0] in text
+    assert s.answers[0] in s.meta["needles"][0]
+    assert task.score(s.answers[0], s) == 1.0
+
+
+@pytest.mark.parametrize("depth", [0, 25, 50, 75, 100])
+def test_needle_sits_at_its_depth_on_a_sentence_boundary(depth):
+    task = NeedleTask()
+    s = task.make_sample(COUNTER, 4000, depth, 1)
+    text = "".join(s.units)
+    needle = s.meta["needles"][0]
+    start = text.index(needle)
+    at = COUNTER.count(text[:start]) / COUNTER.count(text)
+    assert abs(at - depth / 100) < 0.05, (depth, at)
+    before = text[:start].rstrip(" ")
+    assert before == "" or before[-1] in ".!?\n", before[-30:]  # starts a sentence, never splits one
+    assert s.gold_units and needle in s.units[s.gold_units[0]]
+
+
+def test_needles_are_deterministic_and_vary_by_sample():
+    task = NeedleTask()
+    a, b, c = (task.make_sample(COUNTER, 1000, 50, i) for i in (0, 0, 1))
+    assert a.units == b.units and a.question == b.question
+    assert a.question != c.question
+
+
+def test_custom_and_multiple_needles():
+    mine = NeedleTask(needles=[Needle("The build server is named Orca.", "What is the build server named?", ("Orca",)),
+                               Needle("The backup server is named Kestrel.", "What is the backup named?", ("Kestrel",))])
+    s = mine.make_sample(COUNTER, 1500, 0, 0)
+    text = "".join(s.units)
+    assert text.index("named Orca") < text.index("named Kestrel")
+    assert s.answers == ("Orca", "Kestrel")
+    assert mine.score("Orca\nKestrel", s) == 1.0 and mine.score("Orca", s) == 0.5
+    three = NeedleTask(n_needles=3).make_sample(COUNTER, 2000, 25, 0)
+    assert len(three.answers) == 3 and all(n in "".join(three.units) for n in three.meta["needles"])
+
+
+def test_sentence_boundaries():
+    text = "One. Two? Three!\nFour"
+    assert sentence_boundaries(text) == [0, 5, 10, 17, 21]
+
+
+def test_qa_paper_setting_renders_documents_with_gold_at_position():
+    task = QATask(distractors="random")
+    s = task.make_sample(COUNTER, 10, 4, 0)
+    prompt = task.render(s, s.units, retrieved=False)
+    docs = re.findall(r"^Document \[(\d+)\]\(Title: ", prompt, flags=re.M)
+    assert docs == [str(i) for i in range(1, 11)]
+    assert prompt.startswith("Write a high-quality answer for the given question using only the provided search results")
+    assert prompt.endswith(f"Question: {s.question}\nAnswer:")
+    gold = task.by_id[s.meta["gold_passage_id"]]
+    assert s.units[4] == QATask.unit(gold) and s.gold_units == (4,)
+    answers = [normalize_answer(a) for a in s.answers]
+    for i, unit in enumerate(s.units):
+        if i != 4:  # distractors never contain an answer
+            assert not any(a in normalize_answer(unit) for a in answers)
+    grid = task.samples(COUNTER, [10, 20], [0, 9, 14, 19], 1)
+    assert sorted((x.length, int(x.depth)) for x in grid) == [(10, 0), (10, 9), (20, 0), (20, 9), (20, 14), (20, 19)]
+
+
+def test_qa_by_tokens_pads_with_distractors_to_the_length():
+    task = QATask(distractors="random", by_tokens=True)
+    s = task.make_sample(COUNTER, 3000, 100, 2)
+    assert 3000 <= s.meta["context_tokens"] <= 3000 + 400  # one passage past the length at most
+    assert s.gold_units == (len(s.units) - 1,)
+
+
+def test_qa_hard_distractors_come_from_the_search_and_skip_answers():
+    calls = []
+
+    def search(question, k):
+        calls.append((question, k))
+        return [p["id"] for p in task.passages[:k]]
+
+    task = QATask(distractors="hard", search=search)
+    s = task.make_sample(COUNTER, 10, 0, 0)
+    assert calls and calls[0][0] == s.question
+    ids = [p["id"] for p in task.passages]
+    distractor_ids = [ids[[QATask.unit(p) for p in task.passages].index(u)] for u in s.units[1:]]
+    assert s.meta["gold_passage_id"] not in distractor_ids
+    assert distractor_ids == sorted(distractor_ids, key=ids.index)  # kept in the retriever's rank order
+
+
+@pytest.mark.parametrize("depth", [0, 50, 100])
+def test_kv_gold_key_at_depth_and_length(depth):
+    task = KVTask()
+    s = task.make_sample(COUNTER, 4000, depth, 3)
+    prompt = task.render(s, s.units, retrieved=False)
+    assert abs(s.meta["context_tokens"] - 4000) < 150
+    key = s.meta["key"]
+    keys = [u.split('"')[1] for u in s.units]
+    assert keys.index(key) == s.gold_units[0] == round((len(keys) - 1) * depth / 100)
+    assert prompt.startswith("Extract the value corresponding to the specified key in the JSON object below.")
+    assert prompt.endswith(f'Key: "{key}"\nCorresponding value:')
+    assert task.score(f"{s.answers[0]}", s) == 1.0 and len(set(keys)) == len(keys)
