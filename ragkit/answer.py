@@ -117,7 +117,7 @@ class Session:
         self.ledger = Ledger() if ledger is True else (ledger or None)
         self._corpus = corpus
         self._docs = None
-        self._doc_tokens: dict[str, list[int]] = {}   # per counting encoding
+        self._doc_tokens: dict[str, tuple[int, int]] = {}   # per counting encoding
         self._doc_sources: list[SourceRef] | None = None
         self._indexed = False
         self._providers: dict[tuple, object] = {}
@@ -144,13 +144,21 @@ class Session:
                 self._doc_sources = as_sources(docs)
             return self._docs
 
-    def _doc_token_counts(self, spec, counter) -> list[int]:
-        key = counter.encoding_name  # raw counts depend on the encoding only (margins apply later)
+    def _framed_corpus(self, spec, counter) -> tuple[int, int]:
+        """(tokens of every document with its fence, mean fence tokens per source), once per encoding.
+
+        Raw counts depend on the encoding only (margins are applied later), and come from the
+        on-disk count cache, so a big corpus is counted once ever, not once per question.
+        """
+        key = counter.encoding_name
         with self._lock:
             if key not in self._doc_tokens:
                 from ragkit.counting import count_documents
 
-                self._doc_tokens[key] = count_documents(self.documents(), spec)
+                docs = self.documents()
+                framing = framing_tokens(counter, self._doc_sources)
+                self._doc_tokens[key] = (sum(count_documents(docs, spec)) + framing,
+                                         -(-framing // max(1, len(docs))))
             return self._doc_tokens[key]
 
     def ensure_index(self) -> None:
@@ -191,9 +199,8 @@ class Session:
         counter = counter_for(spec)
         docs = self.documents()
         doc_sources = self._doc_sources
-        raw_tokens = sum(self._doc_token_counts(spec, counter))
         # The plan counts what is really sent: texts + their fences, instructions, question.
-        corpus_tokens = raw_tokens + framing_tokens(counter, doc_sources)
+        corpus_tokens, per_source = self._framed_corpus(spec, counter)
         the_plan = make_plan(spec, corpus_tokens=corpus_tokens, question=question, answer_tokens=answer_tokens,
                              instructions_tokens=counter.planning_tokens(scaffold_tokens(counter)),
                              documents=0)
@@ -225,7 +232,7 @@ class Session:
             # Pack, build the real prompt, count it; shrink the budget by any overshoot and re-pack.
             budget = the_plan.budget_tokens
             for _ in range(6):
-                sources = self._retrieve(question, spec, counter, budget, top_k)
+                sources = self._retrieve(question, spec, counter, budget, top_k, per_source)
                 system, user = build_prompt(question, sources)
                 over = overshoot(system, user)
                 if over <= 0:
@@ -243,7 +250,7 @@ class Session:
             prepare_s=time.perf_counter() - t0,
         )
 
-    def _retrieve(self, question: str, spec, counter, budget: int, top_k: int) -> list[SourceRef]:
+    def _retrieve(self, question: str, spec, counter, budget: int, top_k: int, per_source: int) -> list[SourceRef]:
         """The best chunks packed into `budget` (the model's tokens), leaving room for each chunk's fence.
 
         pack() counts chunks in planning tokens (margin included), like the planner; the caller checks
@@ -251,8 +258,7 @@ class Session:
         """
         self.ensure_index()
         titles = self._titles()
-        sample = (self._doc_sources or [])[:50]
-        per_chunk = counter.planning_tokens(-(-framing_tokens(counter, sample) // max(1, len(sample))))
+        per_chunk = counter.planning_tokens(per_source)
         if budget <= per_chunk:
             raise InputError(f"no room for any retrieved chunk ({budget:,}-token budget); "
                              "lower --answer-tokens or shorten the question.")
