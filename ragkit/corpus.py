@@ -148,6 +148,7 @@ class Corpus:
         """Brings the index up to date with the files: embeds only new or changed files, removes
         deleted ones. One writer at a time (IndexError_ for the second); atomic on disk."""
         t0 = time.perf_counter()
+        chunker = Chunker(self._tokenizer(), self.chunk_settings)  # bad settings fail before anything is touched
         self.index_dir.mkdir(parents=True, exist_ok=True)
         with _store.WriteLock(self.index_dir):
             current = self._generation_unchecked()
@@ -171,8 +172,6 @@ class Corpus:
                 return self._report(old, ch, skipped, t0, 0.0, 0, 0, 0, 0)
             report_skip = on_skip or (lambda rel, reason: log.warning("skipped %s: %s", rel, reason))
 
-            tok = self._tokenizer()
-            chunker = Chunker(tok, self.chunk_settings)
             records: list[_store.FileRecord] = list(ch.restat.values())
             new_chunks: list[_store.NewChunk] = []
             for sf in ch.added + ch.changed:
