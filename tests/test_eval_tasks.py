@@ -116,3 +116,38 @@ def test_kv_gold_key_at_depth_and_length(depth):
     assert prompt.startswith("Extract the value corresponding to the specified key in the JSON object below.")
     assert prompt.endswith(f'Key: "{key}"\nCorresponding value:')
     assert task.score(f"{s.answers[0]}", s) == 1.0 and len(set(keys)) == len(keys)
+
+
+def _small_corpus(tmp_path, n=40):
+    """The first n bundled passages and their questions, as a folder ragkit can index."""
+    import json as _json
+
+    from ragkit.evals.tasks import BUNDLED_QUESTIONS, load_passages
+
+    passages = load_passages()[:n]
+    ids = {p["id"] for p in passages}
+    folder = tmp_path / "wiki"
+    folder.mkdir()
+    (folder / "passages.jsonl").write_text("".join(_json.dumps(p) + "\n" for p in passages))
+    questions = [q for q in map(_json.loads, BUNDLED_QUESTIONS.read_text().splitlines()) if q["passage_id"] in ids]
+    (tmp_path / "q.jsonl").write_text("".join(_json.dumps(q) + "\n" for q in questions))
+    return folder, tmp_path / "q.jsonl", passages
+
+
+def test_qa_hard_distractors_are_ragkits_nearest_passages_without_an_answer(tmp_path):
+    from ragkit.corpus import build_memory_index
+
+    folder, questions, passages = _small_corpus(tmp_path)
+    task = QATask(corpus=folder, questions=questions, distractors="hard")  # the folder's persistent index
+    s = task.make_sample(COUNTER, 10, 9, 0)
+    assert s.units[9] == QATask.unit(task.by_id[s.meta["gold_passage_id"]])
+    answers = [normalize_answer(a) for a in s.answers]
+    assert not any(a in normalize_answer(u) for u in s.units[:9] for a in answers)
+    # The nearest passage by an independent in-memory index is among the distractors (when answer-free).
+    index = build_memory_index([f"{p['title']}\n{p['text']}" for p in passages], [p["id"] for p in passages])
+    by_id = {p["id"]: p for p in passages}
+    nearest = [h.doc_id for h in index.search(s.question, k=len(passages))
+               if h.doc_id != s.meta["gold_passage_id"]
+               and not any(a in normalize_answer(by_id[h.doc_id]["text"]) for a in answers)]
+    assert QATask.unit(by_id[nearest[0]]) in s.units[:9]
+    assert (folder / ".ragkit").is_dir()  # built once, reused by the next run

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 Ranker = Callable[[Sequence[str], str], list[int]]  # (unit texts, query) -> unit indices, best first
 
 _lock = threading.Lock()
-_searchers: dict[int, Callable[[str, int], list[str]]] = {}
+_searchers: dict[object, Callable[[str, int], list[str]]] = {}
 
 
 def _memory_index(texts: Sequence[str], ids: Sequence[str] | None = None):
@@ -55,6 +55,34 @@ def passage_searcher(passages: Sequence[dict]) -> Callable[[str, int], list[str]
 
     def search(question: str, k: int) -> list[str]:
         return [h.doc_id for h in index.search(question, k=k)]
+
+    with _lock:
+        _searchers[key] = search
+    return search
+
+
+def corpus_searcher(path, passages: Sequence[dict]) -> Callable[[str, int], list[str]]:
+    """search(question, k) -> passage ids through the corpus folder's persistent ragkit index.
+
+    The index is built once (`ragkit index PATH` builds the same one) and reused by later runs,
+    so hard distractors over the bundled 2,599 passages cost the embedding only the first time.
+    Chunks map back to passages by the JSONL record id (`file#id`); several chunks of one passage
+    count once.
+    """
+    from ragkit.corpus import Corpus
+
+    key = ("corpus", str(path))
+    with _lock:
+        if key in _searchers:
+            return _searchers[key]
+    corpus = Corpus.open(path)
+    corpus.index()
+    known = {p["id"] for p in passages}
+
+    def search(question: str, k: int) -> list[str]:
+        hits = corpus.search(question, k=k * 2)
+        ids = [h.doc_id.rsplit("#", 1)[-1] for h in hits]
+        return [i for i in dict.fromkeys(ids) if i in known][:k]
 
     with _lock:
         _searchers[key] = search

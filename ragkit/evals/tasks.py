@@ -292,6 +292,7 @@ class QATask(Task):
         if distractors not in ("hard", "random"):
             raise InputError(f"unknown distractors {distractors!r}: use hard or random")
         self.corpus = str(corpus) if corpus else None
+        self.corpus_path = Path(corpus) if corpus else BUNDLED_CORPUS
         self.questions_path = Path(questions) if questions else BUNDLED_QUESTIONS
         self.passages = load_passages(corpus)
         self.by_id = {p["id"]: p for p in self.passages}
@@ -320,7 +321,7 @@ class QATask(Task):
         answers = q["answers"]
         ok = lambda pid: pid != q["passage_id"] and not _has_answer(self.by_id[pid]["text"], answers)  # noqa: E731
         if self.distractors == "hard":
-            search = self._search or _default_passage_search(self.passages)
+            search = self._search or _default_passage_search(self.corpus_path, self.passages)
             ranked = [pid for pid in search(q["question"], min(len(self.passages), needed * 3 + 20)) if ok(pid)]
         else:
             ids = [p["id"] for p in self.passages]
@@ -380,10 +381,13 @@ class QATask(Task):
         return f"{self.prefix}\n\n{self.docs_block(units)}\n\nQuestion: {sample.question}\nAnswer:"
 
 
-def _default_passage_search(passages: list[dict]):
-    """Nearest passages by ragkit's own embedder + FAISS, index built once per passage set."""
-    from ragkit.evals.retrieval import passage_searcher
+def _default_passage_search(corpus_path: Path, passages: list[dict]):
+    """Nearest passages by ragkit's own retriever: the corpus folder's persistent index when the
+    passages are JSONL records with ids (the bundled corpus), else an in-memory index."""
+    from ragkit.evals.retrieval import corpus_searcher, passage_searcher
 
+    if corpus_path.is_dir() and any(corpus_path.glob("*.jsonl")):
+        return corpus_searcher(corpus_path, passages)
     return passage_searcher(passages)
 
 
