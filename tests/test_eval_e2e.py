@@ -238,3 +238,73 @@ def test_kill_9_and_resume_pays_no_call_twice_and_loses_nothing(tmp_path):
         again = subprocess.run(args + ["--base-url", srv.openai_base_url], capture_output=True, text=True,
                                timeout=120)
         assert again.returncode == 0 and srv.requests == []
+
+
+def edge_reader(answer_of, k: int):
+    """A reader that finds the answer only in the first/last k tokens of the context block.
+
+    answer_of(prompt) -> (context, answer) locates the context and the answer the test knows.
+    """
+    def respond(req) -> Reply:
+        context, answer = answer_of(req.prompt)
+        ids = COUNTER.encode(context)
+        visible = COUNTER.decode(ids[:k]) + "\n" + COUNTER.decode(ids[-k:])
+        return Reply(answer if answer in visible else "unknown", input_tokens=COUNTER.count(req.prompt),
+                     output_tokens=3)
+
+    return respond
+
+
+def test_suite_runs_kv_and_paper_qa_and_recovers_the_edges(tmp_path):
+    from ragkit.evals.tasks import BUNDLED_QUESTIONS
+
+    answers = {q["question"]: q["answers"][0] for q in map(json.loads, BUNDLED_QUESTIONS.read_text().splitlines())}
+
+    def answer_of(prompt: str):
+        if prompt.startswith("Extract the value"):
+            key = re.search(r'Key: "([^"]+)"\nCorresponding value:$', prompt).group(1)
+            data = prompt[prompt.index("JSON data:"):prompt.index("\n\nKey:")]
+            return data, re.search(f'"{key}": "([^"]+)"', data).group(1)
+        question = re.search(r"Question: (.*)\nAnswer:$", prompt).group(1)
+        return prompt[:prompt.index("\n\nQuestion:")], answers[question]
+
+    suite = tmp_path / "edges.toml"
+    suite.write_text('''
+name = "edges"
+samples = 2
+max_tokens = 16
+[[runs]]
+name = "kv"
+task = "kv"
+lengths = [500, 3000]
+depths = [0, 50, 100]
+[[runs]]
+name = "qa"
+task = "qa"
+lengths = [10]
+depths = [0, 4, 9, 14]
+[runs.options]
+distractors = "random"
+''')
+    with LLMServer(responder=edge_reader(answer_of, 300)) as srv:
+        data = invoke("eval", "suite", str(suite), "-m", "gpt-4o-mini", "--base-url", srv.openai_base_url,
+                      "--cache", str(tmp_path / "c.sqlite"), "-o", str(tmp_path / "out"), "--json")
+        assert len(srv.requests) == 2 * 3 * 2 + 3 * 2  # position 14 does not exist among 10 documents
+    kv = {(c["length"], c["depth"]): c["accuracy"] for c in data["runs"]["kv"]["summary"]["strategies"]["stuff"]["cells"]}
+    assert kv == {(500, 0): 1.0, (500, 50): 1.0, (500, 100): 1.0, (3000, 0): 1.0, (3000, 50): 0.0, (3000, 100): 1.0}
+    qa = data["runs"]["qa"]["summary"]
+    assert qa["length_unit"] == "docs" and qa["depth_unit"] == "position"
+    assert {c["depth"]: c["accuracy"] for c in qa["strategies"]["stuff"]["cells"]} == {0: 1.0, 4: 0.0, 9: 1.0}
+    report = (tmp_path / "out" / "qa" / "report.md").read_text()
+    assert "| 10 docs |" in report and "pos 4" in report
+    assert (tmp_path / "out" / "kv" / "heatmap-stuff.png").exists()
+
+
+def test_bundled_suites_load():
+    from ragkit.evals.suites import load_suite
+
+    litm = load_suite("lost-in-the-middle")
+    assert {r.task for r in litm.runs} == {"needle", "qa", "kv"}
+    paper = load_suite("litm-paper-qa")
+    qa = next(r for r in paper.runs if r.task == "qa")
+    assert qa.lengths == (10, 20, 30) and qa.depths[:4] == (0, 4, 9, 14) and qa.options["distractors"] == "hard"
