@@ -1,0 +1,64 @@
+"""The measured limit, the crossover and the intervals, on hand-made results (no model, no server)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ragkit.evals.report import measured_limit, render_report, summarize, wilson
+
+
+def records(acc: dict, strategy: str = "stuff", n: int = 10, failed: int = 0) -> list[dict]:
+    """acc: {length: accuracy} -> n scored records per length (+ failed ones), depth 50."""
+    out = []
+    for length, a in acc.items():
+        hits = round(a * n)
+        for i in range(n + failed):
+            ok = i < n
+            out.append({"call_id": f"{strategy}/L{length}/D50/S{i}", "task": "needle", "model": "gpt-4o-mini",
+                        "length": length, "length_unit": "tokens", "depth": 50, "depth_unit": "percent",
+                        "strategy": strategy, "sample": i, "status": "ok" if ok else "failed",
+                        "score": (1.0 if i < hits else 0.0) if ok else None, "input_tokens": length + 40,
+                        "cost_usd": 0.0, "latency_s": 0.1, "prediction": "x" if ok else None})
+    return out
+
+
+def test_limit_is_the_longest_length_before_accuracy_drops_below_90_percent_of_the_shortest():
+    limit = measured_limit(records({1000: 1.0, 2000: 0.9, 4000: 0.8, 8000: 1.0}))
+    assert limit.floor == pytest.approx(0.9) and limit.length == 2000  # 8K recovering later does not count
+    assert not limit.all_passed and limit.prompt_tokens == 2040
+
+
+def test_absolute_floor_and_edge_cases():
+    rs = records({1000: 0.8, 2000: 0.7, 4000: 0.5})
+    assert measured_limit(rs).length == 1000                       # relative floor 0.72
+    assert measured_limit(rs, floor=0.6).length == 2000
+    assert measured_limit(rs, floor=0.9).length is None            # below the floor everywhere
+    flat = measured_limit(records({1000: 1.0, 2000: 1.0}))
+    assert flat.length == 2000 and flat.all_passed
+
+
+def test_failed_calls_are_unscored_not_wrong():
+    s = summarize(records({1000: 1.0}, failed=5))["stuff"]["overall"]
+    assert s.accuracy == 1.0 and s.n == 10 and s.failed == 5
+
+
+def test_retrieve_overtakes_stuff_at_the_first_length_it_is_better():
+    rs = records({1000: 1.0, 2000: 0.6, 4000: 0.3}) + records({1000: 0.9, 2000: 0.8, 4000: 0.8}, "retrieve")
+    assert measured_limit(rs).retrieve_overtakes_at == 2000
+
+
+def test_wilson_interval():
+    lo, hi = wilson(10, 10)
+    assert hi == 1.0 and lo == pytest.approx(0.7225, abs=1e-3)
+    lo, hi = wilson(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-3) and hi == pytest.approx(0.7634, abs=1e-3)
+
+
+def test_render_report_from_a_log(tmp_path):
+    rs = records({1000: 1.0, 2000: 0.5})
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rs) + '{"cut sho')
+    data = render_report(tmp_path, floor=0.4)
+    assert data["limit"]["length"] == 2000 and data["limit"]["floor_rule"] == "absolute (--floor)"
+    md = (tmp_path / "report.md").read_text()
+    assert "| 1K | 100% (72–100) n=10 |" in md and "| 2K | 50% (24–76) n=10 |" in md
