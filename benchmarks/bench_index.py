@@ -1,0 +1,194 @@
+"""Indexing and query benchmarks for ragkit's retrieval pipeline (prints figures; asserts nothing).
+
+    python benchmarks/bench_index.py                 # 500 NQ passages, latency at 10K and 100K chunks
+    python benchmarks/bench_index.py --passages 2599 --sizes 10000,100000
+
+In one run, on the same chunks:
+  1. raw SentenceTransformer.encode throughput on ragkit's chunk texts (run before and after 2.);
+  2. ragkit index throughput (Corpus.index() in process, model already loaded: pipeline overhead only),
+     and the `ragkit index` CLI cold (new process: imports + model load + build);
+  3. re-index of the unchanged corpus as a fraction of the cold build (in process and CLI);
+  4. query latency p50/p95 of embed + search + pack (Corpus.pack, gpt-4o tokens) at each size.
+     Embedding 100K chunks takes hours on 2 cores, so the large indexes hold the real chunk vectors
+     plus mixtures of two real vectors (+ small noise, re-normalised), real chunk texts, real questions;
+  5. index size on disk and peak RSS.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def peak_rss_mb(who=resource.RUSAGE_SELF) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024  # KB on Linux
+
+
+def pct(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--passages", type=int, default=500)
+    ap.add_argument("--sizes", default="10000,100000")
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--keep", action="store_true", help="keep the temp folder")
+    args = ap.parse_args()
+
+    from ragkit.chunking import Chunker
+    from ragkit.corpus import Corpus
+    from ragkit.embed import get_embedder, load_piece_tokenizer
+    from ragkit.loaders import load_documents
+    from ragkit import store
+
+    work = Path(tempfile.mkdtemp(prefix="ragkit-bench-"))
+    corpus_dir = work / "nq"
+    corpus_dir.mkdir()
+    rows = [json.loads(line) for line in open(ROOT / "corpora" / "nq-wiki" / "passages.jsonl")][:args.passages]
+    # 20 JSONL files, so the folder walk, hashing and per-file bookkeeping are exercised too
+    for f in range(20):
+        with open(corpus_dir / f"part{f:02d}.jsonl", "w") as out:
+            for r in rows[f::20]:
+                out.write(json.dumps(r) + "\n")
+    questions = [json.loads(line)["question"] for line in open(ROOT / "corpora" / "questions" / "nq-wiki.jsonl")]
+
+    emb = get_embedder()
+    chunks = Chunker(load_piece_tokenizer()).split_many(load_documents(corpus_dir))
+    texts = [c.embed_text for c in chunks]
+    pieces = sum(c.tokens for c in chunks)
+    print(f"machine: {os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f}; torch threads {emb.threads}; "
+          f"batch {emb.batch_size}")
+    print(f"corpus: {len(rows)} NQ passages in 20 JSONL files -> {len(chunks)} chunks, {pieces} word pieces "
+          f"(mean {pieces / len(chunks):.0f}/chunk)")
+    emb.encode(texts[:64])  # warm-up
+
+    def raw_encode() -> float:
+        t = time.perf_counter()
+        emb.model.encode(texts, batch_size=emb.batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                         show_progress_bar=False)
+        return len(texts) / (time.perf_counter() - t)
+
+    raw1 = raw_encode()
+    corpus = Corpus.open(corpus_dir, index_dir=work / "idx")
+    cold = corpus.index()
+    ours = cold.chunks_total / cold.elapsed_s
+    raw2 = raw_encode()
+    raw = (raw1 + raw2) / 2
+    print("\n== indexing (same chunks) ==")
+    print(f"raw SentenceTransformer.encode: {raw1:.1f} and {raw2:.1f} chunks/s (mean {raw:.1f})")
+    print(f"ragkit index (in process, whole pipeline: walk, hash, load, chunk, embed, FAISS, SQLite, atomic write): "
+          f"{cold.elapsed_s:.1f} s = {ours:.1f} chunks/s = {ours / raw:.2f}x raw (goal >= 0.90x)")
+    warm = corpus.index()
+    print(f"re-index unchanged (in process): {warm.elapsed_s * 1000:.0f} ms = {100 * warm.elapsed_s / cold.elapsed_s:.2f}% "
+          f"of the cold build (goal <= 3%)")
+
+    cli = [sys.executable, "-m", "ragkit.cli", "index", str(corpus_dir), "-q", "--index-dir", str(work / "idx-cli")]
+    t = time.perf_counter()
+    subprocess.run(cli, check=True, capture_output=True)
+    cli_cold = time.perf_counter() - t
+    t = time.perf_counter()
+    subprocess.run(cli, check=True, capture_output=True)
+    cli_warm = time.perf_counter() - t
+    print(f"`ragkit index` CLI, new process: cold {cli_cold:.1f} s (incl. imports + model load), "
+          f"unchanged re-run {cli_warm:.2f} s = {100 * cli_warm / cli_cold:.1f}% (mostly Python start-up)")
+    print(f"peak RSS of the CLI build process: {peak_rss_mb(resource.RUSAGE_CHILDREN):.0f} MB")
+    idx_dir = work / "idx"
+    gen = store.open_generation(idx_dir)
+    print(f"index on disk ({cold.chunks_total} chunks): {mb(du(idx_dir))} total = FAISS {mb((gen.path / 'index.faiss').stat().st_size)}"
+          f" + chunk table {mb((gen.path / 'chunks.sqlite').stat().st_size)} + embedding cache "
+          f"{mb((idx_dir / 'embcache.sqlite').stat().st_size)}")
+
+    # ---- query latency at larger sizes ----------------------------------------------------------
+    import faiss
+    import numpy as np
+
+    ids, base_vecs = store._index_vectors(gen.index)
+    base_rows = gen.chunks([int(i) for i in ids])
+    base = [base_rows[int(i)] for i in ids]
+    settings = store.Settings(**{k: gen.settings[k] for k in ("embed_model", "dim", "chunker", "text_field")})
+    rng = np.random.default_rng(0)
+    qs = random.Random(1).sample(questions, args.queries + 10)
+    print("\n== query latency: embed + search + pack (k=20 hits packed into 2,000 gpt-4o tokens) ==")
+    for size in [int(s) for s in args.sizes.split(",") if s]:
+        d = work / f"idx-{size}"
+        # extra vectors: mixtures of two real chunk vectors plus a little noise, re-normalised -- they
+        # stay on the low-dimensional manifold real embeddings occupy (isotropic noise would not)
+        n_extra = max(0, size - len(base_vecs))
+        i1, i2 = rng.integers(0, len(base_vecs), n_extra), rng.integers(0, len(base_vecs), n_extra)
+        w = rng.uniform(0.3, 0.7, (n_extra, 1)).astype("float32")
+        extra = w * base_vecs[i1] + (1 - w) * base_vecs[i2] + rng.normal(0, 0.01, (n_extra, base_vecs.shape[1]))
+        vecs = np.concatenate([base_vecs, extra.astype("float32")])[:size]
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        new_chunks = [store.NewChunk(f"part{i % 20:02d}.jsonl", f"syn#{i}", f"part{i % 20:02d}.jsonl",
+                                     0, b.start_char, b.end_char, b.tokens, f"h{i}", b.text, b.title)
+                      for i, b in ((i, base[i % len(base)]) for i in range(size))]
+        faiss.omp_set_num_threads(os.cpu_count() or 1)
+        t = time.perf_counter()
+        store.write_generation(d, None, settings, remove_rels=[], file_records=[], new_chunks=new_chunks,
+                               new_vectors=vecs)
+        build_s = time.perf_counter() - t
+        c = Corpus.open(corpus_dir, index_dir=d)
+        g = store.open_generation(d)
+        for q in qs[:10]:
+            c.pack(q, 2000, "gpt-4o", k=20)
+        total, t_embed, t_search = [], [], []
+        qvecs = []
+        for q in qs[10:]:
+            t0 = time.perf_counter()
+            c.pack(q, 2000, "gpt-4o", k=20)
+            total.append((time.perf_counter() - t0) * 1000)
+            t0 = time.perf_counter()
+            v = emb.encode([q])
+            t1 = time.perf_counter()
+            g.search(v, 20)
+            t2 = time.perf_counter()
+            t_embed.append((t1 - t0) * 1000)
+            t_search.append((t2 - t1) * 1000)
+            qvecs.append(v[0])
+        recall = ""
+        if g.kind == "hnsw":
+            exact = faiss.IndexFlatIP(vecs.shape[1])
+            exact.add(vecs)
+            qv = np.stack(qvecs)
+            _, truth = exact.search(qv, 10)
+            got = [[i for i, _ in row] for row in g.search(qv, 10)]
+            r = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, got)])
+            recall = f"; recall@10 vs exact {r:.3f}"
+        print(f"{size:>7} chunks ({g.kind}, built in {build_s:.1f} s, {mb(du(d))} on disk): "
+              f"p50 {pct(total, .5):.1f} ms, p95 {pct(total, .95):.1f} ms "
+              f"(embed p50 {pct(t_embed, .5):.1f} ms, search p50 {pct(t_search, .5):.2f} ms){recall}")
+        c.close()
+        g.close()
+    print(f"\npeak RSS of this process: {peak_rss_mb():.0f} MB")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(f"kept {work}")
+
+
+if __name__ == "__main__":
+    main()
