@@ -139,13 +139,16 @@ def test_report_rerenders_from_results_without_calling_a_model(tmp_path):
 
 
 def test_max_cost_refuses_before_any_call(tmp_path):
+    from ragkit.evals import retrieval
+
     with LLMServer(responder=simulated_reader()) as srv:
         result = CliRunner().invoke(main, ["eval", "needle", "-m", "gpt-4o", "--base-url", srv.openai_base_url,
                                            "-l", "30k", "-d", "0,50,100", "-n", "2", "--max-cost", "0.05",
+                                           "-s", "stuff,retrieve",
                                            "--cache", str(tmp_path / "c.sqlite"), "-o", str(tmp_path / "o")])
         assert result.exit_code == 1
         assert "exceeds --max-cost $0.05" in result.output
-        assert "6 calls to gpt-4o" in result.output
+        assert "12 calls to gpt-4o still to make" in result.output  # refused before any retrieval ranking
         assert srv.requests == []
 
 

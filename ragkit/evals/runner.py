@@ -107,14 +107,16 @@ def call_id(strategy: str, sample: Sample) -> str:
     return f"{strategy}/L{sample.length}/D{sample.depth:g}/S{sample.sample}"
 
 
-def build_calls(task: Task, grid: GridSpec, spec, counter, ranker: Ranker | None = None) -> list[Call]:
+def build_calls(task: Task, grid: GridSpec, spec, counter, ranker: Ranker | None = None,
+                samples: Sequence[Sample] | None = None) -> list[Call]:
     """Every prompt of the grid, exactly as it will be sent (deterministic: same grid, same prompts)."""
-    samples = task.samples(counter, grid.lengths, grid.depths, grid.samples)
+    if samples is None:
+        samples = task.samples(counter, grid.lengths, grid.depths, grid.samples)
     system_tokens = counter.count(task.system)
     calls = []
     for sample in samples:
+        unit_tokens = counter.count_many(sample.units)
         for strategy in grid.strategies:
-            unit_tokens = counter.count_many(sample.units)
             if strategy == "stuff":
                 chosen = list(range(len(sample.units)))
             else:
@@ -129,6 +131,33 @@ def build_calls(task: Task, grid: GridSpec, spec, counter, ranker: Ranker | None
                 gold_in_context=any(i in chosen for i in sample.gold_units),
                 key=call_key(spec.id, spec.api_model, task.system, prompt, grid.max_tokens, grid.temperature)))
     return calls
+
+
+def upper_bound_cost(task: Task, grid: GridSpec, spec, counter, samples: Sequence[Sample], done_ids: set[str],
+                     cache: ResponseCache) -> tuple[int, int, float]:
+    """Cost if every call not yet logged or cached is paid at its largest prompt (retrieve at its full
+    budget) and longest answer: checked before any ranking, so a run past --max-cost is refused at once.
+    (A retrieve call cached but not in this run's log is counted: its prompt is not known yet.)"""
+    from ragkit.costs import cost_usd
+
+    system_tokens = counter.count(task.system) + MESSAGE_OVERHEAD_TOKENS
+    tokens = calls = 0
+    for sample in samples:
+        prompt = task.render(sample, sample.units, retrieved=False)
+        stuff = system_tokens + counter.count(prompt)
+        for strategy in grid.strategies:
+            if call_id(strategy, sample) in done_ids:
+                continue
+            if strategy == "retrieve":
+                calls += 1
+                budget = grid.retrieve_budget_tokens or _planner_budget(spec, stuff, sample, grid)
+                tokens += min(stuff, system_tokens + counter.count(task.render(sample, [], retrieved=True)) + budget)
+            elif cache.get(call_key(spec.id, spec.api_model, task.system, prompt, grid.max_tokens,
+                                    grid.temperature)) is None:
+                calls += 1
+                tokens += stuff
+    tokens = counter.planning_tokens(tokens)
+    return calls, tokens, cost_usd(spec, tokens, calls * grid.max_tokens)
 
 
 def _planner_budget(spec, corpus_tokens: int, sample: Sample, grid: GridSpec) -> int:
@@ -229,9 +258,19 @@ def run_grid(task: Task, grid: GridSpec, out_dir: Path | str, *, provider=None, 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache = cache if cache is not None else ResponseCache()  # (an empty cache is falsy: it has __len__)
-    calls = build_calls(task, grid, spec, counter, ranker)
+    samples = task.samples(counter, grid.lengths, grid.depths, grid.samples)
     results_path = out / "results.jsonl"
     previous = latest_by_call(read_results(results_path))
+    if max_cost_usd is not None:
+        logged = {cid for cid, r in previous.items() if r["status"] == "ok"}
+        n_calls, n_tokens, bound = upper_bound_cost(task, grid, spec, counter, samples, logged, cache)
+        if bound > max_cost_usd:
+            echo(f"{n_calls} calls to {spec.id} still to make: at most {n_tokens:,} input tokens "
+                 f"(retrieve prompts counted at their full budget) + {n_calls * grid.max_tokens:,} output; "
+                 f"at most ${bound:.4f}")
+            raise ConfigError(f"the estimated cost ${bound:.4f} exceeds --max-cost ${max_cost_usd:.2f}; "
+                              "use fewer lengths/depths/samples or raise --max-cost.")
+    calls = build_calls(task, grid, spec, counter, ranker, samples)
     wanted = {c.call_id: c.key for c in calls}
     done = {cid for cid, r in previous.items() if r["status"] == "ok" and wanted.get(cid) == r.get("key")}
     est = estimate(calls, done, cache, spec, counter, grid.max_tokens)
