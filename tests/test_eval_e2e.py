@@ -139,8 +139,6 @@ def test_report_rerenders_from_results_without_calling_a_model(tmp_path):
 
 
 def test_max_cost_refuses_before_any_call(tmp_path):
-    from ragkit.evals import retrieval
-
     with LLMServer(responder=simulated_reader()) as srv:
         result = CliRunner().invoke(main, ["eval", "needle", "-m", "gpt-4o", "--base-url", srv.openai_base_url,
                                            "-l", "30k", "-d", "0,50,100", "-n", "2", "--max-cost", "0.05",
