@@ -301,11 +301,20 @@ distractors = "random"
     assert (tmp_path / "out" / "kv" / "heatmap-stuff.png").exists()
 
 
-def test_bundled_suites_load():
+def test_bundled_and_custom_suites_load(tmp_path):
     from ragkit.evals.suites import load_suite
 
     litm = load_suite("lost-in-the-middle")
     assert {r.task for r in litm.runs} == {"needle", "qa", "kv"}
+    from ragkit.evals.tasks import make_task
+
+    custom = tmp_path / "mine.toml"
+    custom.write_text('[[runs]]\ntask = "needle"\nlengths = [500]\ndepths = [50]\n'
+                      '[[runs.options.needles]]\ntext = "The build server is named Orca."\n'
+                      'question = "What is the build server named?"\nanswers = ["Orca"]\n')
+    run = load_suite(str(custom)).runs[0]
+    sample = make_task(run.task, **run.options).make_sample(COUNTER, 500, 50, 0)
+    assert sample.answers == ("Orca",) and "named Orca." in "".join(sample.units)
     paper = load_suite("litm-paper-qa")
     qa = next(r for r in paper.runs if r.task == "qa")
     assert qa.lengths == (10, 20, 30) and qa.depths[:4] == (0, 4, 9, 14) and qa.options["distractors"] == "hard"

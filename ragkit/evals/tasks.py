@@ -96,6 +96,17 @@ class Needle:
         return {"text": self.text, "question": self.question, "answers": list(self.answers)}
 
 
+def _as_needle(n) -> Needle:
+    """A Needle, or a suite's table {text, question, answers = [...]} (or answer = "...")."""
+    if isinstance(n, Needle):
+        return n
+    try:
+        answers = n.get("answers") or [n["answer"]]
+        return Needle(str(n["text"]), str(n["question"]), tuple(str(a) for a in answers))
+    except (KeyError, TypeError, AttributeError):
+        raise InputError(f"a needle needs text, question and answers: got {n!r}") from None
+
+
 _LETTERS = "ABCDEFGHJKLMNPQRSTUVWXYZ"
 _NAMES = ["Halvorsen", "Quillfeather", "Marrowind", "Tessaly", "Brackenholt", "Vintrelle", "Oskarby", "Duvessa"]
 _THINGS = ["smoked cardamom", "pickled quince", "black garlic", "candied fennel", "roasted chicory",
@@ -191,7 +202,7 @@ class NeedleTask(Task):
                  chunk_tokens: int = 100, seed: int = 0):
         self.corpus = str(corpus) if corpus else None
         self.passages = load_passages(corpus)
-        self.custom_needles = tuple(needles)
+        self.custom_needles = tuple(_as_needle(n) for n in needles)
         self.n_needles = max(1, len(self.custom_needles) or n_needles)
         self.chunk_tokens = chunk_tokens
         self.seed = seed
