@@ -15,13 +15,14 @@ from typing import Iterable, Protocol
 
 DEFAULT_CHUNK_TOKENS = 240   # content word pieces; + [CLS]/[SEP] = 242 <= MiniLM's 256 window
 DEFAULT_OVERLAP_TOKENS = 32
-_MAX_BLOCK_CHARS = 50_000
-MAX_TITLE_TOKENS = 48        # longer titles are cut: they must leave room for the text    # bound on one tokenizer call, so a 100 MB paragraph stays cheap
+_MAX_BLOCK_CHARS = 50_000    # bound on one tokenizer call, so a 100 MB paragraph stays cheap
+MAX_TITLE_TOKENS = 48        # longer titles are cut: they must leave room for the text
 
+# Line-anchored and length-bounded: no backtracking across long paragraph lines.
 _HEADING = re.compile(
-    r"^(?:#{1,6}[ \t]+\S.*$"                                     # Markdown ATX heading
-    r"|[^\n]*\S[^\n]*\n(?P<u>[=\-~^\"'`#*+:.])(?P=u){2,}[ \t]*$"  # reST title + underline
-    r"|.+\n(?:=+|-+)[ \t]*$)",                                 # Markdown setext heading
+    r"^(?:#{1,6}[ \t]+\S[^\n]*$"                                            # Markdown ATX heading
+    r"|[ \t]*\S[^\n]{0,200}\n(?P<u>[=\-~^\"'`#*+:.])(?P=u){2,}[ \t]*$"   # reST title + underline
+    r"|[ \t]*\S[^\n]{0,200}\n(?:=+|-+)[ \t]*$)",                           # Markdown setext heading
     re.MULTILINE,
 )
 _PARAGRAPH_GAP = re.compile(r"\n[ \t]*\n\s*")
@@ -167,7 +168,7 @@ def _atomic(text: str, a: int, b: int, c: _Counter, limit: int) -> Iterable[tupl
                 yield from c.piece_runs(wa, wb, limit)
 
 
-def _merge(pieces: list[tuple[int, int, int]], limit: int, overlap: int) -> list[list[tuple[int, int, int]]]:
+def _merge(pieces: Iterable[tuple[int, int, int]], limit: int, overlap: int) -> list[list[tuple[int, int, int]]]:
     """Greedy packing of consecutive pieces up to `limit` tokens; each new group starts with the
     trailing pieces of the previous one (<= overlap tokens) so a fact cut at a boundary survives."""
     groups, cur, cur_t = [], [], 0
@@ -220,23 +221,24 @@ class Chunker:
             text = doc.text
             title, title_tokens = self._title(doc)
             limit = self.settings.chunk_tokens - title_tokens
-            plan = [(sec, _blocks(text, *sec)) for sec in _sections(text)]
-            flat = [blk for _, blocks in plan for blk in blocks]
-            offsets = self.tokenizer.offsets_batch([text[a:b] for a, b in flat]) if flat else []
-            counters = iter(_Counter(a, off) for (a, _), off in zip(flat, offsets))
             position = 0
             doc_chunks: list[Chunk] = []
-            for _, blocks in plan:
-                pieces: list[tuple[int, int, int]] = []
-                for a, b in blocks:
-                    pieces.extend(_atomic(text, a, b, next(counters), limit))
-                for group in _merge(pieces, limit, overlap):
+            for sec in _sections(text):
+                for group in _merge(self._pieces(text, _blocks(text, *sec), limit), limit, overlap):
                     s, e = group[0][0], group[-1][1]
                     doc_chunks.append(Chunk(doc.id, doc.source, position, s, e, text[s:e], sum(p[2] for p in group),
                                             title))
                     position += 1
             out.extend(self._verify(doc_chunks, limit))
         return out
+
+    def _pieces(self, text: str, blocks: list[tuple[int, int]], limit: int):
+        """Atomic pieces of a section, tokenizing 256 paragraphs per call so that a 100 MB text never
+        has all its token offsets in memory at once."""
+        for i in range(0, len(blocks), 256):
+            part = blocks[i:i + 256]
+            for (a, b), off in zip(part, self.tokenizer.offsets_batch([text[x:y] for x, y in part])):
+                yield from _atomic(text, a, b, _Counter(a, off), limit)
 
     def _title(self, doc) -> tuple[str, int]:
         """(title to embed, its word pieces + 1 slack), cut to MAX_TITLE_TOKENS; ("", 0) when off or absent."""
@@ -250,13 +252,17 @@ class Chunker:
             off = off[:MAX_TITLE_TOKENS]
         return title, min(len(off) + 1, self.settings.chunk_tokens // 2)
 
+    def _with_offsets(self, chunks: list[Chunk]):
+        for i in range(0, len(chunks), 512):
+            part = chunks[i:i + 512]
+            yield from zip(part, self.tokenizer.offsets_batch([c.text for c in part]))
+
     def _verify(self, chunks: list[Chunk], limit: int) -> list[Chunk]:
         """Re-counts each chunk on its own; cuts any that a non-additive tokenizer made too long."""
         if not chunks:
             return chunks
-        offsets = self.tokenizer.offsets_batch([c.text for c in chunks])
         fixed, changed = [], False
-        for c, off in zip(chunks, offsets):
+        for c, off in self._with_offsets(chunks):
             if len(off) <= limit:
                 fixed.append(c if len(off) == c.tokens else Chunk(c.doc_id, c.source, c.position, c.start_char,
                                                                   c.end_char, c.text, len(off), c.title))
