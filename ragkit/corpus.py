@@ -131,8 +131,8 @@ class Corpus:
         with self._gen_lock:
             cur = _store.read_current(self.index_dir) if self.index_dir.is_dir() else None
             if self._gen is None or (cur and self._gen.name != cur):
-                if self._gen is not None:
-                    self._gen.close()
+                # The old generation is not closed here: another thread may be reading it; it is
+                # released when the last reference goes (its files stay readable after deletion).
                 self._gen = _store.open_generation(self.index_dir) if cur else None
             return self._gen
 
@@ -211,7 +211,10 @@ class Corpus:
             return self._report(gen, ch, skipped, t0, embed_s, len(new_chunks), removed_chunks, embedded, cached)
 
     def _report(self, gen, ch, skipped, t0, embed_s, added, removed, embedded, cached) -> IndexReport:
-        return IndexReport(str(self.index_dir), len(ch.added), len(ch.changed), len(ch.removed), ch.unchanged,
+        # A skipped file is counted once, as skipped, not also as added/changed/unchanged.
+        skip = {rel for rel, _ in skipped}
+        return IndexReport(str(self.index_dir), sum(f.rel not in skip for f in ch.added),
+                           sum(f.rel not in skip for f in ch.changed), len(ch.removed), ch.unchanged - len(skip & ch.unchanged_rels),
                            len(skipped), added, removed, gen.live_chunks, embedded, cached, gen.kind, gen.name,
                            round(time.perf_counter() - t0, 3), round(embed_s, 3), tuple(skipped))
 

@@ -350,6 +350,7 @@ class Changes:
     changed: list = field(default_factory=list)    # SourceFile
     removed: list = field(default_factory=list)    # rel
     unchanged: int = 0
+    unchanged_rels: set = field(default_factory=set)
     restat: dict = field(default_factory=dict)     # rel -> FileRecord (same content, new stat)
     hashes: dict = field(default_factory=dict)     # rel -> sha256 of added/changed
 
@@ -373,6 +374,7 @@ def scan_changes(files, old: dict[str, FileRecord]) -> Changes:
         rec = old.get(sf.rel)
         if rec and rec.size == st.st_size and rec.mtime_ns == st.st_mtime_ns:
             ch.unchanged += 1
+            ch.unchanged_rels.add(sf.rel)
             continue
         try:
             digest = file_sha256(sf.path)
@@ -380,6 +382,7 @@ def scan_changes(files, old: dict[str, FileRecord]) -> Changes:
             digest = "unreadable"
         if rec and rec.sha256 == digest:
             ch.unchanged += 1
+            ch.unchanged_rels.add(sf.rel)
             ch.restat[sf.rel] = FileRecord(sf.rel, st.st_size, st.st_mtime_ns, digest, rec.chunks, rec.skipped)
             continue
         ch.hashes[sf.rel] = digest

@@ -28,7 +28,7 @@ def test_index_summary_then_incremental(docs):
     runner = CliRunner()
     res = runner.invoke(main, ["index", str(docs)])
     assert res.exit_code == 0, res.output + res.stderr
-    assert "files: 4 added, 0 changed, 0 removed, 0 unchanged, 1 skipped" in res.output
+    assert "files: 3 added, 0 changed, 0 removed, 0 unchanged, 1 skipped" in res.output
     assert "chunks/s" in res.output
     assert "warning: skipped logo.png: binary file" in res.stderr
     assert "embedding" in res.stderr  # the rich progress bar
@@ -36,7 +36,7 @@ def test_index_summary_then_incremental(docs):
     res = runner.invoke(main, ["index", str(docs), "--json"])
     assert res.exit_code == 0
     report = json.loads(res.output)
-    assert (report["files_changed"], report["files_unchanged"], report["chunks_embedded"]) == (1, 3, 1)
+    assert (report["files_changed"], report["files_unchanged"], report["chunks_embedded"]) == (1, 2, 1)
     assert report["skipped"] == [{"path": "logo.png", "reason": "binary file"}]
 
 
