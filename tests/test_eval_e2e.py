@@ -105,7 +105,7 @@ def test_report_recovers_the_simulated_readers_u_shape_decline_and_limit(tmp_pat
     retrieved = [x for x in lines if x["strategy"] == "retrieve"]
     assert all(x["context_tokens"] <= 400 and x["gold_in_context"] for x in retrieved)
     report = (out / "report.md").read_text()
-    assert "**1K tokens **" in report and "Retrieve overtakes stuff at **2K**" in report
+    assert "**1K tokens** (prompts of about" in report and "Retrieve overtakes stuff at **2K**" in report
     assert "| 2K | 100% " in report  # the table row for 2K starts with the depth-0 cell
     for png in ("heatmap-stuff.png", "heatmap-retrieve.png", "accuracy-vs-length.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -261,8 +261,10 @@ def render_report(out_dir: Path | str, *, floor: float | None = None, plots: boo
     grid = meta.get("grid", {})
     lines = [f"# {records[0]['task']} eval: {records[0]['model']}", ""]
     if meta:
-        lines.append(f"Run {meta.get('created', '?')}; grid: lengths {grid.get('lengths')} ({lu}), depths "
-                     f"{grid.get('depths')} ({records[0]['depth_unit']}), {grid.get('samples')} samples, strategies "
+        depths = ", ".join(f"{d:g}" for d in grid.get("depths", []))
+        lengths = ", ".join(str(x) for x in grid.get("lengths", []))
+        lines.append(f"Run {meta.get('created', '?')}; grid: lengths {lengths} ({lu}), depths "
+                     f"{depths} ({records[0]['depth_unit']}), {grid.get('samples')} samples, strategies "
                      f"{', '.join(grid.get('strategies', []))}, max {grid.get('max_tokens')} output tokens, "
                      f"temperature {grid.get('temperature')}. Scorer: {meta.get('task', {}).get('scorer')}.")
     lines.append(f"{len(records)} calls: {n_ok} scored, {n_failed} failed (failed calls are unscored, not wrong). "
@@ -278,9 +280,15 @@ def render_report(out_dir: Path | str, *, floor: float | None = None, plots: boo
         tokens = f" (prompts of about {limit.prompt_tokens:,} tokens as the model counted them)" if limit.prompt_tokens else ""
         more = (" No drop was seen at any tested length, so the true limit may be higher: test longer lengths."
                 if limit.all_passed else "")
-        lines.append(f"**{_fmt_len(limit.length, lu)} {'' if lu == 'docs' else 'tokens '}**{tokens}: the longest tested "
+        size = _fmt_len(limit.length, lu) + ("" if lu == "docs" else " tokens")
+        lines.append(f"**{size}**{tokens}: the longest tested "
                      f"length at which `{limit.strategy}` accuracy stays at or above the floor of {limit.floor:.2f} "
                      f"({limit.floor_rule}).{more}")
+    model = meta.get("model") or {}
+    if model.get("practical_limit_tokens"):
+        lines.append("")
+        lines.append(f"The registry's limit for {model.get('id')} at the time of the run: "
+                     f"{model['practical_limit_tokens']:,} tokens ({model.get('limit_source', '?')}).")
     if limit is not None and "retrieve" in summary and "stuff" in summary:
         lines.append("")
         lines.append(f"Retrieve overtakes stuff at **{_fmt_len(limit.retrieve_overtakes_at, lu)}**."
