@@ -8,14 +8,16 @@ Every chunk is re-counted in that tokenizer before it is returned and cut furthe
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from bisect import bisect_left
 from dataclasses import asdict, dataclass
-from typing import Iterable, Protocol
+from typing import Iterable, Iterator, Protocol
 
 DEFAULT_CHUNK_TOKENS = 240   # content word pieces; + [CLS]/[SEP] = 242 <= MiniLM's 256 window
 DEFAULT_OVERLAP_TOKENS = 32
 _MAX_BLOCK_CHARS = 50_000    # bound on one tokenizer call, so a 100 MB paragraph stays cheap
+_BATCH_CHARS = 256_000       # text per tokenizer call when chunking
 MAX_TITLE_TOKENS = 48        # longer titles are cut: they must leave room for the text
 
 # Line-anchored and length-bounded: no backtracking across long paragraph lines.
@@ -85,22 +87,19 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def _spans(text: str, s: int, e: int, gap: re.Pattern) -> list[tuple[int, int]]:
-    """Non-blank pieces of text[s:e] between matches of `gap`, stripped of whitespace."""
-    out, pos = [], s
-    for m in gap.finditer(text, s, e):
-        out.append((pos, m.start()))
-        pos = m.end()
-    out.append((pos, e))
-    res = []
-    for a, b in out:
+def _spans(text: str, s: int, e: int, gap: re.Pattern) -> Iterator[tuple[int, int]]:
+    """Non-blank pieces of text[s:e] between matches of `gap`, stripped of whitespace (lazily)."""
+    pos = s
+    for m in itertools.chain(gap.finditer(text, s, e), [None]):
+        a, b = pos, (m.start() if m is not None else e)
+        if m is not None:
+            pos = m.end()
         while a < b and text[a].isspace():
             a += 1
         while b > a and text[b - 1].isspace():
             b -= 1
         if a < b:
-            res.append((a, b))
-    return res
+            yield (a, b)
 
 
 def _sections(text: str) -> list[tuple[int, int]]:
@@ -109,21 +108,19 @@ def _sections(text: str) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if text[a:b].strip()]
 
 
-def _blocks(text: str, s: int, e: int) -> list[tuple[int, int]]:
+def _blocks(text: str, s: int, e: int) -> Iterator[tuple[int, int]]:
     """Paragraphs of a section; an oversized paragraph is cut at whitespace into bounded blocks."""
-    out = []
     for a, b in _spans(text, s, e, _PARAGRAPH_GAP):
         while b - a > _MAX_BLOCK_CHARS:
             cut = a + _MAX_BLOCK_CHARS
             ws = max(text.rfind(" ", a + _MAX_BLOCK_CHARS // 2, cut), text.rfind("\n", a + _MAX_BLOCK_CHARS // 2, cut))
             cut = ws if ws > a else cut
-            out.append((a, cut))
+            yield (a, cut)
             a = cut
             while a < b and text[a].isspace():
                 a += 1
         if a < b:
-            out.append((a, b))
-    return out
+            yield (a, b)
 
 
 class _Counter:
@@ -168,13 +165,14 @@ def _atomic(text: str, a: int, b: int, c: _Counter, limit: int) -> Iterable[tupl
                 yield from c.piece_runs(wa, wb, limit)
 
 
-def _merge(pieces: Iterable[tuple[int, int, int]], limit: int, overlap: int) -> list[list[tuple[int, int, int]]]:
+def _merge(pieces: Iterable[tuple[int, int, int]], limit: int, overlap: int) -> Iterator[list[tuple[int, int, int]]]:
     """Greedy packing of consecutive pieces up to `limit` tokens; each new group starts with the
-    trailing pieces of the previous one (<= overlap tokens) so a fact cut at a boundary survives."""
-    groups, cur, cur_t = [], [], 0
+    trailing pieces of the previous one (<= overlap tokens) so a fact cut at a boundary survives.
+    A generator: a huge text never has all its pieces in memory."""
+    cur, cur_t = [], 0
     for p in pieces:
         if cur and cur_t + p[2] > limit:
-            groups.append(cur)
+            yield cur
             carry, ct = [], 0
             for q in reversed(cur):
                 if ct + q[2] > overlap:
@@ -187,8 +185,7 @@ def _merge(pieces: Iterable[tuple[int, int, int]], limit: int, overlap: int) -> 
         cur.append(p)
         cur_t += p[2]
     if cur:
-        groups.append(cur)
-    return groups
+        yield cur
 
 
 class Chunker:
@@ -232,13 +229,19 @@ class Chunker:
             out.extend(self._verify(doc_chunks, limit))
         return out
 
-    def _pieces(self, text: str, blocks: list[tuple[int, int]], limit: int):
-        """Atomic pieces of a section, tokenizing 256 paragraphs per call so that a 100 MB text never
-        has all its token offsets in memory at once."""
-        for i in range(0, len(blocks), 256):
-            part = blocks[i:i + 256]
-            for (a, b), off in zip(part, self.tokenizer.offsets_batch([text[x:y] for x, y in part])):
-                yield from _atomic(text, a, b, _Counter(a, off), limit)
+    def _pieces(self, text: str, blocks: Iterable[tuple[int, int]], limit: int):
+        """Atomic pieces of a section, tokenizing ~256 KB of paragraphs per call so that a 100 MB text
+        never has all its token offsets in memory at once."""
+        part: list[tuple[int, int]] = []
+        size = 0
+        for blk in itertools.chain(blocks, [None]):
+            if blk is not None:
+                part.append(blk)
+                size += blk[1] - blk[0]
+            if part and (blk is None or size >= _BATCH_CHARS):
+                for (a, b), off in zip(part, self.tokenizer.offsets_batch([text[x:y] for x, y in part])):
+                    yield from _atomic(text, a, b, _Counter(a, off), limit)
+                part, size = [], 0
 
     def _title(self, doc) -> tuple[str, int]:
         """(title to embed, its word pieces + 1 slack), cut to MAX_TITLE_TOKENS; ("", 0) when off or absent."""
@@ -253,8 +256,8 @@ class Chunker:
         return title, min(len(off) + 1, self.settings.chunk_tokens // 2)
 
     def _with_offsets(self, chunks: list[Chunk]):
-        for i in range(0, len(chunks), 512):
-            part = chunks[i:i + 512]
+        for i in range(0, len(chunks), 256):
+            part = chunks[i:i + 256]
             yield from zip(part, self.tokenizer.offsets_batch([c.text for c in part]))
 
     def _verify(self, chunks: list[Chunk], limit: int) -> list[Chunk]:

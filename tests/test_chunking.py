@@ -116,3 +116,21 @@ def test_deterministic():
     docs = _hard_documents()[:3]
     tok = load_piece_tokenizer()
     assert Chunker(tok).split_many(docs) == Chunker(tok).split_many(docs)
+
+
+def test_huge_single_line_text_is_chunked_in_bounded_memory():
+    import tracemalloc
+
+    rng = random.Random(2)
+    words = "river bank museum history science quick brown fox".split()
+    text = " ".join(rng.choice(words) for _ in range(300_000))  # ~2 MB, no newline, no sentence end
+    tok = load_piece_tokenizer()
+    tracemalloc.start()
+    try:
+        chunks = Chunker(tok).split(Document("big", "big", text))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert all(c.tokens <= 240 for c in chunks) and len(chunks) > 1000
+    assert text[chunks[-1].start_char:chunks[-1].end_char] == chunks[-1].text
+    assert peak < 12 * len(text), peak / len(text)  # chunk texts + bookkeeping, not all token offsets at once

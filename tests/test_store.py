@@ -267,3 +267,35 @@ def test_damaged_or_missing_index_is_a_clear_error(docs, tmp_path):
     (corpus.index_dir / "CURRENT").write_text("{not json")
     with pytest.raises(IndexError_, match="--rebuild"):
         Corpus.open(docs)
+
+
+def test_searches_from_threads_while_an_update_publishes(docs):
+    import threading
+
+    corpus = Corpus.open(docs, **SMALL)
+    corpus.index()
+    errors, counts = [], []
+    stop = threading.Event()
+
+    def searcher():
+        try:
+            while not stop.is_set():
+                hits = corpus.search("ocean volcano bread python", 3)
+                assert len(hits) == 3 and all(h.text for h in hits)
+                counts.append(1)
+        except Exception as exc:  # noqa: BLE001 - surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=searcher) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(3):
+            _write(docs, f"new{i}.txt", [f"Python release {i} added features.", "More text here."])
+            Corpus.open(docs).index()  # another writer object publishes new generations
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors and counts
+    assert corpus.search("Python release 2", 1)[0].source.startswith("new")  # readers pick up new generations
