@@ -65,8 +65,9 @@ class Task:
 
     def samples(self, counter: Counter, lengths: Sequence[int], depths: Sequence[float],
                 n_samples: int) -> list[Sample]:
+        # Sample-major within a length: a run stopped early still has every depth of its first samples.
         return [self.make_sample(counter, length, depth, i)
-                for length in lengths for depth in depths for i in range(n_samples)]
+                for length in lengths for i in range(n_samples) for depth in depths]
 
     def make_sample(self, counter: Counter, length: int, depth: float, index: int) -> Sample:
         raise NotImplementedError
@@ -345,8 +346,8 @@ class QATask(Task):
         if self.by_tokens:
             return super().samples(counter, lengths, depths, n_samples)
         # The paper's grid: a gold position exists only where it is < the number of documents.
-        return [self.make_sample(counter, n, pos, i) for n in lengths for pos in depths if 0 <= pos < n
-                for i in range(n_samples)]
+        return [self.make_sample(counter, n, pos, i) for n in lengths for i in range(n_samples) for pos in depths
+                if 0 <= pos < n]
 
     @staticmethod
     def unit(passage: dict) -> str:
