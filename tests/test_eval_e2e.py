@@ -185,7 +185,7 @@ def test_kill_9_and_resume_pays_no_call_twice_and_loses_nothing(tmp_path):
     reader = simulated_reader()
 
     def slow_reader(req):
-        time.sleep(0.25)
+        time.sleep(0.4)  # slow enough that the kill lands mid-run even on a loaded machine
         reply = reader(req)
         with lock:
             answered.append(req.prompt)
@@ -207,7 +207,7 @@ def test_kill_9_and_resume_pays_no_call_twice_and_loses_nothing(tmp_path):
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        time.sleep(0.5)  # let the server finish the in-flight answers the dead client will never read
+        time.sleep(1.0)  # let the server finish the in-flight answers the dead client will never read
         with lock:
             before_kill = set(answered)
         logged = _read_log(out / "results.jsonl")
