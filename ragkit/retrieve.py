@@ -74,17 +74,20 @@ class PackedContext:
 _WORDS = re.compile(r"\w+")
 
 
-def _shingles(text: str, n: int = 3) -> set:
+def _shingles(text: str, n: int = 3) -> frozenset:
+    """Hashed word 3-grams: cheap near-duplicate fingerprints."""
     words = _WORDS.findall(text.lower())
     if len(words) < n:
-        return {tuple(words)}
-    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+        return frozenset([hash(tuple(words))])
+    return frozenset(map(hash, zip(*(words[i:] for i in range(n)))))
 
 
-def _jaccard(a: set, b: set) -> float:
-    if not a or not b:
-        return 0.0
-    return len(a & b) / len(a | b)
+def _near_duplicate(a: frozenset, b: frozenset, threshold: float) -> bool:
+    small, large = (a, b) if len(a) <= len(b) else (b, a)
+    if not small or len(small) < threshold * len(large):  # Jaccard <= |small| / |large|: can't reach it
+        return False
+    inter = len(small & large)
+    return inter / (len(a) + len(b) - inter) >= threshold
 
 
 @dataclass
@@ -99,7 +102,7 @@ class _Group:
     pos_hi: int
     tokens: int
     rank: int
-    shingles: set
+    shingles: frozenset
 
 
 def _merge_text(g: _Group, h: Hit) -> tuple[int, int, str] | None:
@@ -159,9 +162,11 @@ def pack_hits(hits: list[Hit], budget_tokens: int, counter, *, order: str = "edg
                 merged += 1
             continue
         sh = _shingles(h.text)
-        if any(_jaccard(sh, g.shingles) >= dedupe_jaccard for g in groups):
+        if any(_near_duplicate(sh, g.shingles, dedupe_jaccard) for g in groups):
             dropped += 1
             continue
+        if budget_tokens - total - per_chunk_overhead_tokens <= 0:
+            break  # full: nothing more can fit
         t = cost(h.text)
         if total + t + per_chunk_overhead_tokens > budget_tokens:
             continue  # a later, shorter chunk may still fit

@@ -37,7 +37,7 @@ FORMAT_VERSION = 1
 HNSW_THRESHOLD = 20_000       # live chunks; exact Flat below (≈ 3.6 ms/query at 20K), HNSW above
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 40
-HNSW_EF_SEARCH = 64
+HNSW_EF_SEARCH = 128           # recall@10 0.98 -> 0.99 vs 64 on real NQ questions, ~1 ms a query
 TOMBSTONE_REBUILD_FRACTION = 0.2
 
 
