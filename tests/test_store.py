@@ -198,7 +198,7 @@ def test_kill9_at_random_moments(tmp_path):
         (folder / f"part{i}.txt").write_text("\n\n".join(r["text"] for r in rows[i:i + 10]))
     corpus = Corpus.open(folder, **SMALL)
     corpus.index()
-    before = _snapshot(corpus)
+    before, gen_before = _snapshot(corpus), store.read_current(corpus.index_dir)
     for i in range(100, 400, 10):
         (folder / f"part{i}.txt").write_text("\n\n".join(r["text"] for r in rows[i:i + 10]))
     rng = random.Random(5)
@@ -210,8 +210,13 @@ def test_kill9_at_random_moments(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         reader = Corpus.open(folder)
-        snap = _snapshot(reader)
-        assert snap == before or reader.stats()["chunks"] > 0  # old generation, or a complete new one
+        gen = store.open_generation(reader.index_dir)
+        if gen.name == gen_before:
+            assert _snapshot(reader) == before  # the old generation, untouched
+        else:  # the run got past the pointer swap: the new generation must be complete and consistent
+            files = gen.files()
+            assert len(files) == 40 and gen.live_chunks == sum(f.chunks for f in files.values())
+            assert len(reader.search("history", 10_000)) == gen.live_chunks == gen.index.ntotal
         reader.close()
     report = corpus.index()
     assert report.files_unchanged + report.files_added == 40
