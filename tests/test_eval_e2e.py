@@ -318,3 +318,19 @@ def test_bundled_and_custom_suites_load(tmp_path):
     paper = load_suite("litm-paper-qa")
     qa = next(r for r in paper.runs if r.task == "qa")
     assert qa.lengths == (10, 20, 30) and qa.depths[:4] == (0, 4, 9, 14) and qa.options["distractors"] == "hard"
+
+
+def test_a_smaller_rerun_into_the_same_folder_keeps_earlier_results(tmp_path):
+    out, cache = tmp_path / "o", str(tmp_path / "c.sqlite")
+    with LLMServer(responder=simulated_reader()) as srv:
+        base = ["eval", "needle", "-m", "gpt-4o-mini", "--base-url", srv.openai_base_url, "-d", "0,50", "-n", "1",
+                "--cache", cache, "-o", str(out), "--json"]
+        invoke(*base, "-l", "500,2k")
+        data = invoke(*base, "-l", "2k", "-s", "stuff,retrieve", "--retrieve-budget", "300")
+        assert len(srv.requests) == 4 + 2  # only the new retrieve calls
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["call_id"] for r in lines) == sorted(
+        ["stuff/L500/D0/S0", "stuff/L500/D50/S0", "stuff/L2000/D0/S0", "stuff/L2000/D50/S0",
+         "retrieve/L2000/D0/S0", "retrieve/L2000/D50/S0"])
+    assert set(data["summary"]["strategies"]["stuff"]["by_length"]) == {"500", "2000"}
+    assert "results for lengths 500, 2000 (tokens)" in (out / "report.md").read_text()

@@ -261,12 +261,14 @@ def render_report(out_dir: Path | str, *, floor: float | None = None, plots: boo
     grid = meta.get("grid", {})
     lines = [f"# {records[0]['task']} eval: {records[0]['model']}", ""]
     if meta:
-        depths = ", ".join(f"{d:g}" for d in grid.get("depths", []))
-        lengths = ", ".join(str(x) for x in grid.get("lengths", []))
-        lines.append(f"Run {meta.get('created', '?')}; grid: lengths {lengths} ({lu}), depths "
-                     f"{depths} ({records[0]['depth_unit']}), {grid.get('samples')} samples, strategies "
-                     f"{', '.join(grid.get('strategies', []))}, max {grid.get('max_tokens')} output tokens, "
-                     f"temperature {grid.get('temperature')}. Scorer: {meta.get('task', {}).get('scorer')}.")
+        # Axes from the results themselves: a folder may hold several runs (lengths or strategies added later).
+        depths = ", ".join(f"{d:g}" for d in sorted({r["depth"] for r in records}))
+        lengths = ", ".join(str(x) for x in sorted({r["length"] for r in records}))
+        strategies = ", ".join(sorted({r["strategy"] for r in records}, key=lambda x: (x != "stuff", x)))
+        lines.append(f"Last run {meta.get('created', '?')}; results for lengths {lengths} ({lu}), depths "
+                     f"{depths} ({records[0]['depth_unit']}), strategies {strategies}; {grid.get('samples')} "
+                     f"samples per cell, max {grid.get('max_tokens')} output tokens, temperature "
+                     f"{grid.get('temperature')}. Scorer: {meta.get('task', {}).get('scorer')}.")
     lines.append(f"{len(records)} calls: {n_ok} scored, {n_failed} failed (failed calls are unscored, not wrong). "
                  f"Cost of the calls ${paid:.4f}; median latency "
                  f"{latency[len(latency) // 2] if latency else float('nan'):.2f} s.")

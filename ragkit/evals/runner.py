@@ -356,10 +356,15 @@ def run_grid(task: Task, grid: GridSpec, out_dir: Path | str, *, provider=None, 
                 finish(record)
                 tick()
 
-    # Compact: one line per call of this grid, in grid order (the appended log may hold retries).
-    final = latest_by_call(read_results(results_path))
-    lines = [final[c.call_id] for c in calls if c.call_id in final and final[c.call_id].get("key") == c.key]
-    _atomic_write(results_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines))
+    # Compact: one line per call (the appended log may hold retries). This grid's calls first, in grid
+    # order, answered for the prompt sent now; calls of earlier, different grids in this folder are kept
+    # (nothing is lost when a run adds lengths or strategies, or re-runs a subset).
+    logged = read_results(results_path)
+    grid_ids = {c.call_id: c.key for c in calls}
+    current = latest_by_call([r for r in logged if grid_ids.get(r["call_id"]) == r.get("key")])
+    lines = [current[c.call_id] for c in calls if c.call_id in current]
+    others = latest_by_call([r for r in logged if r["call_id"] not in grid_ids])
+    _atomic_write(results_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines + list(others.values())))
     failed = sum(1 for r in lines if r["status"] != "ok")
     scores = [r["score"] for r in lines if r["status"] == "ok"]
     if render:
