@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -204,7 +205,6 @@ def _convert(parts: list[Path], out: Path, *, log: Callable[[str], None]) -> Non
     _configure_offline()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     started = time.perf_counter()
     gguf = out / "model.gguf"
@@ -212,10 +212,7 @@ def _convert(parts: list[Path], out: Path, *, log: Callable[[str], None]) -> Non
     join_and_verify(parts, gguf)
     log("dequantising the GGUF (about a minute on 2 cores, once)")
     torch.set_num_threads(thread_count())
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # silences the per-tensor progress bar and GGUF warnings
-    hf_logging.disable_progress_bar()
-    try:
+    with _quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(out, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(out, gguf_file=gguf.name, dtype=torch.float32)
         # The tensors are plain floats now; drop the GGUF "quantizer" so save_pretrained accepts the model.
@@ -225,9 +222,6 @@ def _convert(parts: list[Path], out: Path, *, log: Callable[[str], None]) -> Non
         model.to(getattr(torch, CACHE_DTYPE))
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
     gguf.unlink()
     provenance = {
         "model": MODEL_NAME,
@@ -243,6 +237,21 @@ def _convert(parts: list[Path], out: Path, *, log: Callable[[str], None]) -> Non
     }
     (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
     log(f"converted in {provenance['convert_s']} s")
+
+
+@contextmanager
+def _quiet_transformers():
+    """Silences transformers' per-tensor progress bars and GGUF warnings (stderr belongs to the CLI)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
 
 
 def _version(dist: str) -> str:
@@ -284,9 +293,10 @@ class LocalModel:
         threads = thread_count()
         torch.set_num_threads(threads)
         started = time.perf_counter()
-        tokenizer = AutoTokenizer.from_pretrained(path)
         dtype = compute_dtype()
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
         return cls(path, model, tokenizer, load_s=time.perf_counter() - started, threads=threads, dtype=dtype)
 
     def prompt_ids(self, system: str, prompt: str) -> list[int]:
