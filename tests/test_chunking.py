@@ -123,7 +123,7 @@ def test_huge_single_line_text_is_chunked_in_bounded_memory():
 
     rng = random.Random(2)
     words = "river bank museum history science quick brown fox".split()
-    text = " ".join(rng.choice(words) for _ in range(300_000))  # ~2 MB, no newline, no sentence end
+    text = " ".join(rng.choice(words) for _ in range(150_000))  # ~1 MB, no newline, no sentence end
     tok = load_piece_tokenizer()
     tracemalloc.start()
     try:
@@ -131,6 +131,6 @@ def test_huge_single_line_text_is_chunked_in_bounded_memory():
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert all(c.tokens <= 240 for c in chunks) and len(chunks) > 1000
+    assert all(c.tokens <= 240 for c in chunks) and len(chunks) > 500
     assert text[chunks[-1].start_char:chunks[-1].end_char] == chunks[-1].text
     assert peak < 12 * len(text), peak / len(text)  # chunk texts + bookkeeping, not all token offsets at once
