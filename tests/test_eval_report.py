@@ -34,6 +34,7 @@ def test_absolute_floor_and_edge_cases():
     assert measured_limit(rs).length == 1000                       # relative floor 0.72
     assert measured_limit(rs, floor=0.6).length == 2000
     assert measured_limit(rs, floor=0.9).length is None            # below the floor everywhere
+    assert measured_limit(records({1000: 0.0, 2000: 0.0})).length is None  # nothing to measure from zero
     flat = measured_limit(records({1000: 1.0, 2000: 1.0}))
     assert flat.length == 2000 and flat.all_passed
 

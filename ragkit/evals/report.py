@@ -108,8 +108,8 @@ def measured_limit(records: Sequence[dict], floor: float | None = None) -> Limit
         floor_value, rule = floor, "absolute (--floor)"
     limit = None
     for L in lengths:
-        if by_length[L].accuracy + 1e-9 < floor_value:
-            break
+        if by_length[L].accuracy + 1e-9 < floor_value or (floor is None and base == 0):
+            break  # (a model that fails even at the shortest length has no limit to measure)
         limit = L
     unit = records[0]["length_unit"]
     prompt_tokens = None
