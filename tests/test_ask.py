@@ -47,7 +47,7 @@ _FENCE = re.compile(r'<(source-[0-9a-f]{8}) n="(\d+)"[^>]*>\n(.*?)\n</\1>', re.S
 
 
 def sources_in(prompt: str) -> dict[int, str]:
-    return {int(n): text for _tag, n, text in _FENCE.findall(prompt)}
+    return {int(n): text.removeprefix(f"[{n}] ") for _tag, n, text in _FENCE.findall(prompt)}
 
 
 def question_in(prompt: str) -> str:

@@ -26,7 +26,7 @@ def test_sources_are_numbered_and_fenced_with_a_tag_no_document_contains():
     assert user.count(f"</{tag}>") == 3                     # the document's fake closers do not count
     # the injected text sits wholly inside fence 2, and the real question comes after every fence
     body2 = user.split(f'<{tag} n="2" path="notes/b.txt">\n', 1)[1].split(f"\n</{tag}>", 1)[0]
-    assert body2 == INJECTION.strip()
+    assert body2 == "[2] " + INJECTION.strip()            # labelled with its number, otherwise verbatim
     assert user.rindex("Question: What is the capital of France?") > user.rindex(f"</{tag}>")
     # attributes cannot be broken out of
     assert 'title="Ger many x"' in user
