@@ -145,7 +145,7 @@ def costs_command(since, by, as_json):
     if not summary.calls:
         click.echo(f"No calls recorded ({window}).")
         return
-    click.echo(f"{summary.calls:,} calls, {window}: {summary.input_tokens:,} tokens in, "
+    click.echo(f"{summary.calls:,} call{'' if summary.calls == 1 else 's'}, {window}: {summary.input_tokens:,} tokens in, "
                f"{summary.output_tokens:,} out, {_fmt_usd(summary.cost_usd)}")
     width = max(len(by), *(len(g.key) for g in summary.groups))
     click.echo(f"\n{by:<{width}}  {'calls':>7}  {'tokens in':>12}  {'tokens out':>11}  {'cost USD':>12}")
