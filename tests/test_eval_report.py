@@ -27,6 +27,9 @@ def test_limit_is_the_longest_length_before_accuracy_drops_below_90_percent_of_t
     limit = measured_limit(records({1000: 1.0, 2000: 0.9, 4000: 0.8, 8000: 1.0}))
     assert limit.floor == pytest.approx(0.9) and limit.length == 2000  # 8K recovering later does not count
     assert not limit.all_passed and limit.prompt_tokens == 2040
+    assert limit.first_below == 4000 and not limit.drop_significant  # 8/10 could still be >= 0.9
+    sharp = measured_limit(records({1000: 1.0, 2000: 0.2}, n=20))
+    assert sharp.length == 1000 and sharp.drop_significant
 
 
 def test_absolute_floor_and_edge_cases():

@@ -37,9 +37,17 @@ class Limit:
     prompt_tokens: int | None        # median input tokens the model reported at that length
     all_passed: bool                 # no drop seen: the true limit may be higher
     retrieve_overtakes_at: int | None
+    first_below: int | None = None           # the first tested length below the floor
+    first_below_accuracy: float | None = None
+    first_below_high: float | None = None    # its 95% upper bound: >= floor means the drop is not significant
+    first_below_n: int = 0
+
+    @property
+    def drop_significant(self) -> bool:
+        return self.first_below_high is not None and self.first_below_high < self.floor
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "drop_significant": self.drop_significant}
 
 
 def wilson(successes: float, n: int) -> tuple[float, float]:
@@ -124,8 +132,11 @@ def measured_limit(records: Sequence[dict], floor: float | None = None) -> Limit
             if s and r and s.accuracy is not None and r.accuracy is not None and r.accuracy > s.accuracy:
                 overtakes = L
                 break
+    below = next((L for L in lengths if limit is None or L > limit), None)
+    c = by_length.get(below) if below is not None else None
     return Limit(strategy, round(floor_value, 4), rule, limit, unit, prompt_tokens,
-                 limit == lengths[-1], overtakes)
+                 limit == lengths[-1], overtakes, below, c.accuracy if c else None, c.high if c else None,
+                 c.n if c else 0)
 
 
 # ---------------------------------------------------------------- rendering
@@ -282,6 +293,10 @@ def render_report(out_dir: Path | str, *, floor: float | None = None, plots: boo
         tokens = f" (prompts of about {limit.prompt_tokens:,} tokens as the model counted them)" if limit.prompt_tokens else ""
         more = (" No drop was seen at any tested length, so the true limit may be higher: test longer lengths."
                 if limit.all_passed else "")
+        if limit.first_below is not None and not limit.drop_significant:
+            more += (f" At {_fmt_len(limit.first_below, lu)} accuracy is {100 * limit.first_below_accuracy:.0f}%, "
+                     f"but its 95% interval reaches {100 * limit.first_below_high:.0f}% (n={limit.first_below_n}): "
+                     "the drop is not significant at this sample size; run more samples (-n) to confirm it.")
         size = _fmt_len(limit.length, lu) + ("" if lu == "docs" else " tokens")
         lines.append(f"**{size}**{tokens}: the longest tested "
                      f"length at which `{limit.strategy}` accuracy stays at or above the floor of {limit.floor:.2f} "
