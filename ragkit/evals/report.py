@@ -277,8 +277,9 @@ def render_report(out_dir: Path | str, *, floor: float | None = None, plots: boo
         lengths = ", ".join(str(x) for x in sorted({r["length"] for r in records}))
         strategies = ", ".join(sorted({r["strategy"] for r in records}, key=lambda x: (x != "stuff", x)))
         lines.append(f"Last run {meta.get('created', '?')}; results for lengths {lengths} ({lu}), depths "
-                     f"{depths} ({records[0]['depth_unit']}), strategies {strategies}; {grid.get('samples')} "
-                     f"samples per cell, max {grid.get('max_tokens')} output tokens, temperature "
+                     f"{depths} ({records[0]['depth_unit']}), strategies {strategies}; the last run asked "
+                     f"{grid.get('samples')} samples per cell (the tables give each cell's n), max "
+                     f"{grid.get('max_tokens')} output tokens, temperature "
                      f"{grid.get('temperature')}. Scorer: {meta.get('task', {}).get('scorer')}.")
     lines.append(f"{len(records)} calls: {n_ok} scored, {n_failed} failed (failed calls are unscored, not wrong). "
                  f"Cost of the calls ${paid:.4f}; median latency "
