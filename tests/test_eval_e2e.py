@@ -334,3 +334,15 @@ def test_a_smaller_rerun_into_the_same_folder_keeps_earlier_results(tmp_path):
          "retrieve/L2000/D0/S0", "retrieve/L2000/D50/S0"])
     assert set(data["summary"]["strategies"]["stuff"]["by_length"]) == {"500", "2000"}
     assert "results for lengths 500, 2000 (tokens)" in (out / "report.md").read_text()
+
+
+def test_identical_prompts_in_a_grid_are_paid_once(tmp_path):
+    # depth 0.5% of 500 tokens backs off to the same sentence boundary as depth 0: the same prompt
+    with LLMServer(responder=simulated_reader()) as srv:
+        data = invoke("eval", "needle", "-m", "gpt-4o-mini", "--base-url", srv.openai_base_url, "-l", "500",
+                      "-d", "0,0.5", "-n", "1", "--concurrency", "4", "--cache", str(tmp_path / "c.sqlite"),
+                      "-o", str(tmp_path / "o"), "--json")
+        assert len(srv.requests) == 1
+    lines = [json.loads(x) for x in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and lines[0]["key"] == lines[1]["key"] and all(r["score"] == 1.0 for r in lines)
+    assert data["run"]["calls_made"] == 1

@@ -349,12 +349,25 @@ def run_grid(task: Task, grid: GridSpec, out_dir: Path | str, *, provider=None, 
             if hit is not None:
                 finish(from_cache(c, hit))
         tick()
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            futures = [pool.submit(make_call, c) for c in to_call]
+        # One call per distinct prompt: identical prompts in a grid wait for the first one's cached answer.
+        leaders, followers, seen = [], [], set()
+        for c in to_call:
+            (followers if c.key in seen else leaders).append(c)
+            seen.add(c.key)
+        pool = ThreadPoolExecutor(max_workers=max(1, workers))
+        try:
+            futures = [pool.submit(make_call, c) for c in leaders]
             for fut in as_completed(futures):
-                record = fut.result()
-                finish(record)
+                finish(fut.result())
                 tick()
+            for c in followers:
+                finish(make_call(c))
+                tick()
+        except BaseException:
+            # Ctrl-C: stop queued calls now (answers already received are cached and logged).
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
 
     # Compact: one line per call (the appended log may hold retries). This grid's calls first, in grid
     # order, answered for the prompt sent now; calls of earlier, different grids in this folder are kept
