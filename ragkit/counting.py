@@ -46,9 +46,31 @@ def count_documents(docs, model, *, use_cache: bool = True) -> list[int]:
         cache.close()
 
 
+def api_counts(spec, texts: list[str], *, base_url: str | None = None) -> list[int]:
+    """Exact counts from the model's own count-tokens API (Anthropic's messages.count_tokens).
+
+    The API counts a whole message, framing included; that framing (measured once on a one-token
+    message) is taken off so the figures add up like the local ones.
+    """
+    from ragkit.errors import ConfigError
+
+    if spec.provider != "anthropic":
+        raise ConfigError(f"--exact needs a count-tokens API; ragkit has one for Anthropic models only. "
+                          f"{spec.name}'s counts are " + ("already exact." if spec.exact_tokens else
+                          f"estimates ({spec.encoding} + {spec.token_margin:.0%} margin)."))
+    from ragkit.providers import provider_for
+
+    provider = provider_for(spec, base_url=base_url)
+    framing = provider.count_tokens(".") - 1
+    return [max(0, provider.count_tokens(t) - framing) for t in texts]
+
+
 def count_path(path, model, *, include=(), exclude=(), text_field: str = "text",
-               use_cache: bool = True) -> CorpusCount:
-    """Counts every readable document under `path`; InputError when there is none."""
+               use_cache: bool = True, exact_api: bool = False, base_url: str | None = None) -> CorpusCount:
+    """Counts every readable document under `path`; InputError when there is none.
+
+    exact_api: ask the model's count-tokens API instead of estimating (one call per file).
+    """
     from ragkit.loaders import load_documents
     from ragkit.models import get_model
     from ragkit.tokens import counter_for
@@ -56,11 +78,19 @@ def count_path(path, model, *, include=(), exclude=(), text_field: str = "text",
     spec = get_model(model)
     counter = counter_for(spec)
     docs = load_documents(path, include, exclude, text_field)
+    by_file: dict[str, list] = {}
+    for doc in docs:
+        by_file.setdefault(doc.source, []).append(doc)
+    if exact_api:
+        texts = ["\n\n".join(d.text for d in group) for group in by_file.values()]
+        totals = api_counts(spec, texts, base_url=base_url)
+        files = tuple(FileCount(src, len(group), n) for (src, group), n in zip(by_file.items(), totals))
+        total = sum(totals)
+        return CorpusCount(str(path), spec.id, f"{spec.provider} count_tokens API", True, 0.0, files,
+                           len(docs), total, total)
     counts = count_documents(docs, spec, use_cache=use_cache)
-    per_file: dict[str, list[int]] = {}
-    for doc, n in zip(docs, counts):
-        per_file.setdefault(doc.source, []).append(n)
-    files = tuple(FileCount(src, len(ns), sum(ns)) for src, ns in per_file.items())
+    per_doc = {id(d): n for d, n in zip(docs, counts)}
+    files = tuple(FileCount(src, len(group), sum(per_doc[id(d)] for d in group)) for src, group in by_file.items())
     total = sum(counts)
     if not files:
         raise InputError(f"no readable documents under {path}.")

@@ -110,3 +110,30 @@ def test_light_commands_do_not_import_heavy_libraries():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_count_exact_asks_anthropic_count_tokens_over_http(tmp_path, monkeypatch):
+    from llm_server import LLMServer
+
+    (tmp_path / "a.txt").write_text("one two three four")
+    (tmp_path / "b.md").write_text("five six")
+    with LLMServer(responder=lambda req: "unused") as srv:
+        env = dict(os.environ, ANTHROPIC_API_KEY="sk-ant-secret-123", ANTHROPIC_BASE_URL=srv.anthropic_base_url)
+        proc = subprocess.run([sys.executable, "-m", "ragkit.cli", "count", str(tmp_path), "-m", "claude-3.5-haiku",
+                               "--exact", "--json"], capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)
+        # The test server counts whitespace words; framing (the '.' probe) is 1 word - 1 = 0.
+        assert {f["source"]: f["tokens"] for f in out["files"]} == {"a.txt": 4, "b.md": 2}
+        assert out["exact"] is True and "count_tokens" in out["encoding"]
+        assert {r.api for r in srv.requests} == {"anthropic_count_tokens"}
+        assert all(r.model == "claude-3-5-haiku-20241022" for r in srv.requests)
+        assert "sk-ant-secret-123" not in proc.stdout + proc.stderr
+
+
+def test_count_exact_is_refused_clearly_without_a_count_api(tmp_path):
+    (tmp_path / "a.txt").write_text("hello")
+    proc = run("count", str(tmp_path), "-m", "gemini-2.0-flash", "--exact", check=False)
+    assert proc.returncode == 1 and "Anthropic models only" in proc.stderr and "15% margin" in proc.stderr
+    proc = run("count", str(tmp_path), "-m", "claude-3.5-haiku", "--exact", check=False)
+    assert proc.returncode == 1 and "ANTHROPIC_API_KEY is not set" in proc.stderr and "Traceback" not in proc.stderr

@@ -79,20 +79,23 @@ def models(as_json):
 @click.option("--exclude", multiple=True, help="Skip files matching this glob (repeatable).")
 @click.option("--text-field", default="text", show_default=True, help="JSON Lines field holding the text.")
 @click.option("--no-cache", is_flag=True, help="Recount every document (ignore the content-hash cache).")
+@click.option("--exact", is_flag=True, help="Ask the model's count-tokens API (Anthropic; needs the key): one call per file.")
+@click.option("-u", "--base-url", default=None, help="API endpoint for --exact (else the registry's / the SDK's).")
 @click.option("--json", "as_json", is_flag=True, help="Print per-file and total counts as JSON.")
-def count(path, model, include, exclude, text_field, no_cache, as_json):
+def count(path, model, include, exclude, text_field, no_cache, exact, base_url, as_json):
     """Count a file or folder in a model's tokens, per file and in total.
 
     \b
     Examples:
       ragkit count corpora/nq-wiki --model gpt-4o
       ragkit count docs/ -m claude-3.5-sonnet --json
+      ragkit count docs/ -m claude-3.5-sonnet --exact      # Claude's own count, via the API
     Exact for OpenAI models; for the others an estimate, with the margin the planner adds.
     """
     from ragkit.counting import count_path
 
     result = count_path(path, model, include=include, exclude=exclude, text_field=text_field,
-                        use_cache=not no_cache)
+                        use_cache=not no_cache, exact_api=exact, base_url=base_url)
     if as_json:
         _echo_json(result.to_dict())
         return
@@ -106,7 +109,9 @@ def count(path, model, include, exclude, text_field, no_cache, as_json):
         table.add_row(f.source, f"{f.documents:,}", f"{f.tokens:,}")
     console = _console()
     console.print(table)
-    if result.exact:
+    if exact:
+        console.print(f"Exact: counted by {result.model}'s {result.encoding}.")
+    elif result.exact:
         console.print(f"Exact: {result.encoding} is {result.model}'s own tokenizer.")
     else:
         console.print(f"Estimate: {result.model}'s tokenizer is not public; counted with {result.encoding}. "

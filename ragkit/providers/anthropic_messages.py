@@ -71,6 +71,15 @@ class AnthropicProvider:
         except Exception as exc:
             raise ProviderError(self._explain(exc)) from None
 
+    def count_tokens(self, text: str) -> int:
+        """Claude's own count of `text` as one user message (messages.count_tokens; needs a key)."""
+        try:
+            result = self._sdk().messages.count_tokens(
+                model=self.spec.api_model, messages=[{"role": "user", "content": text}])
+            return int(result.input_tokens)
+        except Exception as exc:
+            raise ProviderError(self._explain(exc)) from None
+
     def _completion(self, msg, ttft: float, latency: float) -> Completion:
         if msg is None or getattr(msg, "usage", None) is None:
             raise ProviderError(f"{self.base_url} sent an incomplete Messages response (no usage); "
