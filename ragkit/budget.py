@@ -84,11 +84,11 @@ def plan(model, *, corpus_tokens: int, question: str = "", answer_tokens: int | 
     how = "" if counter.exact else f", estimated with {counter.encoding_name} + {counter.margin:.0%} margin"
     limit_words = f"{spec.name}'s {'measured' if spec.limit_is_measured else 'practical'} limit of {limit:,} tokens"
     if stuff:
-        reason = (f"The documents ({needed:,} tokens{how}) fit the {budget:,}-token budget left in {limit_words} "
+        reason = (f"The documents with their source framing ({needed:,} tokens{how}) fit the {budget:,}-token budget left in {limit_words} "
                   f"after {reserve:,} reserved for instructions, question and answer, so all of them go into the prompt.")
     else:
         over = " and even the model's whole context window" if needed > spec.context_window_tokens - reserve else ""
-        reason = (f"The documents ({needed:,} tokens{how}) exceed the {budget:,}-token budget left in {limit_words}{over}, "
+        reason = (f"The documents with their source framing ({needed:,} tokens{how}) exceed the {budget:,}-token budget left in {limit_words}{over}, "
                   f"so ragkit retrieves the most relevant chunks and packs them into that budget.")
     return Plan(
         strategy="stuff" if stuff else "retrieve", model=spec.id, corpus_tokens=corpus_tokens, documents=documents,
