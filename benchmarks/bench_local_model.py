@@ -4,9 +4,9 @@
     python benchmarks/bench_local_model.py --cold          # also time a from-scratch conversion (~1 min)
     RAGKIT_THREADS=1 python benchmarks/bench_local_model.py --questions 20
 
-Prompts are real: NQ-open gold Wikipedia passages from corpora/nq-wiki, the question's own gold
-passage placed in the middle of random other passages, up to the stated size in the model's own
-tokens. Accuracy is Liu et al.'s best_subspan_em (normalised gold answer inside the first line
+Prompts are real: ragkit's own answer prompt (ragkit.prompt) over NQ-open gold Wikipedia passages
+from corpora/nq-wiki, the question's own gold passage placed in the middle of random other
+passages, up to the stated size in the model's own tokens. Accuracy is Liu et al.'s best_subspan_em (normalised gold answer inside the first line
 of the reply); "cited" counts replies that name the gold passage's number. The machine is shared:
 the load average is printed beside the figures, which are noisy.
 """
@@ -29,10 +29,6 @@ sys.path.insert(0, str(ROOT))
 
 from ragkit import local_model  # noqa: E402
 
-SYSTEM = ("Answer the question using only the numbered sources. Reply with a short answer and cite the "
-          "source number like [2]. If the sources do not contain the answer, say \"not stated\".")
-
-
 def load_nq() -> tuple[list[dict], dict[str, dict]]:
     passages = {}
     for line in (ROOT / "corpora/nq-wiki/passages.jsonl").open(encoding="utf-8"):
@@ -43,20 +39,26 @@ def load_nq() -> tuple[list[dict], dict[str, dict]]:
 
 
 def build_prompt(model, question: dict, passages: dict[str, dict], target_tokens: int, seed: int):
-    """Numbered sources (gold in the middle) up to ~target_tokens of prompt. Returns (prompt, gold number)."""
+    """ragkit's own answer prompt over numbered sources (gold in the middle of random other passages),
+    up to ~target_tokens in the model's own tokens. Returns (system, user, gold source number)."""
+    from ragkit.loaders import Document
+    from ragkit.prompt import build_prompt as answer_prompt
+
+    def doc(p: dict) -> Document:
+        return Document(id=p["id"], source="passages.jsonl", text=p["text"], meta={"title": p["title"]})
+
     rng = random.Random(seed)
     others = [p for p in rng.sample(list(passages.values()), 80) if p["id"] != question["passage_id"]]
-    chosen, used = [], model.count_tokens(SYSTEM + question["question"]) + 40
+    chosen: list[dict] = []
     for p in others:
-        cost = model.count_tokens(f"[00] {p['title']}\n{p['text']}\n\n")
-        if used + cost > target_tokens:
+        system, user = answer_prompt(question["question"], [doc(c) for c in chosen + [p]])
+        if model.count_tokens(system + user) > target_tokens:
             break
         chosen.append(p)
-        used += cost
     gold_index = len(chosen) // 2
     chosen.insert(gold_index, passages[question["passage_id"]])
-    body = "\n\n".join(f"[{i}] {p['title']}\n{p['text']}" for i, p in enumerate(chosen, start=1))
-    return f"Sources:\n{body}\n\nQuestion: {question['question']}?", gold_index + 1
+    system, user = answer_prompt(question["question"], [doc(c) for c in chosen])
+    return system, user, gold_index + 1
 
 
 def normalise(text: str) -> str:
@@ -116,10 +118,10 @@ def main() -> None:
         bench_ask("corpora/nq-wiki-sample", sample_questions)
         bench_ask("corpora/nq-wiki", random.Random(11).sample(questions, args.ask))
         return
-    model.generate(SYSTEM, "Say hi.", max_tokens=2)  # first call pays one-off allocations
+    model.generate("You are terse.", "Say hi.", max_tokens=2)  # first call pays one-off allocations
     for target in (1000, 2000):
-        prompt, _ = build_prompt(model, questions[0], passages, target, seed=target)
-        result = model.generate(SYSTEM, prompt + " Then list the titles of all the sources.", max_tokens=64)
+        system, user, _ = build_prompt(model, questions[0], passages, target, seed=target)
+        result = model.generate(system, user + " Then list the titles of all the sources.", max_tokens=64)
         decode_s = result.latency_s - result.ttft_s
         print(f"~{target // 1000}K prompt: {result.input_tokens} tokens in, ttft {result.ttft_s:.1f} s "
               f"(prompt read at {result.input_tokens / result.ttft_s:.0f} tok/s), "
@@ -130,8 +132,8 @@ def main() -> None:
     rng = random.Random(7)
     sample = rng.sample(questions, args.questions)
     for n, question in enumerate(sample, start=1):
-        prompt, gold = build_prompt(model, question, passages, args.context, seed=n)
-        result = model.generate(SYSTEM, prompt, max_tokens=48)
+        system, user, gold = build_prompt(model, question, passages, args.context, seed=n)
+        result = model.generate(system, user, max_tokens=48)
         ok = best_subspan_em(result.text, question["answers"])
         correct += ok
         cited += f"[{gold}]" in result.text

@@ -5,6 +5,10 @@ Each case runs the real CLI in a subprocess whose sockets refuse every internet 
 stuff case reads corpora/nq-wiki-sample (7 passages, under the local 2K budget); the retrieve
 case reads corpora/nq-wiki (2,599 passages, far above it) through the FAISS index, which is
 built on first use in corpora/nq-wiki/.ragkit/ (git-ignored) and reused after.
+
+The 0.5B model is weak (see benchmarks/bench_local_model.py --ask for its accuracy on a random
+sample): these questions are ones it answers, so a failure here means the pipeline broke (or a
+prompt change made the local model worse), not bad luck.
 """
 from __future__ import annotations
 
@@ -74,10 +78,10 @@ def test_stuff_case_answers_from_the_sample_corpus_with_a_citation(offline_env):
 
 
 def test_retrieve_case_answers_from_the_full_corpus_with_a_citation(offline_env):
-    result = ask(offline_env, "corpora/nq-wiki", "how many steps does the cn tower have")
+    result = ask(offline_env, "corpora/nq-wiki", "who got the first nobel prize in physics")
     assert result["strategy"] == "retrieve"
     assert result["plan"]["corpus_tokens"] > 10 * result["plan"]["practical_limit_tokens"]
-    assert "2,579" in result["answer"] or "2579" in result["answer"]
+    assert "röntgen" in result["answer"].lower()
     cited = [s["doc_id"] for s in result["sources"]]
-    assert any(doc.endswith("pf541633b9f") for doc in cited), (result["answer"], cited)  # CN Tower
+    assert any(doc.endswith("pad268f4130") for doc in cited), (result["answer"], cited)  # Nobel laureates in Physics
     assert result["usage"]["input_tokens"] <= 2048
