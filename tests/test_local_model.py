@@ -185,3 +185,16 @@ def test_one_model_serves_concurrent_callers(provider):
     assert local_model.get_local_model() is before
     assert len(results) == 2 and all("Okonkwo" in r.text for r in results)
     assert results[0].text == results[1].text  # greedy decoding is deterministic
+
+
+@pytest.mark.slow
+def test_setup_check_prints_one_ok_line_per_asset_and_is_idempotent():
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    runs = [subprocess.run([sys.executable, "-m", "ragkit.setup_check"], capture_output=True, text=True, env=env)
+            for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stdout + run.stderr
+    lines = [line for line in runs[1].stdout.splitlines() if not line.startswith("  ...")]
+    assert [line.split()[0] for line in lines] == ["ok", "ok", "ok"]
+    assert "tiktoken" in lines[0] and "embedding model" in lines[1]
+    assert f"sha256 {local_model.GGUF_SHA256[:12]}… verified; cache warm" in lines[2]
