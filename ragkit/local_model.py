@@ -244,6 +244,7 @@ def _quiet_transformers():
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
+    bars_were_on = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     # The GGUF loader's own tqdm bar ignores the switch above; mute that one for the duration.
@@ -258,7 +259,8 @@ def _quiet_transformers():
         yield
     finally:
         hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
+        if bars_were_on:  # re-enabling under HF_HUB_DISABLE_PROGRESS_BARS=1 only warns
+            hf_logging.enable_progress_bar()
         if gguf_tqdm is not None:
             gguf_utils.tqdm = gguf_tqdm
 
