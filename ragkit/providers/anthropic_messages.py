@@ -11,7 +11,7 @@ import time
 from typing import Callable
 
 from ragkit.errors import ProviderError
-from ragkit.providers.base import Completion, redact, resolve_key, short
+from ragkit.providers.base import Completion, explain_sdk_error, resolve_key
 
 DEFAULT_ANTHROPIC_URL = "https://api.anthropic.com"
 _STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
@@ -95,29 +95,7 @@ class AnthropicProvider:
     def _explain(self, exc: Exception) -> str:
         import anthropic
 
-        url = self.base_url
-        if isinstance(exc, anthropic.APITimeoutError):
-            msg = (f"{url} did not answer within {self.timeout_s:g} s (tried {self.max_retries + 1} times); "
-                   f"try again later or raise --timeout.")
-        elif isinstance(exc, anthropic.APIConnectionError):
-            msg = f"cannot reach {url}: check the URL (--base-url / ANTHROPIC_BASE_URL) and your network."
-        elif isinstance(exc, anthropic.AuthenticationError):
-            msg = f"{url} rejected the API key (HTTP 401): check {self.key_env or self.spec.api_key_env or 'ANTHROPIC_API_KEY'}."
-        elif isinstance(exc, anthropic.PermissionDeniedError):
-            msg = f"{url} refused access to model '{self.spec.api_model}' (HTTP 403): check the key's permissions."
-        elif isinstance(exc, anthropic.NotFoundError):
-            msg = f"{url} has no model '{self.spec.api_model}' (HTTP 404): check --model and --base-url."
-        elif isinstance(exc, anthropic.RateLimitError):
-            msg = (f"{url} kept rate-limiting (HTTP 429) after {self.max_retries} retries: "
-                   f"wait and try again, or check your quota.")
-        elif isinstance(exc, anthropic.APIStatusError):
-            detail = short(getattr(exc, "message", "") or "")
-            msg = (f"{url} failed with HTTP {exc.status_code} for model '{self.spec.id}' "
-                   f"after {self.max_retries} retries: {detail}")
-        elif isinstance(exc, ValueError):
-            msg = f"{url} sent a malformed response (not valid JSON): is it an Anthropic Messages endpoint?"
-        elif isinstance(exc, anthropic.APIError):
-            msg = f"{url} returned an error for model '{self.spec.id}': {short(str(exc))}"
-        else:
-            msg = f"calling {url} failed ({type(exc).__name__}): {short(str(exc))}"
-        return redact(msg, self._key)
+        return explain_sdk_error(
+            anthropic, exc, provider=self, key_var="ANTHROPIC_API_KEY",
+            connection_hint="check the URL (--base-url / ANTHROPIC_BASE_URL) and your network.",
+            not_found="", protocol="an Anthropic Messages endpoint")

@@ -85,3 +85,38 @@ def redact(text: str, secret: str | None) -> str:
 def short(text: str, limit: int = 200) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def explain_sdk_error(sdk, exc: Exception, *, provider, key_var: str, connection_hint: str,
+                      not_found: str, protocol: str) -> str:
+    """One sentence for a failed call through the openai or anthropic SDK, key redacted.
+
+    Both SDKs share one exception hierarchy (APITimeoutError, APIConnectionError, APIStatusError and
+    its subclasses), so one mapping serves both; `sdk` is the imported module. The other arguments
+    carry the protocol's own wording: the base-URL variable, the 404 cause, the protocol's name.
+    """
+    url, spec, retries = provider.base_url, provider.spec, provider.max_retries
+    if isinstance(exc, sdk.APITimeoutError):
+        msg = (f"{url} did not answer within {provider.timeout_s:g} s (tried {retries + 1} times); "
+               f"try again later or raise --timeout.")
+    elif isinstance(exc, sdk.APIConnectionError):
+        msg = f"cannot reach {url}: {connection_hint}"
+    elif isinstance(exc, sdk.AuthenticationError):
+        msg = f"{url} rejected the API key (HTTP 401): check {provider.key_env or spec.api_key_env or key_var}."
+    elif isinstance(exc, sdk.PermissionDeniedError):
+        msg = f"{url} refused access to model '{spec.api_model}' (HTTP 403): check the key's permissions."
+    elif isinstance(exc, sdk.NotFoundError):
+        msg = f"{url} has no model '{spec.api_model}'{not_found} (HTTP 404): check --model and --base-url."
+    elif isinstance(exc, sdk.RateLimitError):
+        msg = (f"{url} kept rate-limiting (HTTP 429) after {retries} retries: "
+               f"wait and try again, or check your quota.")
+    elif isinstance(exc, sdk.APIStatusError):
+        detail = short(getattr(exc, "message", "") or "")
+        msg = f"{url} failed with HTTP {exc.status_code} for model '{spec.id}' after {retries} retries: {detail}"
+    elif isinstance(exc, ValueError):  # json.JSONDecodeError and SDK parse errors
+        msg = f"{url} sent a malformed response (not valid JSON): is it {protocol}?"
+    elif isinstance(exc, sdk.APIError):
+        msg = f"{url} returned an error for model '{spec.id}': {short(str(exc))}"
+    else:
+        msg = f"calling {url} failed ({type(exc).__name__}): {short(str(exc))}"
+    return redact(msg, provider._key)

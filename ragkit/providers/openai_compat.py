@@ -12,7 +12,7 @@ import time
 from typing import Callable
 
 from ragkit.errors import ProviderError
-from ragkit.providers.base import Completion, redact, resolve_key, short
+from ragkit.providers.base import Completion, explain_sdk_error, resolve_key
 
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 
@@ -125,30 +125,7 @@ class OpenAICompatProvider:
     def _explain(self, exc: Exception) -> str:
         import openai
 
-        url, name = self.base_url, self.spec.id
-        if isinstance(exc, openai.APITimeoutError):
-            msg = (f"{url} did not answer within {self.timeout_s:g} s (tried {self.max_retries + 1} times); "
-                   f"try again later or raise --timeout.")
-        elif isinstance(exc, openai.APIConnectionError):
-            msg = f"cannot reach {url}: check the URL (--base-url / OPENAI_BASE_URL) and that the server is running."
-        elif isinstance(exc, openai.AuthenticationError):
-            var = self.key_env or (self.spec.api_key_env or "OPENAI_API_KEY")
-            msg = f"{url} rejected the API key (HTTP 401): check {var}."
-        elif isinstance(exc, openai.PermissionDeniedError):
-            msg = f"{url} refused access to model '{self.spec.api_model}' (HTTP 403): check the key's permissions."
-        elif isinstance(exc, openai.NotFoundError):
-            msg = (f"{url} has no model '{self.spec.api_model}' or no Chat Completions route (HTTP 404): "
-                   f"check --model and --base-url.")
-        elif isinstance(exc, openai.RateLimitError):
-            msg = (f"{url} kept rate-limiting (HTTP 429) after {self.max_retries} retries: "
-                   f"wait and try again, or check your quota.")
-        elif isinstance(exc, openai.APIStatusError):
-            detail = short(getattr(exc, "message", "") or "")
-            msg = f"{url} failed with HTTP {exc.status_code} for model '{name}' after {self.max_retries} retries: {detail}"
-        elif isinstance(exc, ValueError):  # json.JSONDecodeError and SDK parse errors
-            msg = f"{url} sent a malformed response (not valid JSON): is it an OpenAI-compatible endpoint?"
-        elif isinstance(exc, openai.APIError):
-            msg = f"{url} returned an error for model '{name}': {short(str(exc))}"
-        else:
-            msg = f"calling {url} failed ({type(exc).__name__}): {short(str(exc))}"
-        return redact(msg, self._key)
+        return explain_sdk_error(
+            openai, exc, provider=self, key_var="OPENAI_API_KEY",
+            connection_hint="check the URL (--base-url / OPENAI_BASE_URL) and that the server is running.",
+            not_found=" or no Chat Completions route", protocol="an OpenAI-compatible endpoint")
