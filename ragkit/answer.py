@@ -11,7 +11,6 @@ the ledger unless the model call completed.
 """
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
@@ -281,7 +280,7 @@ class Session:
             strategy: str | None = None, on_text: Callable[[str], None] | None = None,
             temperature: float = 0.0, top_k: int = DEFAULT_TOP_K) -> Answer:
         """Answers one question from the corpus. on_text given => the answer streams through it."""
-        from ragkit.costs import cost_usd
+        from ragkit.ledger import account
         from ragkit.models import get_model
 
         if not (question or "").strip():
@@ -292,7 +291,8 @@ class Session:
         done = provider.complete(prepared.system, prepared.user, max_tokens=prepared.plan.answer_tokens,
                                             temperature=temperature, on_text=on_text)
         # Only a completed call gets this far: no partial answer, no ledger row for failures.
-        cost = cost_usd(spec, done.input_tokens, done.output_tokens)
+        cost = account(done, spec, task=self.task, strategy=prepared.plan.strategy, question=prepared.question,
+                       log_question=self.log_question, ledger=self.ledger).cost_usd
         cited = cited_numbers(done.text, len(prepared.context))
         answer = Answer(
             answer=done.text.strip(), strategy=prepared.plan.strategy, plan=prepared.plan,
@@ -301,19 +301,7 @@ class Session:
             cost_usd=cost, model=spec.id, api_model=done.model, latency_s=done.latency_s, ttft_s=done.ttft_s,
             prepare_s=prepared.prepare_s, finish_reason=done.finish_reason, question=prepared.question,
         )
-        self._record(spec, done, answer)
         return answer
-
-    def _record(self, spec, done, answer: Answer) -> None:
-        if self.ledger is None:
-            return
-        from ragkit.ledger import record_call
-
-        try:
-            record_call(task=self.task, spec=spec, completion=done, strategy=answer.strategy, cost_usd=answer.cost_usd,
-                        question=answer.question, log_question=self.log_question, ledger=self.ledger)
-        except Exception as exc:  # bookkeeping must not lose an answer already paid for
-            print(f"ragkit: warning: could not write the cost ledger {self.ledger.path}: {exc}", file=sys.stderr)
 
     def refresh(self) -> None:
         """Re-reads the documents and re-checks the index on the next question (files changed on disk)."""

@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import queue
 import sqlite3
+import threading
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from ragkit.cli import main
 from ragkit.errors import InputError
-from ragkit.ledger import MIGRATIONS, Ledger, LedgerEntry, ledger_path, m001_initial, migrate, parse_since, question_hash
+from ragkit.ledger import MIGRATIONS, Ledger, LedgerEntry, LedgerError, ledger_path, m001_initial, migrate, parse_since, question_hash
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 
@@ -109,3 +113,71 @@ def test_costs_command(tmp_path, monkeypatch):
     assert data["projected_monthly_usd"] == pytest.approx(0.30 / data["rate_days"] * 30)
     bad = runner.invoke(main, ["costs", "--since", "soon"])
     assert bad.exit_code == 1 and "Error:" in bad.output and "Traceback" not in bad.output
+
+
+# ---- concurrent first use and damaged files ---------------------------------------------------------
+WRITERS = 8
+
+
+def _record_one(home: str, barrier, errors) -> None:
+    """A process (or thread) that opens the ledger under RAGKIT_HOME and writes one row, all at once."""
+    try:
+        barrier.wait(30)
+        Ledger(Path(home) / "ledger.sqlite").record(entry(ts=""))
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        errors.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_a_fresh_ledger_under_concurrent_processes_keeps_every_row(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    for attempt in range(4):  # the race is a matter of timing: several fresh ledgers
+        home = tmp_path / f"home{attempt}"
+        barrier, errors = ctx.Barrier(WRITERS), ctx.Queue()
+        procs = [ctx.Process(target=_record_one, args=(str(home), barrier, errors)) for _ in range(WRITERS)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        failures = [errors.get(timeout=5) for _ in range(errors.qsize())] if not errors.empty() else []
+        assert failures == [] and all(p.exitcode == 0 for p in procs)
+        assert len(Ledger(home / "ledger.sqlite").entries()) == WRITERS
+
+
+def test_a_fresh_ledger_under_concurrent_threads_keeps_every_row(tmp_path):
+    for attempt in range(4):
+        home = tmp_path / f"home{attempt}"
+        barrier, errors = threading.Barrier(WRITERS), queue.Queue()
+        threads = [threading.Thread(target=_record_one, args=(str(home), barrier, errors)) for _ in range(WRITERS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert list(errors.queue) == []
+        assert len(Ledger(home / "ledger.sqlite").entries()) == WRITERS
+
+
+def test_a_garbage_ledger_file_is_one_clear_sentence_and_left_in_place(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAGKIT_HOME", str(tmp_path))
+    junk = b"this is not a database, it is a shopping list\n" * 100
+    (tmp_path / "ledger.sqlite").write_bytes(junk)
+    result = CliRunner().invoke(main, ["costs"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("Error: ") and "is not a ragkit ledger" in line
+    assert f"mv {tmp_path / 'ledger.sqlite'} " in line
+    assert (tmp_path / "ledger.sqlite").read_bytes() == junk          # never deleted or rewritten
+    with pytest.raises(LedgerError, match="not a ragkit ledger"):
+        Ledger().record(entry())
+
+
+def test_another_programs_sqlite_file_is_not_taken_for_a_ledger(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE calls (phone TEXT)")
+    db.commit()
+    db.close()
+    with pytest.raises(LedgerError, match="not a ragkit ledger"):
+        Ledger(path).entries()
+    db = sqlite3.connect(path)
+    assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["calls"]  # untouched
+    db.close()
