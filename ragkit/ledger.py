@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import sqlite3
+import statistics
 import sys
 import threading
 import time
@@ -169,6 +170,14 @@ class CostGroup:
     input_tokens: int
     output_tokens: int
     cost_usd: float
+    mean_cost_usd: float          # per call
+    p50_latency_s: float          # median latency of the group's calls
+
+    @classmethod
+    def of(cls, key: str, rows: list[LedgerEntry]) -> "CostGroup":
+        cost = sum(e.cost_usd for e in rows)
+        return cls(key, len(rows), sum(e.input_tokens for e in rows), sum(e.output_tokens for e in rows), cost,
+                   cost / len(rows), statistics.median(e.latency_s for e in rows))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -306,8 +315,7 @@ class Ledger:
             since=start.isoformat() if start else None, by=by, calls=len(rows),
             input_tokens=sum(e.input_tokens for e in rows), output_tokens=sum(e.output_tokens for e in rows),
             cost_usd=total,
-            groups=tuple(CostGroup(k, len(v), sum(x.input_tokens for x in v), sum(x.output_tokens for x in v),
-                                   sum(x.cost_usd for x in v)) for k, v in ordered),
+            groups=tuple(CostGroup.of(k, v) for k, v in ordered),
             first_ts=first, last_ts=rows[-1].ts if rows else None, rate_days=days,
             projected_monthly_usd=total / days * DAYS_PER_MONTH, path=str(self.path),
         )

@@ -42,8 +42,10 @@ def _print_sources(sources, heading: str) -> None:
 @click.option("--log-question", is_flag=True,
               help="Store the question text in the cost ledger (by default only its SHA-256).")
 @click.option("--no-ledger", is_flag=True, help="Do not record this call in the cost ledger.")
+@click.option("--task", "task", default="ask", show_default=True,
+              help="Label of this call in the cost ledger (`ragkit costs --by task`).")
 def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k, dry_run, as_json, stream, timeout_s,
-                max_retries, index_dir, log_question, no_ledger):
+                max_retries, index_dir, log_question, no_ledger, task):
     """Answer QUESTION from the documents under PATH, citing them.
 
     The planner stuffs the whole documents when they fit the model's practical limit and
@@ -56,11 +58,12 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
       ragkit ask docs/ "what is X?" -m llama-3.1-70b -u http://127.0.0.1:8080/v1
       ragkit ask docs/ "what is X?" -m qwen2.5-coder-0.5b-local     # embedded, no key, no network
       ragkit ask docs/ "what is X?" --dry-run                       # plan + exact prompt + cost
+      ragkit ask docs/ "what is X?" --task support-bot              # its label in `ragkit costs --by task`
     """
     from ragkit.answer import Session
 
     session = Session(path, model=model, base_url=base_url, timeout_s=timeout_s, max_retries=max_retries,
-                      index_dir=index_dir, ledger=not no_ledger, log_question=log_question,
+                      index_dir=index_dir, ledger=not no_ledger, log_question=log_question, task=task,
                       progress=sys.stderr.isatty())
     try:
         if dry_run:
@@ -126,7 +129,8 @@ def _print_dry_run(prepared) -> None:
               help="Group rows by model, day (UTC) or task.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def costs_command(since, by, as_json):
-    """Summarise recorded model calls: cost per model, day or task, and the monthly projection.
+    """Summarise recorded model calls (ask, eval, ...): calls, tokens, cost, USD per call and median
+    latency per model, day or task, and the monthly projection.
 
     \b
     Examples:
@@ -148,10 +152,11 @@ def costs_command(since, by, as_json):
     click.echo(f"{summary.calls:,} call{'' if summary.calls == 1 else 's'}, {window}: {summary.input_tokens:,} tokens in, "
                f"{summary.output_tokens:,} out, {_fmt_usd(summary.cost_usd)}")
     width = max(len(by), *(len(g.key) for g in summary.groups))
-    click.echo(f"\n{by:<{width}}  {'calls':>7}  {'tokens in':>12}  {'tokens out':>11}  {'cost USD':>12}")
+    click.echo(f"\n{by:<{width}}  {'calls':>7}  {'tokens in':>12}  {'tokens out':>11}  {'cost USD':>12}  "
+               f"{'USD/call':>10}  {'p50 s':>7}")
     for g in summary.groups:
         click.echo(f"{g.key:<{width}}  {g.calls:>7,}  {g.input_tokens:>12,}  {g.output_tokens:>11,}  "
-                   f"{g.cost_usd:>12.6f}")
+                   f"{g.cost_usd:>12.6f}  {g.mean_cost_usd:>10.6f}  {g.p50_latency_s:>7.2f}")
     click.echo(f"\nProjected monthly cost at this rate: {_fmt_usd(summary.projected_monthly_usd)} "
                f"({_fmt_usd(summary.cost_usd)} over {summary.rate_days:.1f} days x 30)")
 

@@ -246,9 +246,12 @@ def estimate(calls: Sequence[Call], done: set[str], cache: ResponseCache, spec, 
 def run_grid(task: Task, grid: GridSpec, out_dir: Path | str, *, provider=None, base_url: str | None = None,
              cache: ResponseCache | None = None, max_cost_usd: float | None = None, concurrency: int | None = None,
              ranker: Ranker | None = None, progress: bool = True,
-             echo: Callable[[str], None] = print, render: bool = True) -> RunResult:
-    """Runs (or resumes) a grid into out_dir: run.json + results.jsonl (+ the report when `render`)."""
-    from ragkit.costs import cost_usd
+             echo: Callable[[str], None] = print, render: bool = True, ledger=True) -> RunResult:
+    """Runs (or resumes) a grid into out_dir: run.json + results.jsonl (+ the report when `render`).
+
+    Every call sent is priced and recorded in the cost ledger (`ledger`: True = the user's, None = none);
+    answers from the cache cost nothing and are not recorded again."""
+    from ragkit.ledger import Ledger, account
     from ragkit.models import get_model
     from ragkit.tokens import counter_for
 
@@ -258,6 +261,7 @@ def run_grid(task: Task, grid: GridSpec, out_dir: Path | str, *, provider=None, 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache = cache if cache is not None else ResponseCache()  # (an empty cache is falsy: it has __len__)
+    ledger = Ledger() if ledger is True else (ledger or None)
     samples = task.samples(counter, grid.lengths, grid.depths, grid.samples)
     results_path = out / "results.jsonl"
     previous = latest_by_call(read_results(results_path))
@@ -323,7 +327,9 @@ def run_grid(task: Task, grid: GridSpec, out_dir: Path | str, *, provider=None, 
             return _record(call, spec, status="failed", prediction=None, score=None,
                            error=f"{type(exc).__name__}: {exc}"[:500], input_tokens=0, output_tokens=0,
                            cost_usd=0.0, latency_s=time.monotonic() - t0, cached=False)
-        cost = cost_usd(spec, completion.input_tokens, completion.output_tokens)
+        # Paid: its ledger row first, then the cache, then the log line (a kill between them never hides a cost).
+        cost = account(completion, spec, task=f"eval:{task.name}", strategy=call.strategy,
+                       question=call.sample.question, ledger=ledger).cost_usd
         cache.put(call.key, spec.id, CachedResponse(completion.text, completion.input_tokens,
                                                     completion.output_tokens, completion.latency_s, cost, time.time()))
         with lock:
