@@ -123,40 +123,34 @@ def test_costs_command(tmp_path, monkeypatch):
 WRITERS = 8
 
 
-def _record_one(home: str, barrier, errors) -> None:
+def _record_one(barrier, errors) -> None:
     """A process (or thread) that opens the ledger under RAGKIT_HOME and writes one row, all at once."""
     try:
         barrier.wait(30)
-        Ledger(Path(home) / "ledger.sqlite").record(entry(ts=""))
+        Ledger().record(entry(ts=""))
     except Exception as exc:  # noqa: BLE001 - reported to the test
         errors.put(f"{type(exc).__name__}: {exc}")
 
 
-def test_a_fresh_ledger_under_concurrent_processes_keeps_every_row(tmp_path):
-    ctx = multiprocessing.get_context("fork")
-    for attempt in range(4):  # the race is a matter of timing: several fresh ledgers
+@pytest.mark.parametrize("kind", ["processes", "threads"])
+def test_a_fresh_ledger_under_concurrent_writers_keeps_every_row(tmp_path, monkeypatch, kind):
+    fork = multiprocessing.get_context("fork")
+    for attempt in range(6):  # the race is a matter of timing: several fresh ledgers
         home = tmp_path / f"home{attempt}"
-        barrier, errors = ctx.Barrier(WRITERS), ctx.Queue()
-        procs = [ctx.Process(target=_record_one, args=(str(home), barrier, errors)) for _ in range(WRITERS)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(60)
-        failures = [errors.get(timeout=5) for _ in range(errors.qsize())] if not errors.empty() else []
-        assert failures == [] and all(p.exitcode == 0 for p in procs)
-        assert len(Ledger(home / "ledger.sqlite").entries()) == WRITERS
-
-
-def test_a_fresh_ledger_under_concurrent_threads_keeps_every_row(tmp_path):
-    for attempt in range(4):
-        home = tmp_path / f"home{attempt}"
-        barrier, errors = threading.Barrier(WRITERS), queue.Queue()
-        threads = [threading.Thread(target=_record_one, args=(str(home), barrier, errors)) for _ in range(WRITERS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert list(errors.queue) == []
+        monkeypatch.setenv("RAGKIT_HOME", str(home))
+        if kind == "processes":
+            barrier, errors, start = fork.Barrier(WRITERS), fork.Queue(), fork.Process
+        else:
+            barrier, errors, start = threading.Barrier(WRITERS), queue.Queue(), threading.Thread
+        writers = [start(target=_record_one, args=(barrier, errors)) for _ in range(WRITERS)]
+        for w in writers:
+            w.start()
+        for w in writers:
+            w.join(60)
+        failures = []
+        while not errors.empty():
+            failures.append(errors.get(timeout=5))
+        assert failures == [] and not any(w.is_alive() for w in writers)
         assert len(Ledger(home / "ledger.sqlite").entries()) == WRITERS
 
 
