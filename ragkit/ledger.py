@@ -15,7 +15,6 @@ import os
 import re
 import shlex
 import sqlite3
-import statistics
 import sys
 import threading
 import time
@@ -175,6 +174,8 @@ class CostGroup:
 
     @classmethod
     def of(cls, key: str, rows: list[LedgerEntry]) -> "CostGroup":
+        import statistics  # (not at import time: light commands start fast)
+
         cost = sum(e.cost_usd for e in rows)
         return cls(key, len(rows), sum(e.input_tokens for e in rows), sum(e.output_tokens for e in rows), cost,
                    cost / len(rows), statistics.median(e.latency_s for e in rows))
