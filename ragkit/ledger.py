@@ -3,10 +3,13 @@
 File: $RAGKIT_HOME/ledger.sqlite, else ~/.local/share/ragkit/ledger.sqlite ($XDG_DATA_HOME honoured).
 A row holds the model, task, strategy, tokens as the API reported them, cost, latency and a
 SHA-256 of the question; the question text only when the caller asks (`log_question=True`).
-Never a key, never a row for a failed call (the caller records only after a complete answer).
+Never a key, never a row for a failed call: every paid call (ask, eval, ...) goes through
+`account()` once its answer is complete, which prices it and writes its row.
 
 Schema changes are numbered migration functions (m001_..., m002_...), each recorded by name in
 `_migrations` once applied, like simonw/llm: an old ledger upgrades in place, nothing is lost.
+Many processes and threads may open a new ledger at once (each migration runs under the write
+lock); a file that is damaged or another program's is reported, never rewritten.
 """
 from __future__ import annotations
 
@@ -18,10 +21,10 @@ import sqlite3
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from ragkit.errors import InputError, RagkitError
