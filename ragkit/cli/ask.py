@@ -65,6 +65,7 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
     try:
         if dry_run:
             prepared = session.prepare(question, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k)
+            _warn_if_stale(prepared.index)
             if as_json:
                 click.echo(json.dumps(prepared.to_dict(), indent=2, ensure_ascii=False))
             else:
@@ -82,6 +83,7 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
                              on_text=echo_delta if streamed else None)
     finally:
         session.close()
+    _warn_if_stale(answer.index)
     if as_json:
         click.echo(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
         return
@@ -101,6 +103,12 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
     click.echo(f"Cost: {_fmt_usd(answer.cost_usd)} ({answer.model}, API model {answer.api_model})")
     click.echo(f"Latency: {answer.latency_s:.2f} s (first token {answer.ttft_s:.2f} s; "
                f"planning and retrieval {answer.prepare_s:.2f} s)")
+
+
+def _warn_if_stale(index) -> None:
+    """An answer from an index another process is still updating says so (also in --json's "index")."""
+    if index is not None and index.note:
+        click.echo(f"ragkit: warning: {index.note}", err=True)
 
 
 def _print_dry_run(prepared) -> None:
