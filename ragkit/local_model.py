@@ -277,6 +277,31 @@ def _version(dist: str) -> str:
 # --------------------------------------------------------------------------- loading and generation
 
 
+def load_tokenizer(path: Path | None = None):
+    """The model's own tokenizer (with its chat template), without loading the weights."""
+    path = path or ensure_converted()
+    set_offline_env()
+    from transformers import AutoTokenizer
+
+    with _quiet_transformers():
+        return AutoTokenizer.from_pretrained(path)
+
+
+class ChatEncoder:
+    """Token ids for one system + one user turn under the model's chat template."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def prompt_ids(self, system: str, prompt: str) -> list[int]:
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def text_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 class LocalModel:
     """A loaded model + tokenizer. `generate` is thread-safe (calls are serialised: 2 cores gain nothing
     from running two generations at once, and one at a time keeps each call's timings meaningful)."""
@@ -288,6 +313,7 @@ class LocalModel:
         self.load_s = load_s
         self.threads = threads
         self.dtype = dtype
+        self.chat = ChatEncoder(tokenizer)
         self._lock = threading.Lock()
         # transformers 5 renamed the KV-cache argument and output field from past_key_values to cache.
         import inspect
@@ -299,25 +325,23 @@ class LocalModel:
         path = path or ensure_converted(log=log)
         set_offline_env()
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         threads = thread_count()
         torch.set_num_threads(threads)
         started = time.perf_counter()
         dtype = compute_dtype()
+        tokenizer = load_tokenizer(path)
         with _quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
         return cls(path, model, tokenizer, load_s=time.perf_counter() - started, threads=threads, dtype=dtype)
 
     def prompt_ids(self, system: str, prompt: str) -> list[int]:
-        """The token ids the model reads: the Qwen ChatML template over one system + one user turn."""
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """The token ids the model reads for one system + one user turn (what generate feeds the model)."""
+        return self.chat.prompt_ids(system, prompt)
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self.chat.text_ids(text))
 
     def generate(self, system: str, prompt: str, *, max_tokens: int, temperature: float = 0.0,
                  on_text: Callable[[str], None] | None = None, seed: int = 0) -> Generation:
