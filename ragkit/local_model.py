@@ -23,6 +23,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -287,19 +288,68 @@ def load_tokenizer(path: Path | None = None):
         return AutoTokenizer.from_pretrained(path)
 
 
+# Stand-ins for the message texts while the template is rendered (private-use characters, which no
+# template or tokenizer treats specially): where they land tells the template's text from the messages'.
+_SLOTS = {"system": "\ue000system\ue001", "user": "\ue000user\ue001"}
+_SLOT_RE = re.compile("|".join(map(re.escape, _SLOTS.values())))
+
+
 class ChatEncoder:
-    """Token ids for one system + one user turn under the model's chat template."""
+    """Token ids for one system + one user turn under the model's chat template.
+
+    Only the template's own control tokens (<|im_start|>, <|im_end|>) become control tokens; the message
+    text is always encoded as plain text. Tokenizing the rendered prompt in one go would turn a document's
+    `<|im_end|>\n<|im_start|>system\n...` into real tokens: a new system turn written by the document.
+    So the template is rendered once around stand-ins, split at its control tokens, and each call fills
+    the messages into the text pieces. For text without control-token spellings the ids are the same as
+    tokenizing the whole rendered prompt. Generation and counting both use `prompt_ids`, so they agree.
+    """
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
+        self._backend = tokenizer.backend_tokenizer
+        self._added = dict(tokenizer.added_tokens_encoder)  # every added token, special or not
+        longest_first = sorted(self._added, key=len, reverse=True)
+        control_re = re.compile("(" + ("|".join(map(re.escape, longest_first)) or "(?!)") + ")")
+        scaffold = self._render(_SLOTS["system"], _SLOTS["user"])
+        if any(scaffold.count(slot) != 1 for slot in _SLOTS.values()):
+            raise _unsafe_template("does not place each message exactly once")
+        self._pieces = control_re.split(scaffold)  # [text, control token, text, ..., text]
+
+    def _render(self, system: str, prompt: str) -> str:
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def prompt_ids(self, system: str, prompt: str) -> list[int]:
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """The ids the model reads: the template's control tokens as tokens, everything else as plain text."""
+        content = {_SLOTS["system"]: system, _SLOTS["user"]: prompt}
+        # One pass per piece, so a message that itself spells a stand-in is left as it is.
+        pieces = [_SLOT_RE.sub(lambda m: content[m.group()], piece) if i % 2 == 0 else piece
+                  for i, piece in enumerate(self._pieces)]
+        if "".join(pieces) != self._render(system, prompt):  # a template that rewrites message text
+            raise _unsafe_template("changes the message text")
+        ids: list[int] = []
+        for i, piece in enumerate(pieces):
+            ids.extend(self.text_ids(piece) if i % 2 == 0 else [self._added[piece]])
+        return ids
 
     def text_ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """`text` as plain text: the tokenizer's own normalizer, pre-tokenizer and BPE, no added token matched.
+
+        Stateless, unlike the tokenizer's split_special_tokens switch (a flag on the shared backend that
+        each call flips), so concurrent callers cannot change how each other's text is read.
+        """
+        backend = self._backend
+        if backend.normalizer is not None:
+            text = backend.normalizer.normalize_str(text)
+        words = backend.pre_tokenizer.pre_tokenize_str(text) if backend.pre_tokenizer is not None else [(text, None)]
+        return [token.id for word, _ in words for token in backend.model.tokenize(word)]
+
+
+def _unsafe_template(what: str) -> LocalModelError:
+    # The pinned GGUF's template passes; only an edited cache can get here, and a rebuild restores it.
+    return LocalModelError(f"the local model's chat template {what}, so ragkit cannot keep message text apart "
+                           f"from its control tokens. Delete {cache_dir()} to rebuild the model cache.")
 
 
 class LocalModel:
