@@ -22,9 +22,9 @@ from typing import Callable
 from ragkit import config
 from ragkit.config import project_config_path, user_config_path
 from ragkit.errors import ConfigError, UnknownModelError
-from ragkit.tokens import ENCODINGS
 
 PROVIDERS = ("openai", "anthropic", "local")
+ENCODINGS = ("cl100k_base", "o200k_base")  # the tiktoken encodings ragkit ships (tokens.py has their files)
 
 
 @dataclass(frozen=True)

@@ -157,6 +157,12 @@ def test_overriding_a_builtin_alias_list_to_clash_blames_the_override(project):
     assert '[models."gpt-4o"] aliases: "haiku" already names the model claude-3.5-haiku' in _error(path)
 
 
+def test_the_encodings_a_model_may_name_are_the_ones_ragkit_ships():
+    from ragkit import tokens
+
+    assert set(models.ENCODINGS) == set(tokens.ENCODINGS)
+
+
 def test_every_model_field_has_a_schema_entry():
     from dataclasses import fields
 
