@@ -18,10 +18,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+from ragkit.config import default_model
 from ragkit.errors import InputError
 from ragkit.prompt import SourceRef, as_sources, build_prompt, cited_numbers, framing_tokens, scaffold_tokens
 
-DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_TOP_K = 50   # chunks retrieval considers; the best that fit the budget are sent
 
 
@@ -110,7 +110,7 @@ class Session:
         from ragkit.ledger import Ledger
 
         self.path = Path(path)
-        self.model = model or DEFAULT_MODEL
+        self.model = model or default_model()
         self.base_url = base_url
         self.timeout_s = timeout_s
         self.max_retries = max_retries

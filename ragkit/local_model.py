@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from ragkit.embed import set_offline_env  # HF_HUB_OFFLINE etc.: nothing may download at run time
+from ragkit.config import local_threads, set_offline_env  # HF_HUB_OFFLINE etc.: nothing may download at run time
 from ragkit.errors import RagkitError
 
 MODEL_NAME = "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, dequantised)"
@@ -80,7 +80,7 @@ class Generation:
 
 def cache_dir() -> Path:
     """Where the converted model lives: one directory per verified GGUF hash and cache format."""
-    from ragkit.tokens import cache_dir as ragkit_cache_dir  # $RAGKIT_CACHE_DIR, else ~/.cache/ragkit
+    from ragkit.config import cache_dir as ragkit_cache_dir  # $RAGKIT_CACHE_DIR, else ~/.cache/ragkit
 
     return ragkit_cache_dir() / "models" / f"qwen2.5-coder-0.5b-{GGUF_SHA256[:12]}-{CACHE_FORMAT}"
 
@@ -137,16 +137,7 @@ def join_and_verify(parts: list[Path], dest: Path | None = None, *, expected_sha
 
 def thread_count() -> int:
     """torch threads for the local model: $RAGKIT_THREADS, else all cores (this machine has 2, shared)."""
-    raw = os.environ.get("RAGKIT_THREADS", "").strip()
-    if raw:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise RagkitError(f"RAGKIT_THREADS must be a whole number of threads, got {raw!r}.") from None
-        if value < 1:
-            raise RagkitError(f"RAGKIT_THREADS must be at least 1, got {value}.")
-        return value
-    return max(1, os.cpu_count() or 1)
+    return local_threads()
 
 
 def compute_dtype() -> str:

@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from ragkit.cli.foundation import MODEL_OPTION
+
 
 def _fmt_usd(x: float) -> str:
     return f"${x:.6f}" if x < 0.01 else f"${x:.4f}"
@@ -21,8 +23,7 @@ def _print_sources(sources, heading: str) -> None:
 @click.command("ask")
 @click.argument("path", type=click.Path(exists=True, dir_okay=True, file_okay=True))
 @click.argument("question")
-@click.option("-m", "--model", envvar="RAGKIT_MODEL", default="gpt-4o-mini", show_default=True,
-              help="Model id or alias from `ragkit models` (env RAGKIT_MODEL).")
+@MODEL_OPTION
 @click.option("-u", "--base-url", default=None,
               help="OpenAI/Anthropic-compatible endpoint to use instead of the registry's, "
                    "e.g. http://127.0.0.1:8080/v1 (no key needed for local servers).")
