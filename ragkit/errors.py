@@ -23,3 +23,7 @@ class IndexError_(RagkitError):
 
 class ProviderError(RagkitError):
     """A model API call failed (after retries); the message names the endpoint or variable, never the key."""
+
+
+class IncompleteStream(ProviderError):
+    """A streamed answer stopped before the model's end marker: the text so far is not an answer."""
