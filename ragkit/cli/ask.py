@@ -9,6 +9,9 @@ import click
 from ragkit.cli.foundation import MODEL_OPTION
 
 
+CUT_MARK = "[answer cut: the stream ended before the model finished]"
+
+
 def _fmt_usd(x: float) -> str:
     return f"${x:.6f}" if x < 0.01 else f"${x:.4f}"
 
@@ -35,9 +38,9 @@ def _print_sources(sources, heading: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan, the exact prompt and its estimated cost; call no model.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--stream/--no-stream", default=None, help="Stream the answer as it is written (default: on a terminal).")
-@click.option("-t", "--timeout", "timeout_s", type=float, default=60.0, show_default=True,
-              help="Seconds to wait for the model API.")
-@click.option("-r", "--retries", "max_retries", type=int, default=2, show_default=True,
+@click.option("-t", "--timeout", "timeout_s", type=click.FloatRange(0, min_open=True), default=60.0,
+              show_default=True, help="Seconds to wait for the model API (above 0).")
+@click.option("-r", "--retries", "max_retries", type=click.IntRange(0), default=2, show_default=True,
               help="Retries (with back-off) on 429/5xx/timeouts.")
 @click.option("--index-dir", type=click.Path(file_okay=False), default=None, help="Where the index lives.")
 @click.option("--log-question", is_flag=True,
@@ -76,12 +79,21 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
             stream = sys.stdout.isatty()
         streamed = bool(stream and not as_json)
 
+        printed = []
+
         def echo_delta(text: str) -> None:
+            printed.append(text)
             click.echo(text, nl=False)
             sys.stdout.flush()
 
-        answer = session.ask(question, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k,
-                             on_text=echo_delta if streamed else None)
+        try:
+            answer = session.ask(question, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k,
+                                 on_text=echo_delta if streamed else None)
+        except BaseException:
+            if printed:  # the reader already saw part of an answer: say it is not one
+                click.echo()
+                click.echo(CUT_MARK, err=True)
+            raise
     finally:
         session.close()
     _warn_if_stale(answer.index)

@@ -21,6 +21,7 @@ from ragkit.errors import ConfigError, InputError
 from ragkit.evals.cache import CachedResponse, ResponseCache, call_key
 from ragkit.evals.retrieval import Ranker, retrieve_units
 from ragkit.evals.tasks import Sample, Task
+from ragkit.redact import redact
 
 FORMAT = "ragkit-eval/1"
 STRATEGIES = ("stuff", "retrieve")
@@ -321,7 +322,7 @@ def run_grid(task: Task, grid: GridSpec, out_dir: Path | str, *, provider=None, 
                                            temperature=grid.temperature)
         except Exception as exc:  # noqa: BLE001 - any failure is recorded as failed (unscored), never as wrong
             return _record(call, spec, status="failed", prediction=None, score=None,
-                           error=f"{type(exc).__name__}: {exc}"[:500], input_tokens=0, output_tokens=0,
+                           error=redact(f"{type(exc).__name__}: {exc}")[:500], input_tokens=0, output_tokens=0,
                            cost_usd=0.0, latency_s=time.monotonic() - t0, cached=False)
         cost = cost_usd(spec, completion.input_tokens, completion.output_tokens)
         cache.put(call.key, spec.id, CachedResponse(completion.text, completion.input_tokens,
