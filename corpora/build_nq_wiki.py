@@ -1,4 +1,5 @@
-"""Rebuilds corpora/nq-wiki and corpora/nq-wiki-sample from the lost-in-the-middle NQ-open oracle file.
+"""Rebuilds corpora/nq-wiki and corpora/nq-wiki-sample from the lost-in-the-middle NQ-open oracle file,
+and the copy of nq-wiki that ships in the package for `ragkit eval` (ragkit/data/evals/).
 
 Usage: python corpora/build_nq_wiki.py [PATH/TO/nq-open-oracle.jsonl.gz]
 Deterministic: the same input gives byte-identical output.
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+PACKAGE_DATA = HERE.parent / "ragkit" / "data" / "evals"
 DEFAULT_SRC = HERE.parent.parent / "shared" / "data" / "lost-in-the-middle" / "nq-open-oracle.jsonl.gz"
 # Questions whose passages make the small slice: easy to check by eye, answers unambiguous,
 # and short enough (~800 tokens in all) to be stuffed even into the local model's 2K budget.
@@ -44,6 +46,7 @@ def main(src: Path) -> None:
             questions.append({"question": row["question"], "answers": row["answers"], "passage_id": pid})
 
     write_set("nq-wiki", list(passages.values()), questions)
+    write_set("nq-wiki", list(passages.values()), questions, PACKAGE_DATA)
     by_q = {q["question"]: q for q in questions}
     sample_q = [by_q[q] for q in SAMPLE_QUESTIONS]
     sample_p = [passages[q["passage_id"]] for q in sample_q]
@@ -51,14 +54,14 @@ def main(src: Path) -> None:
     print(f"{len(passages)} passages, {len(questions)} questions; sample {len(sample_p)} passages")
 
 
-def write_set(name: str, passages: list[dict], questions: list[dict]) -> None:
+def write_set(name: str, passages: list[dict], questions: list[dict], base: Path = HERE) -> None:
     # The corpus folder holds documents only, so `ragkit ask corpora/NAME` reads nothing else;
     # questions (for evals and checks) live in corpora/questions/NAME.jsonl.
-    folder = HERE / name
-    folder.mkdir(exist_ok=True)
+    folder = base / name
+    folder.mkdir(parents=True, exist_ok=True)
     write_jsonl(folder / "passages.jsonl", passages)
-    (HERE / "questions").mkdir(exist_ok=True)
-    write_jsonl(HERE / "questions" / f"{name}.jsonl", questions)
+    (base / "questions").mkdir(exist_ok=True)
+    write_jsonl(base / "questions" / f"{name}.jsonl", questions)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+from ragkit.config import default_model
 from ragkit.errors import InputError
 from ragkit.prompt import SourceRef, as_sources, build_prompt, cited_numbers, framing_tokens, scaffold_tokens
 
-DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_TOP_K = 50   # chunks retrieval considers; the best that fit the budget are sent
 
 
@@ -48,6 +48,7 @@ class PreparedPrompt:
     estimated_input_tokens: int   # the same, inflated by the counting margin (== input_tokens when exact)
     estimated_cost_usd: float     # estimated input + a full-length answer: an upper bound
     prepare_s: float
+    index: object = None          # corpus.IndexStatus when retrieving (stale => its note says why)
 
     @property
     def strategy(self) -> str:
@@ -61,7 +62,7 @@ class PreparedPrompt:
             "context": [s.to_dict() for s in self.context],
             "input_tokens": self.input_tokens, "estimated_input_tokens": self.estimated_input_tokens,
             "max_output_tokens": self.plan.answer_tokens, "estimated_cost_usd": self.estimated_cost_usd,
-            "prepare_s": self.prepare_s,
+            "prepare_s": self.prepare_s, "index": self.index.to_dict() if self.index else None,
         }
 
 
@@ -81,6 +82,7 @@ class Answer:
     prepare_s: float              # planning + retrieval + prompt building
     finish_reason: str
     question: str
+    index: object = None          # corpus.IndexStatus when retrieving (stale => its note says why)
 
     def to_dict(self) -> dict:
         return {
@@ -91,6 +93,7 @@ class Answer:
             "usage": self.usage.to_dict(), "cost_usd": self.cost_usd,
             "latency_s": self.latency_s, "ttft_s": self.ttft_s, "prepare_s": self.prepare_s,
             "finish_reason": self.finish_reason, "plan": self.plan.to_dict(),
+            "index": self.index.to_dict() if self.index else None,
         }
 
 
@@ -101,11 +104,12 @@ class Session:
     def __init__(self, path: str | Path, *, model: str | None = None, base_url: str | None = None,
                  timeout_s: float = 60.0, max_retries: int = 2, index_dir: str | Path | None = None,
                  ledger=True, log_question: bool = False, task: str = "ask", corpus=None,
-                 progress: bool = False):
+                 progress: bool = False, index_wait_s: float | None = None):
+        from ragkit.corpus import DEFAULT_INDEX_WAIT_S
         from ragkit.ledger import Ledger
 
         self.path = Path(path)
-        self.model = model or DEFAULT_MODEL
+        self.model = model or default_model()
         self.base_url = base_url
         self.timeout_s = timeout_s
         self.max_retries = max_retries
@@ -113,12 +117,14 @@ class Session:
         self.log_question = log_question
         self.task = task
         self.progress = progress      # index-building progress bar on stderr
+        # how long a question waits for another process that is building the first index
+        self.index_wait_s = DEFAULT_INDEX_WAIT_S if index_wait_s is None else index_wait_s
         self.ledger = Ledger() if ledger is True else (ledger or None)
         self._corpus = corpus
         self._docs = None
         self._doc_tokens: dict[str, tuple[int, int]] = {}   # per counting encoding
         self._doc_sources: list[SourceRef] | None = None
-        self._indexed = False
+        self._index_status = None     # corpus.IndexStatus of the last check; None: check before retrieving
         self._providers: dict[tuple, object] = {}
         self._lock = threading.RLock()          # lazy state
         self._retrieval_lock = threading.Lock()  # pack(): milliseconds; serialised in case the index isn't re-entrant
@@ -160,12 +166,14 @@ class Session:
                                          -(-framing // max(1, len(docs))))
             return self._doc_tokens[key]
 
-    def ensure_index(self) -> None:
-        """Builds or updates the index (incremental) once per session."""
+    def ensure_index(self):
+        """The index to retrieve from (a corpus.IndexStatus). Checked once per session and never
+        blocked by another process updating it: a stale index is re-checked on the next question."""
         with self._lock:
-            if not self._indexed:
-                self.corpus.index(progress=self.progress)
-                self._indexed = True
+            if self._index_status is None or not self._index_status.fresh:
+                self._index_status = self.corpus.update_for_reading(progress=self.progress,
+                                                                    wait_s=self.index_wait_s)
+            return self._index_status
 
     def provider(self, spec):
         from ragkit.providers import provider_for
@@ -247,6 +255,7 @@ class Session:
             input_tokens=input_tokens, estimated_input_tokens=estimated,
             estimated_cost_usd=cost_usd(spec, estimated, the_plan.answer_tokens),
             prepare_s=time.perf_counter() - t0,
+            index=self._index_status if the_plan.strategy == "retrieve" else None,
         )
 
     def _retrieve(self, question: str, spec, counter, budget: int, top_k: int, per_source: int) -> list[SourceRef]:
@@ -300,6 +309,7 @@ class Session:
             usage=Usage(done.input_tokens, done.output_tokens, getattr(done, "usage_reported", True)),
             cost_usd=cost, model=spec.id, api_model=done.model, latency_s=done.latency_s, ttft_s=done.ttft_s,
             prepare_s=prepared.prepare_s, finish_reason=done.finish_reason, question=prepared.question,
+            index=prepared.index,
         )
         return answer
 
@@ -309,7 +319,7 @@ class Session:
             self._docs = None
             self._doc_sources = None
             self._doc_tokens.clear()
-            self._indexed = False
+            self._index_status = None
             self.__dict__.pop("_title_map", None)
 
     def close(self) -> None:

@@ -17,13 +17,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ragkit.chunking import ChunkSettings, Chunker
-from ragkit.errors import IndexError_, InputError
+from ragkit.errors import IndexBusy, IndexError_, InputError
 from ragkit.loaders import Document, discover_files, load_file
 from ragkit.retrieve import Hit, PackedContext, pack_hits
 from ragkit import store as _store
 
 log = logging.getLogger("ragkit")
 EMBED_GROUP = 512   # texts handed to the model per call: progress/caching granularity
+DEFAULT_INDEX_WAIT_S = 600.0   # how long a question waits for another process building the FIRST index
+
+
+@dataclass(frozen=True)
+class IndexStatus:
+    """The index a question was answered from: fresh, or stale because another process is updating it."""
+
+    generation: str
+    fresh: bool
+    updated: bool = False         # this process brought it up to date just now
+    note: str | None = None       # why it is stale (also printed on stderr by the CLI)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -144,13 +158,22 @@ class Corpus:
                 for d in load_file(sf, text_field=self.text_field)]
 
     # -- indexing -----------------------------------------------------------------------------
-    def index(self, progress: bool = False, *, rebuild: bool = False, on_skip=None, on_progress=None) -> IndexReport:
+    def _scan(self, old: _store.Generation | None) -> tuple[list, dict, _store.Changes]:
+        """(files on disk, the generation's file records, what differs). Reads only: no lock needed."""
+        _, files = discover_files(self.path, self.include, self.exclude)
+        files = [sf for sf in files if not _is_index_path(sf.path, self.index_dir)]
+        old_files = old.files() if old else {}
+        return files, old_files, _store.scan_changes(files, old_files)
+
+    def index(self, progress: bool = False, *, rebuild: bool = False, on_skip=None, on_progress=None,
+              lock_timeout_s: float = 0) -> IndexReport:
         """Brings the index up to date with the files: embeds only new or changed files, removes
-        deleted ones. One writer at a time (IndexError_ for the second); atomic on disk."""
+        deleted ones. One writer at a time: the second waits up to lock_timeout_s, then gets
+        IndexBusy; atomic on disk."""
         t0 = time.perf_counter()
         chunker = Chunker(self._tokenizer(), self.chunk_settings)  # bad settings fail before anything is touched
         self.index_dir.mkdir(parents=True, exist_ok=True)
-        with _store.WriteLock(self.index_dir):
+        with _store.WriteLock(self.index_dir, timeout_s=lock_timeout_s):
             current = self._generation_unchecked()
             old = None if rebuild else current
             if old is not None:
@@ -159,12 +182,9 @@ class Corpus:
                 for name in ("embcache.sqlite", "embcache.sqlite-wal", "embcache.sqlite-shm"):
                     (self.index_dir / name).unlink(missing_ok=True)
             _store.cleanup_stray(self.index_dir, current.name if current else None)
-            _, files = discover_files(self.path, self.include, self.exclude)
-            files = [sf for sf in files if not _is_index_path(sf.path, self.index_dir)]
+            files, old_files, ch = self._scan(old)
             if not files and old is None:
                 raise InputError(f"no files to index under {self.path}; check the path and --include/--exclude")
-            old_files = old.files() if old else {}
-            ch = _store.scan_changes(files, old_files)
             skipped: list[tuple[str, str]] = [(r.rel, r.skipped) for r in old_files.values()
                                                if r.skipped and r.rel not in ch.removed
                                                and r.rel not in {sf.rel for sf in ch.changed}]
@@ -209,6 +229,33 @@ class Corpus:
             gen = self._generation()
             self._prune_cache(gen)
             return self._report(gen, ch, skipped, t0, embed_s, len(new_chunks), removed_chunks, embedded, cached)
+
+    def update_for_reading(self, progress: bool = False, wait_s: float = DEFAULT_INDEX_WAIT_S) -> "IndexStatus":
+        """What a question needs before it searches: an index, as fresh as can be had without
+        blocking on another writer.
+
+        Up to date: nothing is locked or written (many readers at once). Stale: this process
+        updates it unless another one is already doing so, in which case the question is answered
+        from the current generation and the status says so. No index yet: wait up to `wait_s` for
+        a builder that is already running, then build what is still missing.
+        """
+        gen = self._generation()
+        if gen is None:
+            report = self.index(progress, lock_timeout_s=wait_s)
+            return IndexStatus(report.generation, fresh=True, updated=True)
+        self._check(gen.settings)
+        _, _, ch = self._scan(gen)
+        if not ch.any:
+            return IndexStatus(gen.name, fresh=True)
+        try:
+            report = self.index(progress)
+        except IndexBusy as busy:
+            changed = len(ch.added) + len(ch.changed) + len(ch.removed)
+            who = f" ({busy.holder})" if busy.holder else ""
+            return IndexStatus(gen.name, fresh=False,
+                               note=f"{changed} file(s) changed since index {gen.name}; another process{who} "
+                                    f"is updating it, so this answer uses the index as it was")
+        return IndexStatus(report.generation, fresh=True, updated=report.generation != gen.name)
 
     def _report(self, gen, ch, skipped, t0, embed_s, added, removed, embedded, cached) -> IndexReport:
         # A skipped file is counted once, as skipped, not also as added/changed/unchanged.

@@ -8,37 +8,16 @@ thread-safe (`get_embedder`). Heavy imports happen only when a model is actually
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ragkit.config import embed_threads as default_threads, set_offline_env
 from ragkit.errors import ConfigError
 
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "minilm", "default"}
 DEFAULT_BATCH_SIZE = 64
-
-
-def set_offline_env() -> None:
-    """Nothing may download at run time: make the HF libraries fail fast instead of retrying."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
-
-def default_threads() -> int:
-    """torch threads: RAGKIT_EMBED_THREADS if set, else half the cores (1 on a 2-core machine,
-    where a second OpenMP thread loses 2-3x as soon as anything else runs), at most 8."""
-    env = os.environ.get("RAGKIT_EMBED_THREADS")
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            raise ConfigError(f"RAGKIT_EMBED_THREADS must be an integer, got {env!r}") from None
-    return max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
 def resolve_model(name: str | None) -> tuple[str, str]:

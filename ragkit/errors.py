@@ -23,3 +23,15 @@ class IndexError_(RagkitError):
 
 class ProviderError(RagkitError):
     """A model API call failed (after retries); the message names the endpoint or variable, never the key."""
+
+
+class IndexBusy(IndexError_):
+    """Another process holds the index's write lock (it is updating the index)."""
+
+    def __init__(self, message: str, holder: str = ""):
+        super().__init__(message)
+        self.holder = holder
+
+
+class IncompleteStream(ProviderError):
+    """A streamed answer stopped before the model's end marker: the text so far is not an answer."""

@@ -27,17 +27,14 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ragkit import config
 from ragkit.errors import InputError, RagkitError
 
 DAYS_PER_MONTH = 30
 
 
 def ledger_path() -> Path:
-    home = os.environ.get("RAGKIT_HOME")
-    if home:
-        return Path(home).expanduser() / "ledger.sqlite"
-    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data).expanduser() / "ragkit" / "ledger.sqlite"
+    return config.data_home() / "ledger.sqlite"  # $RAGKIT_HOME, else ~/.local/share/ragkit
 
 
 def question_hash(question: str) -> str:

@@ -23,6 +23,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -32,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from ragkit.embed import set_offline_env  # HF_HUB_OFFLINE etc.: nothing may download at run time
+from ragkit.config import local_threads, set_offline_env  # HF_HUB_OFFLINE etc.: nothing may download at run time
 from ragkit.errors import RagkitError
 
 MODEL_NAME = "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, dequantised)"
@@ -79,7 +80,7 @@ class Generation:
 
 def cache_dir() -> Path:
     """Where the converted model lives: one directory per verified GGUF hash and cache format."""
-    from ragkit.tokens import cache_dir as ragkit_cache_dir  # $RAGKIT_CACHE_DIR, else ~/.cache/ragkit
+    from ragkit.config import cache_dir as ragkit_cache_dir  # $RAGKIT_CACHE_DIR, else ~/.cache/ragkit
 
     return ragkit_cache_dir() / "models" / f"qwen2.5-coder-0.5b-{GGUF_SHA256[:12]}-{CACHE_FORMAT}"
 
@@ -136,16 +137,7 @@ def join_and_verify(parts: list[Path], dest: Path | None = None, *, expected_sha
 
 def thread_count() -> int:
     """torch threads for the local model: $RAGKIT_THREADS, else all cores (this machine has 2, shared)."""
-    raw = os.environ.get("RAGKIT_THREADS", "").strip()
-    if raw:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise RagkitError(f"RAGKIT_THREADS must be a whole number of threads, got {raw!r}.") from None
-        if value < 1:
-            raise RagkitError(f"RAGKIT_THREADS must be at least 1, got {value}.")
-        return value
-    return max(1, os.cpu_count() or 1)
+    return local_threads()
 
 
 def compute_dtype() -> str:
@@ -277,6 +269,80 @@ def _version(dist: str) -> str:
 # --------------------------------------------------------------------------- loading and generation
 
 
+def load_tokenizer(path: Path | None = None):
+    """The model's own tokenizer (with its chat template), without loading the weights."""
+    path = path or ensure_converted()
+    set_offline_env()
+    from transformers import AutoTokenizer
+
+    with _quiet_transformers():
+        return AutoTokenizer.from_pretrained(path)
+
+
+# Stand-ins for the message texts while the template is rendered (private-use characters, which no
+# template or tokenizer treats specially): where they land tells the template's text from the messages'.
+_SLOTS = {"system": "\ue000system\ue001", "user": "\ue000user\ue001"}
+_SLOT_RE = re.compile("|".join(map(re.escape, _SLOTS.values())))
+
+
+class ChatEncoder:
+    """Token ids for one system + one user turn under the model's chat template.
+
+    Only the template's own control tokens (<|im_start|>, <|im_end|>) become control tokens; the message
+    text is always encoded as plain text. Tokenizing the rendered prompt in one go would turn a document's
+    `<|im_end|>\n<|im_start|>system\n...` into real tokens: a new system turn written by the document.
+    So the template is rendered once around stand-ins, split at its control tokens, and each call fills
+    the messages into the text pieces. For text without control-token spellings the ids are the same as
+    tokenizing the whole rendered prompt. Generation and counting both use `prompt_ids`, so they agree.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._backend = tokenizer.backend_tokenizer
+        self._added = dict(tokenizer.added_tokens_encoder)  # every added token, special or not
+        longest_first = sorted(self._added, key=len, reverse=True)
+        control_re = re.compile("(" + ("|".join(map(re.escape, longest_first)) or "(?!)") + ")")
+        scaffold = self._render(_SLOTS["system"], _SLOTS["user"])
+        if any(scaffold.count(slot) != 1 for slot in _SLOTS.values()):
+            raise _unsafe_template("does not place each message exactly once")
+        self._pieces = control_re.split(scaffold)  # [text, control token, text, ..., text]
+
+    def _render(self, system: str, prompt: str) -> str:
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def prompt_ids(self, system: str, prompt: str) -> list[int]:
+        """The ids the model reads: the template's control tokens as tokens, everything else as plain text."""
+        content = {_SLOTS["system"]: system, _SLOTS["user"]: prompt}
+        # One pass per piece, so a message that itself spells a stand-in is left as it is.
+        pieces = [_SLOT_RE.sub(lambda m: content[m.group()], piece) if i % 2 == 0 else piece
+                  for i, piece in enumerate(self._pieces)]
+        if "".join(pieces) != self._render(system, prompt):  # a template that rewrites message text
+            raise _unsafe_template("changes the message text")
+        ids: list[int] = []
+        for i, piece in enumerate(pieces):
+            ids.extend(self.text_ids(piece) if i % 2 == 0 else [self._added[piece]])
+        return ids
+
+    def text_ids(self, text: str) -> list[int]:
+        """`text` as plain text: the tokenizer's own normalizer, pre-tokenizer and BPE, no added token matched.
+
+        Stateless, unlike the tokenizer's split_special_tokens switch (a flag on the shared backend that
+        each call flips), so concurrent callers cannot change how each other's text is read.
+        """
+        backend = self._backend
+        if backend.normalizer is not None:
+            text = backend.normalizer.normalize_str(text)
+        words = backend.pre_tokenizer.pre_tokenize_str(text) if backend.pre_tokenizer is not None else [(text, None)]
+        return [token.id for word, _ in words for token in backend.model.tokenize(word)]
+
+
+def _unsafe_template(what: str) -> LocalModelError:
+    # The pinned GGUF's template passes; only an edited cache can get here, and a rebuild restores it.
+    return LocalModelError(f"the local model's chat template {what}, so ragkit cannot keep message text apart "
+                           f"from its control tokens. Delete {cache_dir()} to rebuild the model cache.")
+
+
 class LocalModel:
     """A loaded model + tokenizer. `generate` is thread-safe (calls are serialised: 2 cores gain nothing
     from running two generations at once, and one at a time keeps each call's timings meaningful)."""
@@ -288,6 +354,7 @@ class LocalModel:
         self.load_s = load_s
         self.threads = threads
         self.dtype = dtype
+        self.chat = ChatEncoder(tokenizer)
         self._lock = threading.Lock()
         # transformers 5 renamed the KV-cache argument and output field from past_key_values to cache.
         import inspect
@@ -299,25 +366,23 @@ class LocalModel:
         path = path or ensure_converted(log=log)
         set_offline_env()
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         threads = thread_count()
         torch.set_num_threads(threads)
         started = time.perf_counter()
         dtype = compute_dtype()
+        tokenizer = load_tokenizer(path)
         with _quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
         return cls(path, model, tokenizer, load_s=time.perf_counter() - started, threads=threads, dtype=dtype)
 
     def prompt_ids(self, system: str, prompt: str) -> list[int]:
-        """The token ids the model reads: the Qwen ChatML template over one system + one user turn."""
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """The token ids the model reads for one system + one user turn (what generate feeds the model)."""
+        return self.chat.prompt_ids(system, prompt)
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self.chat.text_ids(text))
 
     def generate(self, system: str, prompt: str, *, max_tokens: int, temperature: float = 0.0,
                  on_text: Callable[[str], None] | None = None, seed: int = 0) -> Generation:

@@ -2,21 +2,29 @@
 
 Built-in figures live in ragkit/data/models.toml. Users add or override models with the same
 [models.ID] tables in a user file (~/.config/ragkit/models.toml, or $RAGKIT_CONFIG) and a
-project file (./ragkit.toml); later files win field by field.
+project file (./ragkit.toml); later files win field by field. One validator checks all of them
+(types, ranges, known fields) and names the file, model and field of any bad value.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
+import json
+import math
 import os
+import re
 import threading
 import tomllib
-from dataclasses import asdict, dataclass, fields
-from importlib import resources
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
+from ragkit import config
+from ragkit.config import project_config_path, user_config_path
 from ragkit.errors import ConfigError, UnknownModelError
 
 PROVIDERS = ("openai", "anthropic", "local")
+ENCODINGS = ("cl100k_base", "o200k_base")  # the tiktoken encodings ragkit ships (tokens.py has their files)
 
 
 @dataclass(frozen=True)
@@ -53,97 +61,266 @@ class ModelSpec:
         return d
 
 
-_FIELDS = {f.name: f for f in fields(ModelSpec)}
-_OPTIONAL = {"aliases": (), "base_url": None, "api_key_env": None, "good_for": "",
-             "token_margin": 0.0, "ttft_s": 0.0, "tokens_per_s": 0.0}
+# ----------------------------------------------------------------------------- the schema
+# One validator for the built-in registry and every override file: each field's value is checked for its
+# type and range as it is read (so the error names the file that set it), then each merged model is
+# checked as a whole. Nothing is coerced: `aliases = "4o"` or `exact_tokens = "no"` is an error, not a guess.
+
+
+class _Bad(ValueError):
+    """A field's value is wrong: the message says what it must be."""
+
+
+def _text(v):
+    if not isinstance(v, str) or not v.strip():
+        raise _Bad("must be a non-empty string in quotes")
+    return v
+
+
+def _any_text(v):
+    if not isinstance(v, str):
+        raise _Bad("must be a string in quotes")
+    return v
+
+
+def _optional_text(v):
+    if not isinstance(v, str):
+        raise _Bad('must be a string in quotes ("" for none)')
+    return v or None
+
+
+def _url(v):
+    v = _optional_text(v)
+    if v is not None and not v.startswith(("http://", "https://")):
+        raise _Bad("must be an http:// or https:// URL")
+    return v
+
+
+def _env_name(v):
+    v = _optional_text(v)
+    if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+        raise _Bad("must be the NAME of an environment variable (letters, digits, _), never the key itself")
+    return v
+
+
+def _names(v):
+    if not isinstance(v, list) or not all(isinstance(a, str) and a.strip() for a in v):
+        raise _Bad("must be a list of names in brackets")
+    return tuple(v)
+
+
+def _one_of(choices: tuple[str, ...]):
+    def check(v):
+        if v not in choices:
+            raise _Bad("must be one of " + ", ".join(f'"{c}"' for c in choices))
+        return v
+    return check
+
+
+def _tokens(v):
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise _Bad("must be a whole number of tokens, at least 1")
+    return v
+
+
+def _amount(v):
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+        raise _Bad("must be a finite number, 0 or more")
+    return float(v)
+
+
+def _flag(v):
+    if not isinstance(v, bool):
+        raise _Bad("must be true or false, without quotes")
+    return v
+
+
+@dataclass(frozen=True)
+class _Field:
+    check: Callable[[object], object]   # returns the value, or raises _Bad saying what it must be
+    example: str                        # a correct line, shown in the error
+    default: object = None
+    required: bool = True
+
+
+_SCHEMA: dict[str, _Field] = {
+    "name": _Field(_text, 'name = "My model"'),
+    "aliases": _Field(_names, 'aliases = ["my-model", "mm"]', (), False),
+    "provider": _Field(_one_of(PROVIDERS), 'provider = "openai"'),
+    "api_model": _Field(_text, 'api_model = "gpt-4o-2024-11-20"'),
+    "base_url": _Field(_url, 'base_url = "http://127.0.0.1:8000/v1"', None, False),
+    "api_key_env": _Field(_env_name, 'api_key_env = "OPENAI_API_KEY"', None, False),
+    "context_window_tokens": _Field(_tokens, "context_window_tokens = 128000"),
+    "practical_limit_tokens": _Field(_tokens, "practical_limit_tokens = 32000"),
+    "practical_low_tokens": _Field(_tokens, "practical_low_tokens = 32000", None, False),   # default: the limit
+    "practical_high_tokens": _Field(_tokens, "practical_high_tokens = 40000", None, False),  # default: the limit
+    "limit_source": _Field(_text, 'limit_source = "measured: ragkit eval needle, 2025-01-31"',
+                           "default: set by the user without a source", False),
+    "max_output_tokens": _Field(_tokens, "max_output_tokens = 4096"),
+    "input_usd_per_mtok": _Field(_amount, "input_usd_per_mtok = 2.5"),
+    "output_usd_per_mtok": _Field(_amount, "output_usd_per_mtok = 10.0"),
+    "ttft_s": _Field(_amount, "ttft_s = 0.8", 0.0, False),
+    "tokens_per_s": _Field(_amount, "tokens_per_s = 70", 0.0, False),
+    "good_for": _Field(_any_text, 'good_for = "Classification, routing"', "", False),
+    "encoding": _Field(_one_of(ENCODINGS), 'encoding = "o200k_base"'),
+    "exact_tokens": _Field(_flag, "exact_tokens = false"),
+    "token_margin": _Field(_amount, "token_margin = 0.15", 0.0, False),
+}
+_TOP_LEVEL = ("models",)
+_REQUIRED = tuple(n for n, f in _SCHEMA.items() if f.required)
+BUILTIN_REGISTRY = config.bundled("models.toml")
+
 _lock = threading.Lock()
 _cache: dict[tuple, dict[str, ModelSpec]] = {}
 
 
-def user_config_path() -> Path:
-    if os.environ.get("RAGKIT_CONFIG"):
-        return Path(os.environ["RAGKIT_CONFIG"]).expanduser()
-    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return base / "ragkit" / "models.toml"
+def _shown(v) -> str:
+    """A value as the user wrote it in TOML, for error messages."""
+    if isinstance(v, str):
+        return f'the string "{v}"'
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, dict):
+        return "a table"
+    return repr(v) if not isinstance(v, float) or math.isfinite(v) else str(v)
 
 
-def project_config_path() -> Path:
-    return Path.cwd() / "ragkit.toml"
+def _toml(v) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    return json.dumps(v) if isinstance(v, str) else repr(v)
+
+
+def _fix(name: str, value) -> str:
+    """The line to write instead: the user's value in the form the field takes when there is one
+    ("4o" -> ["4o"], "no" -> false, "128000" -> 128000), else the field's example."""
+    words = {"true": True, "yes": True, "false": False, "no": False}
+    candidates = []
+    if isinstance(value, str):
+        candidates += [[value], words.get(value.strip().lower())]
+        for parse in (int, float):
+            with contextlib.suppress(ValueError):
+                candidates.append(parse(value.strip()))
+    elif isinstance(value, float) and value.is_integer():
+        candidates.append(int(value))
+    elif type(value) is int and value in (0, 1):
+        candidates.append(bool(value))
+    for candidate in candidates:
+        with contextlib.suppress(_Bad):
+            if candidate is not None:
+                _SCHEMA[name].check(candidate)
+                return f"{name} = {_toml(candidate)}"
+    return "e.g. " + _SCHEMA[name].example
+
+
+def _did_you_mean(word: str, known) -> str:
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f"did you mean {close[0]}?" if close else "known: " + ", ".join(known) + "."
+
+
+def _where(path: Path, model_id: str) -> str:
+    return f'{path}: [models."{model_id}"]'
 
 
 def _read_toml(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start + 1} cannot be decoded); "
+                          "TOML files must be UTF-8, so re-save it as UTF-8.") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML ({exc}). Fix the file or move it aside.") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}.") from None
 
 
-def _builtin_tables() -> dict:
-    text = resources.files("ragkit").joinpath("data/models.toml").read_text(encoding="utf-8")
-    return tomllib.loads(text)["models"]
+def load_tables(path: Path) -> dict[str, dict]:
+    """The [models.ID] tables of one registry or override file, every field checked; ConfigError names
+    the file, the model and the field, and shows a correct line."""
+    data = _read_toml(path)
+    for key in data:
+        if key not in _TOP_LEVEL:
+            raise ConfigError(f'{path}: unknown table or key "{key}", {_did_you_mean(key, _TOP_LEVEL)} '
+                              'ragkit reads only [models."ID"] tables.')
+    models = data.get("models", {})
+    if not isinstance(models, dict):
+        raise ConfigError(f'{path}: models must be tables, one per model: [models."ID"].')
+    tables: dict[str, dict] = {}
+    for model_id, table in models.items():
+        if not model_id.strip():
+            raise ConfigError(f'{path}: a model id cannot be empty; write [models."my-model"].')
+        if not isinstance(table, dict):
+            raise ConfigError(f'{_where(path, model_id)} must be a table of fields, e.g. {_SCHEMA["name"].example}.')
+        checked = {}
+        for name, value in table.items():
+            field = _SCHEMA.get(name)
+            if field is None:
+                raise ConfigError(f'{_where(path, model_id)} has an unknown field "{name}", '
+                                  f"{_did_you_mean(name, _SCHEMA)}")
+            try:
+                checked[name] = field.check(value)
+            except _Bad as bad:
+                raise ConfigError(f"{_where(path, model_id)} {name} {bad}, not {_shown(value)}; "
+                                  f"write {_fix(name, value)}.") from None
+        tables[model_id] = checked
+    return tables
 
 
 def _override_files() -> list[Path]:
     return [p for p in (user_config_path(), project_config_path()) if p.is_file()]
 
 
-def _merge(tables: dict[str, dict], path: Path) -> None:
-    data = _read_toml(path)
-    models = data.get("models", {})
-    if not isinstance(models, dict):
-        raise ConfigError(f"{path}: 'models' must be a table of [models.ID] tables.")
-    for model_id, table in models.items():
-        if not isinstance(table, dict):
-            raise ConfigError(f"{path}: [models.{model_id}] must be a table.")
-        unknown = set(table) - set(_FIELDS)
-        if unknown:
-            raise ConfigError(f"{path}: [models.{model_id}] has unknown field(s) {', '.join(sorted(unknown))}; "
-                              f"known fields: {', '.join(_FIELDS)}.")
-        tables.setdefault(model_id, {}).update(table)
-        tables[model_id]["_from"] = str(path)
-
-
-def _build(model_id: str, table: dict) -> ModelSpec:
-    origin = table.get("_from", "the built-in registry")
+def _build(model_id: str, table: dict, origin: dict[str, Path]) -> ModelSpec:
+    """One model from its merged fields; `origin` maps each field to the file that set it."""
+    missing = [n for n in _REQUIRED if n not in table]
+    if missing:
+        files = sorted({str(p) for p in origin.values()})
+        raise ConfigError(f'{" and ".join(files)}: [models."{model_id}"] is a new model and lacks '
+                          f"{', '.join(missing)}; add e.g. {_SCHEMA[missing[0]].example} (every new model needs "
+                          f"{', '.join(_REQUIRED)}).")
     values = {"id": model_id}
-    for name, f in _FIELDS.items():
-        if name == "id":
-            continue
-        if name in table:
-            values[name] = table[name]
-        elif name == "practical_low_tokens" and "practical_limit_tokens" in table:
-            values[name] = table["practical_limit_tokens"]
-        elif name == "practical_high_tokens" and "practical_limit_tokens" in table:
-            values[name] = table["practical_limit_tokens"]
-        elif name == "limit_source":
-            values[name] = "default: set by the user without a source"
-        elif name in _OPTIONAL:
-            values[name] = _OPTIONAL[name]
-        else:
-            raise ConfigError(f"model '{model_id}' (from {origin}) lacks '{name}'. A new model needs: "
-                              + ", ".join(n for n in _FIELDS if n not in _OPTIONAL and n != "id") + ".")
-    try:
-        values["aliases"] = tuple(str(a) for a in values["aliases"])
-        for name in ("context_window_tokens", "practical_limit_tokens", "practical_low_tokens",
-                     "practical_high_tokens", "max_output_tokens"):
-            values[name] = int(values[name])
-        for name in ("input_usd_per_mtok", "output_usd_per_mtok", "ttft_s", "tokens_per_s", "token_margin"):
-            values[name] = float(values[name])
-        values["exact_tokens"] = bool(values["exact_tokens"])
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"model '{model_id}' (from {origin}): {exc}.") from None
-    spec = ModelSpec(**values)
-    if spec.provider not in PROVIDERS:
-        raise ConfigError(f"model '{model_id}' (from {origin}): provider must be one of {', '.join(PROVIDERS)}.")
-    if not 0 < spec.practical_limit_tokens <= spec.context_window_tokens:
-        raise ConfigError(f"model '{model_id}' (from {origin}): practical_limit_tokens must be between 1 and "
-                          f"the context window ({spec.context_window_tokens}).")
-    if spec.token_margin < 0 or spec.input_usd_per_mtok < 0 or spec.output_usd_per_mtok < 0:
-        raise ConfigError(f"model '{model_id}' (from {origin}): margins and prices cannot be negative.")
-    return spec
+    for name, field in _SCHEMA.items():
+        values[name] = table.get(name, field.default)
+    for side in ("practical_low_tokens", "practical_high_tokens"):
+        if values[side] is None:  # a range not given is the limit itself, set where the limit was
+            values[side] = values["practical_limit_tokens"]
+            origin = {side: origin["practical_limit_tokens"], **origin}
+    window = values["context_window_tokens"]
+    for name in ("practical_limit_tokens", "practical_low_tokens", "practical_high_tokens", "max_output_tokens"):
+        if values[name] > window:
+            raise ConfigError(f'{_where(origin[name], model_id)} {name} ({values[name]}) must be between 1 and the '
+                              f"context window, context_window_tokens ({window}, set in {origin['context_window_tokens']}); "
+                              f"write a value of at most {window}.")
+    if values["practical_low_tokens"] > values["practical_high_tokens"]:
+        raise ConfigError(f"{_where(origin['practical_low_tokens'], model_id)} practical_low_tokens "
+                          f"({values['practical_low_tokens']}) is above practical_high_tokens "
+                          f"({values['practical_high_tokens']}, set in {origin['practical_high_tokens']}); "
+                          "the low end of the range must not exceed the high end.")
+    return ModelSpec(**values)
+
+
+def _set_in(origins: dict[str, dict[str, Path]], model_id: str, field: str) -> Path:
+    """The file that set a field; an id lives where its model's name was written."""
+    return origins[model_id]["name" if field == "id" else field]
+
+
+def _check_names_are_unique(specs: dict[str, ModelSpec], origins: dict[str, dict[str, Path]]) -> None:
+    """Ids and aliases are matched case-insensitively, so each may name one model only."""
+    owner: dict[str, tuple[str, str]] = {}  # lower-cased name -> (model id, "id" | "aliases")
+    for spec in specs.values():
+        for field, name in [("id", spec.id)] + [("aliases", a) for a in spec.aliases]:
+            mine, theirs = (spec.id, field), owner.setdefault(name.lower(), (spec.id, field))
+            if theirs[0] == spec.id:
+                continue
+            if _set_in(origins, *mine) == BUILTIN_REGISTRY:  # blame the override: the built-ins never clash
+                mine, theirs = theirs, mine
+            (model_id, field), other = mine, theirs[0]
+            raise ConfigError(f'{_where(_set_in(origins, *mine), model_id)} {field}: '
+                              f'"{name}" already names the model {other}, and a name may mean one model only; '
+                              f'pick another name (to change {other} itself, write [models."{other}"]).')
 
 
 def _registry() -> dict[str, ModelSpec]:
@@ -151,11 +328,16 @@ def _registry() -> dict[str, ModelSpec]:
     key = tuple((str(p), p.stat().st_mtime_ns) for p in files)
     with _lock:
         if key not in _cache:
-            tables = {k: dict(v) for k, v in _builtin_tables().items()}
-            for path in files:
-                _merge(tables, path)
+            tables: dict[str, dict] = {}
+            origins: dict[str, dict[str, Path]] = {}
+            for path in (BUILTIN_REGISTRY, *files):  # later files win field by field
+                for model_id, table in load_tables(path).items():
+                    tables.setdefault(model_id, {}).update(table)
+                    origins.setdefault(model_id, {}).update(dict.fromkeys(table, path))
+            specs = {mid: _build(mid, t, origins[mid]) for mid, t in tables.items()}
+            _check_names_are_unique(specs, origins)
             _cache.clear()
-            _cache[key] = {mid: _build(mid, t) for mid, t in tables.items()}
+            _cache[key] = specs
         return _cache[key]
 
 
@@ -181,21 +363,29 @@ def get_model(name: str | ModelSpec) -> ModelSpec:
 
 def save_limit_override(model_id: str, practical_limit_tokens: int, source: str,
                         path: Path | None = None) -> Path:
-    """Writes a practical-limit override (e.g. a measured one) into a TOML overrides file, keeping its comments."""
+    """Writes a practical-limit override (e.g. a measured one) into a TOML overrides file, keeping its comments.
+
+    Safe for concurrent writers: a lock around read-modify-write, and a temp file renamed into place."""
     import tomlkit
+    from filelock import FileLock
 
     spec = get_model(model_id)
+    if int(practical_limit_tokens) < 1:
+        raise ConfigError(f"a practical limit must be at least 1 token, got {practical_limit_tokens}.")
     path = Path(path) if path else user_config_path()
-    doc = tomlkit.parse(path.read_text(encoding="utf-8")) if path.is_file() else tomlkit.document()
-    models = doc.setdefault("models", tomlkit.table(is_super_table=True))
-    table = models.setdefault(spec.id, tomlkit.table())
-    limit = min(int(practical_limit_tokens), spec.context_window_tokens)
-    table["practical_limit_tokens"] = limit
-    table["practical_low_tokens"] = min(spec.practical_low_tokens, limit)
-    table["practical_high_tokens"] = max(spec.practical_high_tokens, limit)
-    table["limit_source"] = source
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(tomlkit.dumps(doc), encoding="utf-8")
-    os.replace(tmp, path)  # atomic: a crash never leaves half a config
+    with FileLock(str(path) + ".lock"):
+        if path.is_file():
+            load_tables(path)  # a broken file gets the same clear error as when it is read, not a tomlkit trace
+        doc = tomlkit.parse(path.read_text(encoding="utf-8")) if path.is_file() else tomlkit.document()
+        models = doc.setdefault("models", tomlkit.table(is_super_table=True))
+        table = models.setdefault(spec.id, tomlkit.table())
+        limit = min(int(practical_limit_tokens), spec.context_window_tokens)
+        table["practical_limit_tokens"] = limit
+        table["practical_low_tokens"] = min(spec.practical_low_tokens, limit)
+        table["practical_high_tokens"] = max(spec.practical_high_tokens, limit)
+        table["limit_source"] = source
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(tomlkit.dumps(doc), encoding="utf-8")
+        os.replace(tmp, path)  # atomic: a crash never leaves half a config
     return path

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ragkit.errors import IndexError_
+from ragkit.errors import IndexBusy, IndexError_
 
 FORMAT_VERSION = 1
 HNSW_THRESHOLD = 20_000       # live chunks; exact Flat below (≈ 3.6 ms/query at 20K), HNSW above
@@ -313,7 +313,8 @@ def open_generation(index_dir: Path) -> Generation | None:
 
 
 class WriteLock:
-    """One writer per index folder. The second one gets a clear error instead of waiting or corrupting."""
+    """One writer per index folder. With timeout 0 the second one gets IndexBusy at once (a clear
+    error); readers that need a first index wait a bounded time instead (timeout_s > 0)."""
 
     def __init__(self, index_dir: Path, timeout_s: float = 0):
         from filelock import FileLock
@@ -322,20 +323,27 @@ class WriteLock:
         self.info = index_dir / "lock.info"
         self.lock = FileLock(str(index_dir / "lock"), timeout=timeout_s)
 
+    def holder(self) -> str:
+        """'pid N, since T' of the process holding the lock, or '' when unknown."""
+        try:
+            return self.info.read_text().strip()
+        except OSError:
+            return ""
+
     def __enter__(self):
         from filelock import Timeout
 
         try:
             self.lock.acquire()
         except Timeout:
-            holder = ""
-            try:
-                holder = " (" + self.info.read_text().strip() + ")"
-            except OSError:
-                pass
-            raise IndexError_(f"another `ragkit index` is already updating {self.index_dir}{holder}; wait for it "
-                              f"to finish and run again (searches keep working meanwhile)") from None
-        self.info.write_text(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            holder = self.holder()
+            raise IndexBusy(f"another `ragkit index` is already updating {self.index_dir}"
+                            f"{f' ({holder})' if holder else ''}; wait for it to finish and run again "
+                            f"(searches and questions keep working meanwhile)", holder) from None
+        # Written whole and renamed into place: a reader never sees a half-written holder.
+        tmp = self.info.with_name(f"lock.info.{os.getpid()}")
+        tmp.write_text(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        os.replace(tmp, self.info)
         return self
 
     def __exit__(self, *exc):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from ragkit.config import cache_dir
 from ragkit.errors import ConfigError
 
 # Official file locations and their sha256 (from tiktoken_ext/openai_public.py): the cache file
@@ -33,13 +34,6 @@ _BPE_FILES = {
 ENCODINGS = tuple(_BPE_FILES)
 _lock = threading.Lock()
 _encodings: dict = {}
-
-
-def cache_dir() -> Path:
-    """ragkit's cache folder ($RAGKIT_CACHE_DIR, else $XDG_CACHE_HOME/ragkit, else ~/.cache/ragkit)."""
-    if os.environ.get("RAGKIT_CACHE_DIR"):
-        return Path(os.environ["RAGKIT_CACHE_DIR"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ragkit"
 
 
 def _seed_tiktoken_cache(name: str, folder: Path) -> None:

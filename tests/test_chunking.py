@@ -112,10 +112,29 @@ def test_paragraph_that_fits_is_not_split_and_long_one_splits_at_sentences():
         assert tok.count(shared) <= 15
 
 
-def test_deterministic():
-    docs = _hard_documents()[:3]
-    tok = load_piece_tokenizer()
-    assert Chunker(tok).split_many(docs) == Chunker(tok).split_many(docs)
+_FINGERPRINT = """
+import hashlib, json, sys
+sys.path.insert(0, sys.argv[1])
+from test_chunking import _hard_documents
+from ragkit.chunking import Chunker
+from ragkit.embed import load_piece_tokenizer
+chunks = Chunker(load_piece_tokenizer()).split_many(_hard_documents())
+print(hashlib.sha256(json.dumps([[c.doc_id, c.start_char, c.end_char, c.tokens, c.text_hash] for c in chunks])
+                     .encode()).hexdigest(), len(chunks))
+"""
+
+
+def test_same_chunks_in_every_process_whatever_the_hash_seed():
+    """The index reuses chunks across runs by content hash: a new process must cut exactly the same
+    chunks. Two processes with different string-hash seeds (set iteration order differs) must agree."""
+    import subprocess
+    import sys
+
+    tests_dir = str(Path(__file__).parent)
+    outs = [subprocess.run([sys.executable, "-c", _FINGERPRINT, tests_dir], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}, timeout=300) for seed in ("1", "2")]
+    assert all(o.returncode == 0 for o in outs), [o.stderr for o in outs]
+    assert outs[0].stdout == outs[1].stdout and int(outs[0].stdout.split()[1]) > 10
 
 
 def test_huge_single_line_text_is_chunked_in_bounded_memory():

@@ -6,6 +6,7 @@ import sys
 import click
 
 from ragkit.errors import RagkitError
+from ragkit.redact import redact
 
 
 class _Group(click.Group):
@@ -15,7 +16,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except RagkitError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {redact(str(exc))}", err=True)
             sys.exit(1)
 
 

@@ -6,6 +6,11 @@ import sys
 
 import click
 
+from ragkit.cli.foundation import MODEL_OPTION
+
+
+CUT_MARK = "[answer cut: the stream ended before the model finished]"
+
 
 def _fmt_usd(x: float) -> str:
     return f"${x:.6f}" if x < 0.01 else f"${x:.4f}"
@@ -21,8 +26,7 @@ def _print_sources(sources, heading: str) -> None:
 @click.command("ask")
 @click.argument("path", type=click.Path(exists=True, dir_okay=True, file_okay=True))
 @click.argument("question")
-@click.option("-m", "--model", envvar="RAGKIT_MODEL", default="gpt-4o-mini", show_default=True,
-              help="Model id or alias from `ragkit models` (env RAGKIT_MODEL).")
+@MODEL_OPTION
 @click.option("-u", "--base-url", default=None,
               help="OpenAI/Anthropic-compatible endpoint to use instead of the registry's, "
                    "e.g. http://127.0.0.1:8080/v1 (no key needed for local servers).")
@@ -34,9 +38,9 @@ def _print_sources(sources, heading: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan, the exact prompt and its estimated cost; call no model.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--stream/--no-stream", default=None, help="Stream the answer as it is written (default: on a terminal).")
-@click.option("-t", "--timeout", "timeout_s", type=float, default=60.0, show_default=True,
-              help="Seconds to wait for the model API.")
-@click.option("-r", "--retries", "max_retries", type=int, default=2, show_default=True,
+@click.option("-t", "--timeout", "timeout_s", type=click.FloatRange(0, min_open=True), default=60.0,
+              show_default=True, help="Seconds to wait for the model API (above 0).")
+@click.option("-r", "--retries", "max_retries", type=click.IntRange(0), default=2, show_default=True,
               help="Retries (with back-off) on 429/5xx/timeouts.")
 @click.option("--index-dir", type=click.Path(file_okay=False), default=None, help="Where the index lives.")
 @click.option("--log-question", is_flag=True,
@@ -68,6 +72,7 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
     try:
         if dry_run:
             prepared = session.prepare(question, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k)
+            _warn_if_stale(prepared.index)
             if as_json:
                 click.echo(json.dumps(prepared.to_dict(), indent=2, ensure_ascii=False))
             else:
@@ -77,14 +82,24 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
             stream = sys.stdout.isatty()
         streamed = bool(stream and not as_json)
 
+        printed = []
+
         def echo_delta(text: str) -> None:
+            printed.append(text)
             click.echo(text, nl=False)
             sys.stdout.flush()
 
-        answer = session.ask(question, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k,
-                             on_text=echo_delta if streamed else None)
+        try:
+            answer = session.ask(question, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k,
+                                 on_text=echo_delta if streamed else None)
+        except BaseException:
+            if printed:  # the reader already saw part of an answer: say it is not one
+                click.echo()
+                click.echo(CUT_MARK, err=True)
+            raise
     finally:
         session.close()
+    _warn_if_stale(answer.index)
     if as_json:
         click.echo(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
         return
@@ -104,6 +119,12 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
     click.echo(f"Cost: {_fmt_usd(answer.cost_usd)} ({answer.model}, API model {answer.api_model})")
     click.echo(f"Latency: {answer.latency_s:.2f} s (first token {answer.ttft_s:.2f} s; "
                f"planning and retrieval {answer.prepare_s:.2f} s)")
+
+
+def _warn_if_stale(index) -> None:
+    """An answer from an index another process is still updating says so (also in --json's "index")."""
+    if index is not None and index.note:
+        click.echo(f"ragkit: warning: {index.note}", err=True)
 
 
 def _print_dry_run(prepared) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ragkit.cli.foundation import MODEL_OPTION
 from ragkit.errors import InputError
 
 
@@ -44,8 +45,7 @@ def _strategies(text: str) -> tuple[str, ...]:
 def common_options(fn):
     """Options every task command shares."""
     options = [
-        click.option("-m", "--model", envvar="RAGKIT_MODEL", required=True,
-                     help="Model id or alias (see `ragkit models`); env RAGKIT_MODEL."),
+        MODEL_OPTION,
         click.option("-d", "--depths", default=None,
                      help="Depths in percent (0 = start, 100 = end), e.g. 0,25,50,75,100."),
         click.option("-n", "--samples", default=3, show_default=True, type=int, help="Samples per grid cell."),
@@ -253,7 +253,7 @@ def report_cmd(out_dir, floor, save_limit, overrides, as_json):
 
 @eval_group.command("suite")
 @click.argument("suite")
-@click.option("-m", "--model", envvar="RAGKIT_MODEL", required=True, help="Model id or alias; env RAGKIT_MODEL.")
+@MODEL_OPTION
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
               help="Output folder (one sub-folder per run). Default ragkit-evals/SUITE-MODEL.")
 @click.option("--max-cost", default=5.0, show_default=True, type=float, help="USD cap for the whole suite.")
@@ -266,7 +266,7 @@ def report_cmd(out_dir, floor, save_limit, overrides, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON.")
 def suite_cmd(suite, model, out, max_cost, samples, concurrency, base_url, cache_path, list_only, no_progress,
               as_json):
-    """Run an eval suite: a TOML file, or a name from the evals/ folder.
+    """Run an eval suite: a TOML file, or a name from ./evals/ or ragkit's suites.
 
     \b
     Examples:

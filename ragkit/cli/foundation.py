@@ -5,8 +5,12 @@ import json
 
 import click
 
-MODEL_OPTION = click.option("-m", "--model", envvar="RAGKIT_MODEL", default="gpt-4o", show_default=True,
-                            help="Model id or alias (see `ragkit models`); env RAGKIT_MODEL.")
+from ragkit import config
+
+# The one -m option of every command: the default (and $RAGKIT_MODEL) come from ragkit.config.
+MODEL_OPTION = click.option("-m", "--model", default=config.default_model,
+                            show_default=f"$RAGKIT_MODEL, else {config.DEFAULT_MODEL}",
+                            help="Model id or alias (see `ragkit models`).")
 
 
 def _echo_json(obj) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -17,11 +16,9 @@ from pathlib import Path
 
 def default_cache_path() -> Path:
     """$RAGKIT_EVAL_CACHE, else eval-cache.sqlite in ragkit's cache folder ($RAGKIT_CACHE_DIR, ~/.cache/ragkit)."""
-    if os.environ.get("RAGKIT_EVAL_CACHE"):
-        return Path(os.environ["RAGKIT_EVAL_CACHE"]).expanduser()
-    from ragkit.tokens import cache_dir
+    from ragkit.config import eval_cache_path
 
-    return cache_dir() / "eval-cache.sqlite"
+    return eval_cache_path()
 
 
 def call_key(model_id: str, api_model: str, system: str, prompt: str, max_tokens: int, temperature: float) -> str:

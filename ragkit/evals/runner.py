@@ -22,6 +22,7 @@ from ragkit.evals.cache import CachedResponse, ResponseCache, call_key
 from ragkit.evals.records import EvalRecord, RecordLog, latest_by_call, write_meta
 from ragkit.evals.retrieval import Ranker, retrieve_units
 from ragkit.evals.tasks import Sample, Task
+from ragkit.redact import redact
 
 FORMAT = "ragkit-eval/1"
 STRATEGIES = ("stuff", "retrieve")
@@ -254,7 +255,7 @@ class _Caller:
             done = self.provider.complete(call.system, call.prompt, max_tokens=self.grid.max_tokens,
                                           temperature=self.grid.temperature)
         except Exception as exc:  # noqa: BLE001 - any failure is recorded as failed (unscored), never as wrong
-            return self.failed(call, f"{type(exc).__name__}: {exc}"[:500], time.monotonic() - t0), None
+            return self.failed(call, redact(f"{type(exc).__name__}: {exc}")[:500], time.monotonic() - t0), None
         # Paid: its ledger row first, then the cache, then the log line (a kill between them never hides a cost).
         cost = account(done, self.spec, task=f"eval:{self.task.name}", strategy=call.strategy,
                        question=call.sample.question, ledger=self.ledger).cost_usd

@@ -1,4 +1,4 @@
-"""Eval suites: TOML files under the top-level evals/ folder, runnable by name.
+"""Eval suites: TOML files in ./evals/ or shipped in ragkit/data/suites/, runnable by name.
 
     name = "lost-in-the-middle"
     samples = 3                          # defaults for every run below
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ragkit.errors import InputError
-from ragkit.evals.tasks import REPO_ROOT
+from ragkit.config import bundled
 
 RUN_KEYS = {"name", "task", "lengths", "depths", "samples", "strategies", "max_tokens", "temperature",
             "retrieve_budget_tokens", "order", "options"}
@@ -54,7 +54,7 @@ class Suite:
 
 
 def suite_dirs() -> list[Path]:
-    return [Path.cwd() / "evals", REPO_ROOT / "evals"]
+    return [Path.cwd() / "evals", bundled("suites")]  # the project's own suites first, then ragkit's
 
 
 def find_suite(name_or_file: str) -> Path:

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
+from ragkit.config import bundled
 from ragkit.errors import InputError
 from ragkit.evals import scoring
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BUNDLED_CORPUS = REPO_ROOT / "corpora" / "nq-wiki"
-BUNDLED_QUESTIONS = REPO_ROOT / "corpora" / "questions" / "nq-wiki.jsonl"
-BUNDLED_KV = REPO_ROOT / "corpora" / "kv-retrieval" / "kv-retrieval-75_keys-first50.jsonl.gz"
+# Shipped in the package (copies of the repository's corpora/, see ragkit/data/evals/README.md).
+BUNDLED_CORPUS = bundled("evals", "nq-wiki")
+BUNDLED_QUESTIONS = bundled("evals", "questions", "nq-wiki.jsonl")
+BUNDLED_KV = bundled("evals", "kv-retrieval", "kv-retrieval-75_keys-first50.jsonl.gz")
 
 
 class Counter(Protocol):

@@ -11,7 +11,7 @@ import time
 from typing import Callable
 
 from ragkit.errors import ProviderError
-from ragkit.providers.base import Completion, explain_sdk_error, resolve_key
+from ragkit.providers.base import Completion, StreamTracker, explain_sdk_error, resolve_key
 
 DEFAULT_ANTHROPIC_URL = "https://api.anthropic.com"
 _STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
@@ -51,25 +51,38 @@ class AnthropicProvider:
                       extra_body={"temperature": temperature})
         client = self._sdk()
         start = time.perf_counter()
+        tracker = None if on_text is None else StreamTracker(
+            on_text, url=self.base_url, end_marker="message_stop", protocol="an Anthropic Messages endpoint")
         try:
-            if on_text is None:
+            if tracker is None:
                 msg = client.messages.create(**kwargs)
                 latency = time.perf_counter() - start
                 return self._completion(msg, latency, latency)
-            ttft = None
-            with client.messages.stream(**kwargs) as stream:
-                for delta in stream.text_stream:
-                    if delta:
-                        if ttft is None:
-                            ttft = time.perf_counter() - start
-                        on_text(delta)
-                msg = stream.get_final_message()
-            latency = time.perf_counter() - start
-            return self._completion(msg, latency if ttft is None else ttft, latency)
+            return self._stream(client, kwargs, tracker)
         except ProviderError:
             raise
         except Exception as exc:
-            raise ProviderError(self._explain(exc)) from None
+            if tracker is not None and exc is tracker.callback_error:
+                raise  # the caller's own on_text failed: theirs to see as it is
+            raise ProviderError(self._explain(exc, mid_stream=tracker is not None and tracker.mid_stream)) from None
+
+    def _stream(self, client, kwargs, tracker: StreamTracker) -> Completion:
+        started = False
+        with client.messages.stream(**kwargs) as stream:
+            for event in stream:
+                tracker.event()
+                if event.type == "message_start":
+                    started = True
+                elif event.type == "content_block_delta" and getattr(event.delta, "type", "") == "text_delta":
+                    tracker.text(event.delta.text)
+                elif event.type == "message_stop":
+                    tracker.end()
+            if tracker.events and not started:  # the SDK would fail on an assert with no message
+                raise ProviderError(f"{self.base_url} sent a stream without a message_start event: "
+                                    f"is it an Anthropic Messages endpoint?")
+            _text, ttft, latency = tracker.result()  # no message_stop: IncompleteStream
+            msg = stream.get_final_message()
+        return self._completion(msg, ttft, latency)
 
     def count_tokens(self, text: str) -> int:
         """Claude's own count of `text` as one user message (messages.count_tokens; needs a key)."""
@@ -92,10 +105,10 @@ class AnthropicProvider:
             finish_reason=_STOP.get(msg.stop_reason or "end_turn", msg.stop_reason or "stop"),
         )
 
-    def _explain(self, exc: Exception) -> str:
+    def _explain(self, exc: Exception, *, mid_stream: bool = False) -> str:
         import anthropic
 
         return explain_sdk_error(
-            anthropic, exc, provider=self, key_var="ANTHROPIC_API_KEY",
+            anthropic, exc, provider=self, key_var="ANTHROPIC_API_KEY", mid_stream=mid_stream,
             connection_hint="check the URL (--base-url / ANTHROPIC_BASE_URL) and your network.",
             not_found="", protocol="an Anthropic Messages endpoint")

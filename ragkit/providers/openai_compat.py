@@ -12,7 +12,7 @@ import time
 from typing import Callable
 
 from ragkit.errors import ProviderError
-from ragkit.providers.base import Completion, explain_sdk_error, resolve_key
+from ragkit.providers.base import Completion, StreamTracker, explain_sdk_error, resolve_key
 
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 
@@ -49,14 +49,18 @@ class OpenAICompatProvider:
         messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
         client = self._sdk()
         start = time.perf_counter()
+        tracker = None if on_text is None else StreamTracker(
+            on_text, url=self.base_url, end_marker="finish_reason", protocol="an OpenAI-compatible endpoint")
         try:
-            if on_text is None:
+            if tracker is None:
                 return self._plain(client, messages, max_tokens, temperature, start)
-            return self._stream(client, messages, max_tokens, temperature, start, on_text)
+            return self._stream(client, messages, max_tokens, temperature, tracker)
         except ProviderError:
             raise
         except Exception as exc:  # every SDK/parse failure becomes one sentence, never a traceback
-            raise ProviderError(self._explain(exc)) from None
+            if tracker is not None and exc is tracker.callback_error:
+                raise  # the caller's own on_text failed: theirs to see as it is
+            raise ProviderError(self._explain(exc, mid_stream=tracker is not None and tracker.mid_stream)) from None
 
     def _plain(self, client, messages, max_tokens, temperature, start) -> Completion:
         resp = client.chat.completions.create(model=self.spec.api_model, messages=messages,
@@ -76,41 +80,30 @@ class OpenAICompatProvider:
             finish_reason=choice.finish_reason or "stop", usage_reported=usage is not None,
         )
 
-    def _stream(self, client, messages, max_tokens, temperature, start, on_text) -> Completion:
+    def _stream(self, client, messages, max_tokens, temperature, tracker: StreamTracker) -> Completion:
         stream = client.chat.completions.create(model=self.spec.api_model, messages=messages,
                                                 max_tokens=max_tokens, temperature=temperature, stream=True,
                                                 stream_options={"include_usage": True})
-        parts: list[str] = []
-        ttft = None
         usage = None
         model = None
         finish = None
-        seen = 0
         for chunk in stream:
-            seen += 1
+            tracker.event()
             model = model or getattr(chunk, "model", None)
             if getattr(chunk, "usage", None):
                 usage = chunk.usage
             for choice in chunk.choices or ():
-                delta = choice.delta.content if choice.delta else None
-                if delta:
-                    if ttft is None:
-                        ttft = time.perf_counter() - start
-                    parts.append(delta)
-                    on_text(delta)
+                tracker.text(choice.delta.content if choice.delta else None)
                 if choice.finish_reason:
                     finish = choice.finish_reason
-        latency = time.perf_counter() - start
-        if seen == 0:
-            raise ProviderError(f"{self.base_url} sent an empty stream (no Chat Completions chunks); "
-                                f"is it an OpenAI-compatible endpoint?")
-        text = "".join(parts)
+                    tracker.end()
+        text, ttft, latency = tracker.result()  # no finish_reason: IncompleteStream
         return Completion(
             text=text,
             input_tokens=int(usage.prompt_tokens) if usage else self._estimate(messages),
             output_tokens=int(usage.completion_tokens) if usage else self._estimate_text(text),
-            ttft_s=ttft if ttft is not None else latency, latency_s=latency,
-            model=model or self.spec.api_model, finish_reason=finish or "stop", usage_reported=usage is not None,
+            ttft_s=ttft, latency_s=latency,
+            model=model or self.spec.api_model, finish_reason=finish, usage_reported=usage is not None,
         )
 
     # Some servers (old vLLM/llama.cpp builds) send no usage: fall back to our own count, flagged.
@@ -122,10 +115,10 @@ class OpenAICompatProvider:
     def _estimate(self, messages) -> int:
         return sum(self._estimate_text(m["content"]) for m in messages) + 4 * len(messages)
 
-    def _explain(self, exc: Exception) -> str:
+    def _explain(self, exc: Exception, *, mid_stream: bool = False) -> str:
         import openai
 
         return explain_sdk_error(
-            openai, exc, provider=self, key_var="OPENAI_API_KEY",
+            openai, exc, provider=self, key_var="OPENAI_API_KEY", mid_stream=mid_stream,
             connection_hint="check the URL (--base-url / OPENAI_BASE_URL) and that the server is running.",
             not_found=" or no Chat Completions route", protocol="an OpenAI-compatible endpoint")
