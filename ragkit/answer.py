@@ -11,7 +11,6 @@ the ledger unless the model call completed.
 """
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
@@ -313,7 +312,9 @@ class Session:
             record_call(task=self.task, spec=spec, completion=done, strategy=answer.strategy, cost_usd=answer.cost_usd,
                         question=answer.question, log_question=self.log_question, ledger=self.ledger)
         except Exception as exc:  # bookkeeping must not lose an answer already paid for
-            print(f"ragkit: warning: could not write the cost ledger {self.ledger.path}: {exc}", file=sys.stderr)
+            from ragkit.console import warn
+
+            warn(f"could not write the cost ledger {self.ledger.path}: {exc}")
 
     def refresh(self) -> None:
         """Re-reads the documents and re-checks the index on the next question (files changed on disk)."""
