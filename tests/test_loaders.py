@@ -143,14 +143,17 @@ def test_deeply_nested_json_line_is_skipped_naming_file_and_line(tmp_path):
     assert "line 2" in skipped["deep.jsonl"] and "nested too deeply" in skipped["deep.jsonl"]
 
 
-@pytest.mark.parametrize("name, data, encoding", [
+UNICODE_FILES = [
     ("utf16-bom.txt", "Grüße aus Köln, text in UTF-16".encode("utf-16"), "utf-16"),
     ("utf16be-bom.txt", b"\xfe\xff" + "Grüße aus Köln, big endian".encode("utf-16-be"), "utf-16"),
     ("utf16le.txt", "Grüße aus Köln, no byte-order mark".encode("utf-16-le"), "utf-16-le"),
     ("utf16be.txt", "Grüße aus Köln, no mark, big endian".encode("utf-16-be"), "utf-16-be"),
     ("utf32-bom.txt", "Grüße aus Köln in UTF-32".encode("utf-32"), "utf-32"),
     ("utf8-bom.txt", "\ufeffGrüße aus Köln with a UTF-8 mark".encode(), "utf-8-sig"),
-])
+]
+
+
+@pytest.mark.parametrize("name, data, encoding", UNICODE_FILES, ids=[case[0] for case in UNICODE_FILES])
 def test_unicode_text_with_and_without_bom_is_decoded_not_called_binary(tmp_path, name, data, encoding):
     (tmp_path / name).write_bytes(data)
     docs, skipped = _collect(tmp_path)
