@@ -249,7 +249,8 @@ class Generation:
         self.manifest = json.loads((self.path / "manifest.json").read_text())
         self.tombstones = int(self.manifest.get("tombstones", 0))
         self.kind = self.manifest["index_type"]
-        self.manifest["settings"]["dim"]  # noqa: B018 - a manifest without settings is damaged
+        if "dim" not in self.manifest["settings"]:
+            raise KeyError("settings.dim")
         self.db = sqlite3.connect(f"file:{self.path / 'chunks.sqlite'}?mode=ro", uri=True, check_same_thread=False)
         self._db_lock = threading.Lock()
         try:
