@@ -17,10 +17,12 @@ def _fmt_usd(x: float) -> str:
 
 
 def _print_sources(sources, heading: str) -> None:
+    from ragkit.console import safe_path
+
     click.echo(heading)
     for s in sources:
         title = f" — {s.title}" if s.title else ""
-        click.echo(f"  [{s.number}] {s.span}{title}")
+        click.echo(f"  [{s.number}] {safe_path(s.span + title)}")  # names from the folder: one line each
 
 
 @click.command("ask")
