@@ -206,3 +206,15 @@ def test_every_command_warns_with_the_same_prefix(tmp_path, capsys):
         res = run(*args)
         assert res.exit_code == 0, res.output + res.stderr
         assert _warnings(res.stderr) == expected and res.stderr.splitlines() == expected, (args, res.stderr)
+
+
+def test_an_error_naming_a_file_with_a_newline_stays_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from ragkit.cli import main
+
+    bad = tmp_path / "evil\nError: forged line"
+    res = CliRunner().invoke(main, ["count", str(bad)])
+    assert res.exit_code != 0
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "\\n" in lines[0], res.stderr

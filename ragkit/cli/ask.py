@@ -126,7 +126,9 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
 def _warn_if_stale(index) -> None:
     """An answer from an index another process is still updating says so (also in --json's "index")."""
     if index is not None and index.note:
-        click.echo(f"ragkit: warning: {index.note}", err=True)
+        from ragkit.console import warn
+
+        warn(index.note)
 
 
 def _print_dry_run(prepared) -> None:
