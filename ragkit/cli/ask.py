@@ -31,6 +31,8 @@ def _print_sources(sources, heading: str) -> None:
               help="Force a strategy (default: the planner decides).")
 @click.option("-k", "--top-k", type=click.IntRange(1, 10_000), default=50, show_default=True,
               help="Chunks retrieval considers before packing the best into the budget.")
+@click.option("--order", type=click.Choice(["edges", "document"]), default="edges", show_default=True,
+              help="Sources that best match the question first and last (the middle is read least), or file order.")
 @click.option("--dry-run", is_flag=True, help="Print the plan, the exact prompt and its estimated cost; call no model.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--stream/--no-stream", default=None, help="Stream the answer as it is written (default: on a terminal).")
@@ -42,7 +44,7 @@ def _print_sources(sources, heading: str) -> None:
 @click.option("--log-question", is_flag=True,
               help="Store the question text in the cost ledger (by default only its SHA-256).")
 @click.option("--no-ledger", is_flag=True, help="Do not record this call in the cost ledger.")
-def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k, dry_run, as_json, stream, timeout_s,
+def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k, order, dry_run, as_json, stream, timeout_s,
                 max_retries, index_dir, log_question, no_ledger):
     """Answer QUESTION from the documents under PATH, citing them.
 
@@ -64,8 +66,10 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
                       progress=sys.stderr.isatty())
     try:
         if dry_run:
-            prepared = session.prepare(question, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k)
+            prepared = session.prepare(question, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k,
+                                       order=order)
             _warn_if_stale(prepared.index)
+            _warn(prepared.plan)
             if as_json:
                 click.echo(json.dumps(prepared.to_dict(), indent=2, ensure_ascii=False))
             else:
@@ -79,11 +83,12 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
             click.echo(text, nl=False)
             sys.stdout.flush()
 
-        answer = session.ask(question, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k,
+        answer = session.ask(question, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k, order=order,
                              on_text=echo_delta if streamed else None)
     finally:
         session.close()
     _warn_if_stale(answer.index)
+    _warn(answer.plan)
     if as_json:
         click.echo(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
         return
@@ -109,6 +114,12 @@ def _warn_if_stale(index) -> None:
     """An answer from an index another process is still updating says so (also in --json's "index")."""
     if index is not None and index.note:
         click.echo(f"ragkit: warning: {index.note}", err=True)
+
+
+def _warn(plan) -> None:
+    """Stuffing forced past the practical limit says so (also in --json's "plan")."""
+    if plan.warning:
+        click.echo(f"ragkit: warning: {plan.warning}", err=True)
 
 
 def _print_dry_run(prepared) -> None:
