@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 from ragkit.errors import ConfigError, InputError
 from ragkit.evals.cache import CachedResponse, ResponseCache, call_key
-from ragkit.evals.retrieval import Ranker, retrieve_units
+from ragkit.evals.retrieval import Ranker, planner_budget, retrieve_units, stuff_units
 from ragkit.evals.tasks import Sample, Task
 
 FORMAT = "ragkit-eval/1"
@@ -42,6 +42,7 @@ class GridSpec:
     temperature: float = 0.0
     retrieve_budget_tokens: int | None = None   # None: the planner's budget for the model
     order: str = "edges"
+    stuff_order: str = "document"               # "edges": stuffed units ordered like `ragkit ask` orders documents
     task_options: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -118,9 +119,9 @@ def build_calls(task: Task, grid: GridSpec, spec, counter, ranker: Ranker | None
         unit_tokens = counter.count_many(sample.units)
         for strategy in grid.strategies:
             if strategy == "stuff":
-                chosen = list(range(len(sample.units)))
+                chosen = stuff_units(sample.units, sample.question, order=grid.stuff_order)
             else:
-                budget = grid.retrieve_budget_tokens or _planner_budget(spec, sum(unit_tokens), sample, grid)
+                budget = grid.retrieve_budget_tokens or planner_budget(spec, task, sample, grid.max_tokens)
                 chosen = retrieve_units(sample.units, sample.question, budget, counter, order=grid.order,
                                         ranker=ranker)
             prompt = task.render(sample, [sample.units[i] for i in chosen], retrieved=strategy == "retrieve")
@@ -150,7 +151,7 @@ def upper_bound_cost(task: Task, grid: GridSpec, spec, counter, samples: Sequenc
                 continue
             if strategy == "retrieve":
                 calls += 1
-                budget = grid.retrieve_budget_tokens or _planner_budget(spec, stuff, sample, grid)
+                budget = grid.retrieve_budget_tokens or planner_budget(spec, task, sample, grid.max_tokens)
                 tokens += min(stuff, system_tokens + counter.count(task.render(sample, [], retrieved=True)) + budget)
             elif cache.get(call_key(spec.id, spec.api_model, task.system, prompt, grid.max_tokens,
                                     grid.temperature)) is None:
@@ -158,14 +159,6 @@ def upper_bound_cost(task: Task, grid: GridSpec, spec, counter, samples: Sequenc
                 tokens += stuff
     tokens = counter.planning_tokens(tokens)
     return calls, tokens, cost_usd(spec, tokens, calls * grid.max_tokens)
-
-
-def _planner_budget(spec, corpus_tokens: int, sample: Sample, grid: GridSpec) -> int:
-    """The budget `ragkit ask` would pack into for this model (model tokens; pack_hits applies the margin)."""
-    from ragkit.budget import plan
-
-    answer_tokens = min(grid.max_tokens, spec.max_output_tokens)
-    return plan(spec, corpus_tokens=corpus_tokens, question=sample.question, answer_tokens=answer_tokens).budget_tokens
 
 
 # ---------------------------------------------------------------- the results log
