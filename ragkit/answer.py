@@ -19,9 +19,10 @@ from typing import Callable
 
 from ragkit.config import default_model
 from ragkit.errors import InputError
-from ragkit.prompt import SourceRef, as_sources, build_prompt, cited_numbers, framing_tokens, scaffold_tokens
+from ragkit.prompt import SourceRef, as_sources, build_prompt, cited_numbers
 
 DEFAULT_TOP_K = 50   # chunks retrieval considers; the best that fit the budget are sent
+ORDERS = ("edges", "document")   # sources in the prompt: strongest matches at both ends, or file order
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ class Session:
         self.ledger = Ledger() if ledger is True else (ledger or None)
         self._corpus = corpus
         self._docs = None
-        self._doc_tokens: dict[str, tuple[int, int]] = {}   # per counting encoding
+        self._doc_tokens: dict[str, tuple] = {}   # per counting encoding: (sources, prompt.SourceTokens)
         self._doc_sources: list[SourceRef] | None = None
         self._index_status = None     # corpus.IndexStatus of the last check; None: check before retrieving
         self._providers: dict[tuple, object] = {}
@@ -149,23 +150,6 @@ class Session:
                 self._doc_sources = as_sources(docs)
             return self._docs
 
-    def _framed_corpus(self, spec, counter) -> tuple[int, int]:
-        """(tokens of every document with its fence, mean fence tokens per source), once per encoding.
-
-        Raw counts depend on the encoding only (margins are applied later), and come from the
-        on-disk count cache, so a big corpus is counted once ever, not once per question.
-        """
-        key = counter.encoding_name
-        with self._lock:
-            if key not in self._doc_tokens:
-                from ragkit.counting import count_documents
-
-                docs = self.documents()
-                framing = framing_tokens(counter, self._doc_sources)
-                self._doc_tokens[key] = (sum(count_documents(docs, spec)) + framing,
-                                         -(-framing // max(1, len(docs))))
-            return self._doc_tokens[key]
-
     def ensure_index(self):
         """The index to retrieve from (a corpus.IndexStatus). Checked once per session and never
         blocked by another process updating it: a stale index is re-checked on the next question."""
@@ -186,14 +170,23 @@ class Session:
             return self._providers[key]
 
     # ---- the pipeline ---------------------------------------------------------------------------------
+    def plan(self, question: str = "", *, model: str | None = None, answer_tokens: int | None = None,
+             strategy: str | None = None):
+        """The plan for this corpus and question (ragkit.budget.Plan): what `ragkit plan` prints and
+        what prepare() and ask() then do, unchanged."""
+        from ragkit.models import get_model
+
+        return self._plan(get_model(model or self.model), self._sources(), (question or "").strip(),
+                          answer_tokens, strategy)
+
     def prepare(self, question: str, *, model: str | None = None, answer_tokens: int | None = None,
-                strategy: str | None = None, top_k: int = DEFAULT_TOP_K) -> PreparedPrompt:
+                strategy: str | None = None, top_k: int = DEFAULT_TOP_K, order: str = "edges") -> PreparedPrompt:
         """Plans and builds the exact prompt, without calling any model (what --dry-run shows).
 
         strategy forces "stuff" or "retrieve" (None: the planner decides); top_k is how many chunks
-        retrieval considers before packing the best of them into the budget.
+        retrieval considers before packing the best of them into the budget; order puts the sources
+        that best match the question at the prompt's edges ("edges") or keeps file order ("document").
         """
-        from ragkit.budget import plan as make_plan
         from ragkit.costs import cost_usd
         from ragkit.models import get_model
         from ragkit.tokens import counter_for
@@ -201,53 +194,37 @@ class Session:
         question = (question or "").strip()
         if not question:
             raise InputError("the question is empty: ask something, e.g. ragkit ask DOCS \"what is X?\".")
+        if order not in ORDERS:
+            raise InputError(f"order {order!r}: use edges or document.")
         t0 = time.perf_counter()
         spec = get_model(model or self.model)
         counter = counter_for(spec)
-        docs = self.documents()
-        doc_sources = self._doc_sources
-        # The plan counts what is really sent: texts + their fences, instructions, question.
-        corpus_tokens, per_source = self._framed_corpus(spec, counter)
-        the_plan = make_plan(spec, corpus_tokens=corpus_tokens, question=question, answer_tokens=answer_tokens,
-                             instructions_tokens=counter.planning_tokens(scaffold_tokens(counter)),
-                             documents=0)
-        the_plan = replace(the_plan, documents=len(docs))
-        if strategy not in (None, "stuff", "retrieve"):
-            raise InputError(f"strategy {strategy!r}: use stuff or retrieve.")
-        if strategy and strategy != the_plan.strategy:
-            if strategy == "stuff" and the_plan.strategy == "retrieve":
-                raise InputError(f"the documents do not fit {spec.name}'s budget ({the_plan.reason}); "
-                                 "stuffing them would pass the practical limit.")
-            the_plan = replace(the_plan, strategy=strategy, context_tokens=the_plan.budget_tokens,
-                               reason=f"Retrieval forced (--strategy retrieve). {the_plan.reason}")
-        limit = the_plan.practical_limit_tokens
+        doc_sources = self._sources()
+        the_plan = self._plan(spec, doc_sources, question, answer_tokens, strategy)  # followed, never rewritten
 
-        def overshoot(system: str, user: str) -> int:
-            """Tokens by which the real prompt (+ the answer) passes the limit, counted like the planner."""
-            used = counter.planning_tokens(counter.count(system) + counter.count(user))
-            return used + the_plan.answer_tokens - limit
+        def prompt_tokens(system: str, user: str) -> int:
+            """The prompt as the plan counts it (margin included for estimates)."""
+            return counter.planning_tokens(counter.count(system) + counter.count(user))
 
         if the_plan.strategy == "stuff":
-            sources = doc_sources
+            sources = self._stuffed(doc_sources, question, order)
             system, user = build_prompt(question, sources)
-            over = overshoot(system, user)
-            if over > 0 and strategy != "stuff":  # the plan's estimate was a hair short: retrieve instead
-                the_plan = replace(the_plan, strategy="retrieve", context_tokens=the_plan.budget_tokens,
-                                   reason=f"{the_plan.reason} Fenced and numbered, though, the prompt passes the "
-                                          f"limit by {over:,} tokens, so ragkit retrieves instead.")
-        if the_plan.strategy == "retrieve":
-            # Pack, build the real prompt, count it; shrink the budget by any overshoot and re-pack.
+        else:
+            # Pack, build the real prompt, count it; shrink the packing budget by any overshoot of the
+            # plan's figure and re-pack (chunk fences are estimated per chunk; the plan stays as it is).
             budget = the_plan.budget_tokens
+            per_source = self._counts(counter, doc_sources).framing_per_source
             for _ in range(6):
                 sources = self._retrieve(question, spec, counter, budget, top_k, per_source)
+                sources = self._in_file_order(doc_sources, sources) if order == "document" else sources
                 system, user = build_prompt(question, sources)
-                over = overshoot(system, user)
+                over = prompt_tokens(system, user) - the_plan.estimated_input_tokens
                 if over <= 0:
                     break
                 budget -= over
             else:
-                raise InputError(f"could not fit retrieved chunks into {spec.name}'s practical limit of {limit:,} "
-                                 f"tokens; lower --answer-tokens or shorten the question.")
+                raise InputError(f"could not fit retrieved chunks into {spec.name}'s practical limit of "
+                                 f"{the_plan.practical_limit_tokens:,} tokens; lower --answer-tokens or shorten the question.")
         input_tokens = counter.count(system) + counter.count(user)
         estimated = counter.planning_tokens(input_tokens)
         return PreparedPrompt(
@@ -257,6 +234,51 @@ class Session:
             prepare_s=time.perf_counter() - t0,
             index=self._index_status if the_plan.strategy == "retrieve" else None,
         )
+
+    def _sources(self) -> list[SourceRef]:
+        """The documents as numbered sources, in file order (loaded once)."""
+        with self._lock:
+            self.documents()
+            return self._doc_sources
+
+    def _counts(self, counter, sources: list[SourceRef]):
+        """The sources' texts and fenced blocks counted once per encoding (prompt.SourceTokens; the
+        on-disk count cache makes an unchanged corpus cost nothing after its first count ever)."""
+        from ragkit.prompt import Framing
+
+        with self._lock:
+            known = self._doc_tokens.get(counter.encoding_name)
+            if known is None or known[0] is not sources:
+                known = self._doc_tokens[counter.encoding_name] = (sources, Framing(counter).count_sources(sources))
+            return known[1]
+
+    def _plan(self, spec, sources: list[SourceRef], question: str, answer_tokens: int | None, strategy: str | None):
+        from ragkit.budget import plan_for_sources
+        from ragkit.tokens import counter_for
+
+        return plan_for_sources(spec, sources, question, answer_tokens=answer_tokens, strategy=strategy,
+                                counts=self._counts(counter_for(spec), sources))
+
+    def _stuffed(self, sources: list[SourceRef], question: str, order: str) -> list[SourceRef]:
+        """Every document, renumbered in prompt order: the best matches for the question (BM25, see
+        retrieve.TermRanker) at the edges like retrieved chunks, or file order."""
+        from ragkit.retrieve import TermRanker, edges
+
+        if order == "document" or len(sources) < 2:
+            return sources
+        with self._lock:
+            known = getattr(self, "_term_ranker", None)
+            if known is None or known[0] is not sources:
+                texts = [f"{s.title}\n{s.text}" if s.title else s.text for s in sources]
+                known = self._term_ranker = (sources, TermRanker(texts))
+        return [replace(sources[i], number=n) for n, i in enumerate(edges(known[1].rank(question)), 1)]
+
+    @staticmethod
+    def _in_file_order(doc_sources: list[SourceRef], sources: list[SourceRef]) -> list[SourceRef]:
+        """Retrieved chunks renumbered in the order their documents and characters appear in the corpus."""
+        position = {s.doc_id: i for i, s in enumerate(doc_sources)}
+        ordered = sorted(sources, key=lambda s: (position.get(s.doc_id, len(position)), s.start_char))
+        return [replace(s, number=n) for n, s in enumerate(ordered, 1)]
 
     def _retrieve(self, question: str, spec, counter, budget: int, top_k: int, per_source: int) -> list[SourceRef]:
         """The best chunks packed into `budget` (the model's tokens), leaving room for each chunk's fence.
@@ -287,7 +309,7 @@ class Session:
 
     def ask(self, question: str, *, model: str | None = None, answer_tokens: int | None = None,
             strategy: str | None = None, on_text: Callable[[str], None] | None = None,
-            temperature: float = 0.0, top_k: int = DEFAULT_TOP_K) -> Answer:
+            temperature: float = 0.0, top_k: int = DEFAULT_TOP_K, order: str = "edges") -> Answer:
         """Answers one question from the corpus. on_text given => the answer streams through it."""
         from ragkit.ledger import account
         from ragkit.models import get_model
@@ -296,7 +318,8 @@ class Session:
             raise InputError("the question is empty: ask something, e.g. ragkit ask DOCS \"what is X?\".")
         spec = get_model(model or self.model)
         provider = self.provider(spec)  # a missing key fails here, before any indexing work
-        prepared = self.prepare(question, model=spec.id, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k)
+        prepared = self.prepare(question, model=spec.id, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k,
+                                order=order)
         done = provider.complete(prepared.system, prepared.user, max_tokens=prepared.plan.answer_tokens,
                                             temperature=temperature, on_text=on_text)
         # Only a completed call gets this far: no partial answer, no ledger row for failures.
@@ -339,7 +362,9 @@ class Session:
 
 def ask(path: str | Path, question: str, *, model: str | None = None, base_url: str | None = None,
         answer_tokens: int | None = None, strategy: str | None = None,
-        on_text: Callable[[str], None] | None = None, top_k: int = DEFAULT_TOP_K, **session_kw) -> Answer:
+        on_text: Callable[[str], None] | None = None, top_k: int = DEFAULT_TOP_K, order: str = "edges",
+        **session_kw) -> Answer:
     """One question, one corpus: opens a Session, asks, closes. For many questions keep a Session."""
     with Session(path, model=model, base_url=base_url, **session_kw) as session:
-        return session.ask(question, answer_tokens=answer_tokens, strategy=strategy, on_text=on_text, top_k=top_k)
+        return session.ask(question, answer_tokens=answer_tokens, strategy=strategy, on_text=on_text, top_k=top_k,
+                           order=order)

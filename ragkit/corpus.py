@@ -103,8 +103,7 @@ class Corpus:
         self._gen: _store.Generation | None = None
         self._gen_lock = threading.Lock()
         # rebuild=True: the old index's settings are ignored (index(rebuild=True) then discards it).
-        gen = None if rebuild else self._generation()
-        have = gen.settings if gen else None
+        have = None if rebuild else _store.current_settings(self.index_dir)  # FAISS loads on the first search
         # Unspecified settings follow the existing index; specified ones must match it.
         from ragkit.embed import resolve_model
 

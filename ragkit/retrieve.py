@@ -127,9 +127,51 @@ def _order(groups: list[_Group], order: str) -> list[_Group]:
         return by_score
     if order == "document":
         return sorted(groups, key=lambda g: (g.source, g.doc_id, g.start))
-    # "edges": ranks 1,3,5,... from the front, ...,6,4,2 at the back: the weakest end up in the middle,
-    # where long-context models attend least (Liu et al. 2023).
-    return by_score[0::2] + by_score[1::2][::-1]
+    return edges(by_score)
+
+
+def edges(best_first: list) -> list:
+    """Ranks 1,3,5,... from the front, ...,6,4,2 at the back: the weakest end up in the middle,
+    where long-context models attend least (Liu et al. 2023)."""
+    return best_first[0::2] + best_first[1::2][::-1]
+
+
+class TermRanker:
+    """BM25 over whole documents, for ordering stuffed documents by a question.
+
+    Stuffing sends every document anyway; only their order is at stake, and this costs milliseconds
+    with no model to load, where embedding a stuffed corpus costs the embedder's load plus about a
+    second per thousand tokens on two cores (and would see only each document's first 256 word
+    pieces). Built once per document set, then each question scores in one pass over its terms.
+    """
+
+    K1, B = 1.2, 0.75
+
+    def __init__(self, texts: list[str]):
+        from collections import Counter
+
+        self.n = len(texts)
+        self._tf = [Counter(_WORDS.findall(t.lower())) for t in texts]
+        self._len = [sum(tf.values()) for tf in self._tf]
+        self._avg = (sum(self._len) / self.n) if self.n else 0.0
+        self._postings: dict[str, list[int]] = {}
+        for i, tf in enumerate(self._tf):
+            for term in tf:
+                self._postings.setdefault(term, []).append(i)
+
+    def rank(self, query: str) -> list[int]:
+        """Every document index, best match first; ties (and documents sharing no term) keep file order."""
+        import math
+
+        scores = [0.0] * self.n
+        for term in set(_WORDS.findall(query.lower())):
+            docs = self._postings.get(term, ())
+            idf = math.log(1.0 + (self.n - len(docs) + 0.5) / (len(docs) + 0.5))
+            for i in docs:
+                f = self._tf[i][term]
+                norm = self.K1 * (1.0 - self.B + self.B * self._len[i] / (self._avg or 1.0))
+                scores[i] += idf * f * (self.K1 + 1.0) / (f + norm)
+        return sorted(range(self.n), key=lambda i: -scores[i])
 
 
 def pack_hits(hits: list[Hit], budget_tokens: int, counter, *, order: str = "edges",

@@ -360,6 +360,25 @@ def open_generation(index_dir: Path) -> Generation | None:
     raise IndexError_(f"the index at {index_dir} kept changing while opening it; try again")
 
 
+def current_settings(index_dir: Path) -> dict | None:
+    """The current generation's settings, read from its manifest without loading FAISS: what opening a
+    Corpus needs (stuffing and `ragkit plan` never search). None when there is no index yet."""
+    for _ in range(5):  # as in open_generation: CURRENT may move on between our reads
+        name = read_current(index_dir) if index_dir.is_dir() else None
+        if name is None:
+            return None
+        try:
+            return json.loads((index_dir / name / "manifest.json").read_text())["settings"]
+        except FileNotFoundError:
+            if read_current(index_dir) != name:
+                continue
+        except (ValueError, KeyError):
+            pass
+        raise IndexError_(f"the index at {index_dir} is damaged (generation {name} unreadable); "
+                          f"rebuild with `ragkit index <PATH> --rebuild`")
+    raise IndexError_(f"the index at {index_dir} kept changing while opening it; try again")
+
+
 class WriteLock:
     """One writer per index folder. With timeout 0 the second one gets IndexBusy at once (a clear
     error); readers that need a first index wait a bounded time instead (timeout_s > 0)."""

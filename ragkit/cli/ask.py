@@ -37,6 +37,8 @@ def _print_sources(sources, heading: str) -> None:
               help="Force a strategy (default: the planner decides).")
 @click.option("-k", "--top-k", type=click.IntRange(1, 10_000), default=50, show_default=True,
               help="Chunks retrieval considers before packing the best into the budget.")
+@click.option("--order", type=click.Choice(["edges", "document"]), default="edges", show_default=True,
+              help="Sources that best match the question first and last (the middle is read least), or file order.")
 @click.option("--dry-run", is_flag=True, help="Print the plan, the exact prompt and its estimated cost; call no model.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--stream/--no-stream", default=None, help="Stream the answer as it is written (default: on a terminal).")
@@ -50,8 +52,8 @@ def _print_sources(sources, heading: str) -> None:
 @click.option("--no-ledger", is_flag=True, help="Do not record this call in the cost ledger.")
 @click.option("--task", "task", default="ask", show_default=True,
               help="Label of this call in the cost ledger (`ragkit costs --by task`).")
-def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k, dry_run, as_json, stream, timeout_s,
-                max_retries, index_dir, log_question, no_ledger, task):
+def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k, order, dry_run, as_json, stream,
+                timeout_s, max_retries, index_dir, log_question, no_ledger, task):
     """Answer QUESTION from the documents under PATH, citing them.
 
     The planner stuffs the whole documents when they fit the model's practical limit and
@@ -73,8 +75,10 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
                       progress=sys.stderr.isatty())
     try:
         if dry_run:
-            prepared = session.prepare(question, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k)
+            prepared = session.prepare(question, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k,
+                                       order=order)
             _warn_if_stale(prepared.index)
+            _warn(prepared.plan)
             if as_json:
                 click.echo(json.dumps(prepared.to_dict(), indent=2, ensure_ascii=False))
             else:
@@ -92,7 +96,7 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
             sys.stdout.flush()
 
         try:
-            answer = session.ask(question, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k,
+            answer = session.ask(question, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k, order=order,
                                  on_text=echo_delta if streamed else None)
         except BaseException:
             if printed:  # the reader already saw part of an answer: say it is not one
@@ -102,6 +106,7 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
     finally:
         session.close()
     _warn_if_stale(answer.index)
+    _warn(answer.plan)
     if as_json:
         click.echo(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
         return
@@ -129,6 +134,14 @@ def _warn_if_stale(index) -> None:
         from ragkit.console import warn
 
         warn(index.note)
+
+
+def _warn(plan) -> None:
+    """Stuffing forced past the practical limit says so (also in --json's "plan")."""
+    if plan.warning:
+        from ragkit.console import warn
+
+        warn(plan.warning)
 
 
 def _print_dry_run(prepared) -> None:

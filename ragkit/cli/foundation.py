@@ -130,43 +130,56 @@ def count(path, model, include, exclude, text_field, no_cache, exact, base_url, 
 @MODEL_OPTION
 @click.option("-q", "--question", default="", help="The question (its tokens are reserved).")
 @click.option("--answer-tokens", type=int, default=None, help="Tokens reserved for the answer [default: 1024, or the model's max output].")
+@click.option("-s", "--strategy", type=click.Choice(["stuff", "retrieve"]), default=None,
+              help="Plan a forced strategy, as `ragkit ask -s` would (default: the planner decides).")
 @click.option("--corpus-tokens", type=int, default=None, help="Plan for this many tokens instead of reading PATH.")
 @click.option("--include", multiple=True, help="Only files matching this glob (repeatable).")
 @click.option("--exclude", multiple=True, help="Skip files matching this glob (repeatable).")
-@click.option("--text-field", default="text", show_default=True, help="JSON Lines field holding the text.")
+@click.option("--text-field", default=None, help="JSON Lines field holding the text [default: text, or the index's].")
+@click.option("--index-dir", type=click.Path(file_okay=False), default=None, help="Where the index lives (as for ask).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan(path, model, question, answer_tokens, corpus_tokens, include, exclude, text_field, as_json):
+def plan(path, model, question, answer_tokens, strategy, corpus_tokens, include, exclude, text_field, index_dir,
+         as_json):
     """Decide stuff or retrieve for a corpus and model, say why and what a query costs.
+
+    The plan is the one `ragkit ask` follows: the documents are read and counted in their source
+    fences exactly as ask sends them.
 
     \b
     Examples:
       ragkit plan corpora/nq-wiki --model gpt-4o -q "who wrote On the Origin of Species?"
       ragkit plan --corpus-tokens 120000 -m claude-3.5-sonnet --json
     """
-    from ragkit.budget import plan as make_plan
     from ragkit.errors import InputError
 
-    documents = 0
-    if corpus_tokens is None:
-        if path is None:
-            raise InputError("give a PATH to a file or folder, or --corpus-tokens N.")
-        from ragkit.counting import count_path
+    if corpus_tokens is not None:
+        from ragkit.budget import plan as make_plan
 
-        counted = count_path(path, model, include=include, exclude=exclude, text_field=text_field)
-        corpus_tokens, documents = counted.tokens, counted.documents
-    p = make_plan(model, corpus_tokens=corpus_tokens, question=question, answer_tokens=answer_tokens,
-                  documents=documents)
+        p = make_plan(model, corpus_tokens=corpus_tokens, question=question, answer_tokens=answer_tokens,
+                      strategy=strategy)
+    elif path is None:
+        raise InputError("give a PATH to a file or folder, or --corpus-tokens N.")
+    else:
+        from ragkit.answer import Session
+        from ragkit.corpus import Corpus
+
+        corpus = Corpus.open(path, index_dir=index_dir, include=include, exclude=exclude, text_field=text_field)
+        with Session(path, model=model, corpus=corpus, ledger=False) as session:
+            p = session.plan(question, answer_tokens=answer_tokens, strategy=strategy)
+    if p.warning:
+        click.echo(f"ragkit: warning: {p.warning}", err=True)
     if as_json:
         _echo_json(p.to_dict())
         return
     est = "" if p.exact else f" (estimated, {p.encoding} + margin)"
-    click.echo(f"strategy:        {p.strategy}")
-    click.echo(f"corpus:          {p.corpus_tokens:,} tokens in {p.documents:,} documents{est}")
+    click.echo(f"strategy:        {p.strategy}{' (forced)' if p.forced else ''}")
+    docs = f" in {p.documents:,} documents, {p.stuffed_tokens:,} in their source fences" if p.documents else ""
+    click.echo(f"corpus:          {p.corpus_tokens:,} tokens{docs}{est}")
     click.echo(f"practical limit: {p.practical_limit_tokens:,} tokens ({p.limit_source})")
     click.echo(f"reserve:         {p.reserve_tokens:,} = instructions {p.instructions_tokens:,} + question "
                f"{p.question_tokens:,} + answer {p.answer_tokens:,}")
     click.echo(f"context budget:  {p.budget_tokens:,} tokens")
-    click.echo(f"per query:       ~{p.estimated_input_tokens:,} input tokens, at most ${p.estimated_cost_usd:.4f}")
+    click.echo(f"per query:       at most {p.estimated_input_tokens:,} input tokens and ${p.estimated_cost_usd:.4f}")
     click.echo(f"why:             {p.reason}")
 
 

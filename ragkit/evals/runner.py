@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 from ragkit.errors import ConfigError, InputError
 from ragkit.evals.cache import CachedResponse, ResponseCache, call_key
 from ragkit.evals.records import EvalRecord, RecordLog, latest_by_call, write_meta
-from ragkit.evals.retrieval import Ranker, retrieve_units
+from ragkit.evals.retrieval import Ranker, planner_budget, retrieve_units, stuff_units
 from ragkit.evals.tasks import Sample, Task
 from ragkit.redact import redact
 
@@ -44,6 +44,7 @@ class GridSpec:
     temperature: float = 0.0
     retrieve_budget_tokens: int | None = None   # None: the planner's budget for the model
     order: str = "edges"
+    stuff_order: str = "document"               # "edges": stuffed units ordered like `ragkit ask` orders documents
     task_options: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -140,10 +141,10 @@ def plan_calls(task: Task, grid: GridSpec, spec, counter, cache: ResponseCache, 
     lookup = _memo(cache.get)
     system_tokens = counter.count(task.system) + MESSAGE_OVERHEAD_TOKENS
     units = [counter.count_many(s.units) for s in samples]
-    stuffed = [_call(task, grid, spec, "stuff", s, range(len(s.units)), n, system_tokens, counter)
-               for s, n in zip(samples, units)]
-    budgets = [(grid.retrieve_budget_tokens or _planner_budget(spec, sum(n), s, grid))
-               if "retrieve" in grid.strategies else 0 for s, n in zip(samples, units)]
+    stuffed = [_call(task, grid, spec, "stuff", s, stuff_units(s.units, s.question, order=grid.stuff_order), n,
+                     system_tokens, counter) for s, n in zip(samples, units)]
+    budgets = [(grid.retrieve_budget_tokens or planner_budget(spec, task, s, grid.max_tokens))
+               if "retrieve" in grid.strategies else 0 for s in samples]
     if max_cost_usd is not None:
         bound = upper_bound_cost(task, grid, spec, counter, stuffed, budgets, system_tokens, answered, lookup)
         _refuse_above(max_cost_usd, bound, spec, grid, echo)
@@ -214,14 +215,6 @@ def _refuse_above(max_cost_usd: float, bound: tuple[int, int, float], spec, grid
              f"at most ${cost:.4f}")
         raise ConfigError(f"the estimated cost ${cost:.4f} exceeds --max-cost ${max_cost_usd:.2f}; "
                           "use fewer lengths/depths/samples or raise --max-cost.")
-
-
-def _planner_budget(spec, corpus_tokens: int, sample: Sample, grid: GridSpec) -> int:
-    """The budget `ragkit ask` would pack into for this model (model tokens; pack_hits applies the margin)."""
-    from ragkit.budget import plan
-
-    answer_tokens = min(grid.max_tokens, spec.max_output_tokens)
-    return plan(spec, corpus_tokens=corpus_tokens, question=sample.question, answer_tokens=answer_tokens).budget_tokens
 
 
 def estimate(plan: Plan, spec, counter, max_tokens: int) -> Estimate:
