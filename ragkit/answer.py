@@ -11,6 +11,7 @@ the ledger unless the model call completed.
 """
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -21,6 +22,7 @@ from typing import Callable
 from ragkit.config import default_model
 from ragkit.errors import InputError
 from ragkit.prompt import SourceRef, as_sources, build_prompt, cited_numbers, framing_tokens, scaffold_tokens
+from ragkit.structured import make_schema
 
 DEFAULT_TOP_K = 50   # chunks retrieval considers; the best that fit the budget are sent
 
@@ -84,8 +86,26 @@ class Answer:
     finish_reason: str
     question: str
     index: object = None          # corpus.IndexStatus when retrieving (stale => its note says why)
+    # Structured answers (ask(schema=...)): the validated object and, per top-level field, its sources.
+    data: object = None           # a Pydantic instance when a model was given, else the JSON object
+    citations: dict | None = None         # field -> tuple[SourceRef, ...] (only sources actually sent)
+    dropped_citations: dict | None = None  # field -> numbers the model cited that name no source sent
+    enforcement: str | None = None        # strict | tool | grammar | validated
+    repairs: int = 0              # repair round-trips (each a paid call, in usage/cost and the ledger)
+    calls: int = 1
 
     def to_dict(self) -> dict:
+        if self.citations is not None:
+            return {**self._plain_dict(), **self._structured_dict()}
+        return self._plain_dict()
+
+    def _structured_dict(self) -> dict:
+        data = self.data.model_dump(mode="json") if hasattr(self.data, "model_dump") else self.data
+        return {"answer": data, "schema_valid": True, "enforcement": self.enforcement, "repairs": self.repairs,
+                "calls": self.calls, "citations": {f: [s.to_dict() for s in refs] for f, refs in self.citations.items()},
+                "dropped_citations": {f: list(ns) for f, ns in (self.dropped_citations or {}).items()}}
+
+    def _plain_dict(self) -> dict:
         return {
             "question": self.question, "answer": self.answer, "strategy": self.strategy,
             "reason": self.plan.reason, "model": self.model, "api_model": self.api_model,
@@ -188,11 +208,12 @@ class Session:
 
     # ---- the pipeline ---------------------------------------------------------------------------------
     def prepare(self, question: str, *, model: str | None = None, answer_tokens: int | None = None,
-                strategy: str | None = None, top_k: int = DEFAULT_TOP_K) -> PreparedPrompt:
+                strategy: str | None = None, top_k: int = DEFAULT_TOP_K, schema=None) -> PreparedPrompt:
         """Plans and builds the exact prompt, without calling any model (what --dry-run shows).
 
         strategy forces "stuff" or "retrieve" (None: the planner decides); top_k is how many chunks
-        retrieval considers before packing the best of them into the budget.
+        retrieval considers before packing the best of them into the budget. schema (see ask) adds the
+        reply-format block to the prompt and, unless answer_tokens is given, sizes the answer from it.
         """
         from ragkit.budget import plan as make_plan
         from ragkit.costs import cost_usd
@@ -209,8 +230,15 @@ class Session:
         doc_sources = self._doc_sources
         # The plan counts what is really sent: texts + their fences, instructions, question.
         corpus_tokens, per_source = self._framed_corpus(spec, counter)
+        structured = make_schema(schema) if schema is not None else None
+        instructions = scaffold_tokens(counter)
+        if structured is not None:
+            instructions += counter.count("\n\n".join(structured.frame("", "")))
+            if answer_tokens is None:
+                answer_tokens = min(structured.answer_reserve(counter.count), spec.max_output_tokens)
+        build = build_prompt if structured is None else (lambda q, s: structured.frame(*build_prompt(q, s)))
         the_plan = make_plan(spec, corpus_tokens=corpus_tokens, question=question, answer_tokens=answer_tokens,
-                             instructions_tokens=counter.planning_tokens(scaffold_tokens(counter)),
+                             instructions_tokens=counter.planning_tokens(instructions),
                              documents=0)
         the_plan = replace(the_plan, documents=len(docs))
         if strategy not in (None, "stuff", "retrieve"):
@@ -230,7 +258,7 @@ class Session:
 
         if the_plan.strategy == "stuff":
             sources = doc_sources
-            system, user = build_prompt(question, sources)
+            system, user = build(question, sources)
             over = overshoot(system, user)
             if over > 0 and strategy != "stuff":  # the plan's estimate was a hair short: retrieve instead
                 the_plan = replace(the_plan, strategy="retrieve", context_tokens=the_plan.budget_tokens,
@@ -241,7 +269,7 @@ class Session:
             budget = the_plan.budget_tokens
             for _ in range(6):
                 sources = self._retrieve(question, spec, counter, budget, top_k, per_source)
-                system, user = build_prompt(question, sources)
+                system, user = build(question, sources)
                 over = overshoot(system, user)
                 if over <= 0:
                     break
@@ -288,8 +316,13 @@ class Session:
 
     def ask(self, question: str, *, model: str | None = None, answer_tokens: int | None = None,
             strategy: str | None = None, on_text: Callable[[str], None] | None = None,
-            temperature: float = 0.0, top_k: int = DEFAULT_TOP_K) -> Answer:
-        """Answers one question from the corpus. on_text given => the answer streams through it."""
+            temperature: float = 0.0, top_k: int = DEFAULT_TOP_K, schema=None) -> Answer:
+        """Answers one question from the corpus. on_text given => the answer streams through it.
+
+        schema (a Pydantic model class, a JSON Schema dict or file, or shorthand like 'name str, year int'):
+        the answer is a validated object (Answer.data) with per-field citations (Answer.citations); nothing
+        partial is streamed, and a reply that does not validate gets one repair round-trip.
+        """
         from ragkit.costs import cost_usd
         from ragkit.models import get_model
 
@@ -297,7 +330,11 @@ class Session:
             raise InputError("the question is empty: ask something, e.g. ragkit ask DOCS \"what is X?\".")
         spec = get_model(model or self.model)
         provider = self.provider(spec)  # a missing key fails here, before any indexing work
-        prepared = self.prepare(question, model=spec.id, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k)
+        structured = make_schema(schema) if schema is not None else None  # a bad schema fails before any work
+        prepared = self.prepare(question, model=spec.id, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k,
+                                schema=structured)
+        if structured is not None:
+            return self._ask_structured(spec, provider, prepared, structured, temperature)
         done = provider.complete(prepared.system, prepared.user, max_tokens=prepared.plan.answer_tokens,
                                             temperature=temperature, on_text=on_text)
         # Only a completed call gets this far: no partial answer, no ledger row for failures.
@@ -311,17 +348,43 @@ class Session:
             prepare_s=prepared.prepare_s, finish_reason=done.finish_reason, question=prepared.question,
             index=prepared.index,
         )
-        self._record(spec, done, answer)
+        self._record(spec, done, answer.strategy, answer.question)
         return answer
 
-    def _record(self, spec, done, answer: Answer) -> None:
+    def _ask_structured(self, spec, provider, prepared: PreparedPrompt, structured, temperature: float) -> Answer:
+        """The schema's answer: every call (a repair included) is its own ledger row and adds to usage and cost."""
+        from ragkit.costs import cost_usd
+        from ragkit.structured import complete_structured
+
+        result = complete_structured(
+            provider, structured, prepared.system, prepared.user, max_tokens=prepared.plan.answer_tokens,
+            temperature=temperature, n_sources=len(prepared.context),
+            on_call=lambda done: self._record(spec, done, prepared.plan.strategy, prepared.question))
+        calls, parsed, last = result.completions, result.parsed, result.completions[-1]
+        cited = list(dict.fromkeys(n for numbers in parsed.citations.values() for n in numbers))
+        refs = lambda numbers: tuple(prepared.context[n - 1] for n in numbers)  # noqa: E731
+        return Answer(
+            answer=json.dumps(parsed.value, ensure_ascii=False), strategy=prepared.plan.strategy, plan=prepared.plan,
+            sources=refs(cited), context=prepared.context,
+            usage=Usage(sum(c.input_tokens for c in calls), sum(c.output_tokens for c in calls),
+                        all(getattr(c, "usage_reported", True) for c in calls)),
+            cost_usd=sum(cost_usd(spec, c.input_tokens, c.output_tokens) for c in calls), model=spec.id,
+            api_model=last.model, latency_s=sum(c.latency_s for c in calls), ttft_s=calls[0].ttft_s,
+            prepare_s=prepared.prepare_s, finish_reason=last.finish_reason, question=prepared.question,
+            index=prepared.index, data=parsed.data, citations={f: refs(ns) for f, ns in parsed.citations.items()},
+            dropped_citations=dict(parsed.dropped), enforcement=result.enforcement, repairs=result.repairs,
+            calls=len(calls))
+
+    def _record(self, spec, done, strategy: str, question: str) -> None:
         if self.ledger is None:
             return
+        from ragkit.costs import cost_usd
         from ragkit.ledger import record_call
 
         try:
-            record_call(task=self.task, spec=spec, completion=done, strategy=answer.strategy, cost_usd=answer.cost_usd,
-                        question=answer.question, log_question=self.log_question, ledger=self.ledger)
+            record_call(task=self.task, spec=spec, completion=done, strategy=strategy,
+                        cost_usd=cost_usd(spec, done.input_tokens, done.output_tokens),
+                        question=question, log_question=self.log_question, ledger=self.ledger)
         except Exception as exc:  # bookkeeping must not lose an answer already paid for
             print(f"ragkit: warning: could not write the cost ledger {self.ledger.path}: {exc}", file=sys.stderr)
 
@@ -351,7 +414,9 @@ class Session:
 
 def ask(path: str | Path, question: str, *, model: str | None = None, base_url: str | None = None,
         answer_tokens: int | None = None, strategy: str | None = None,
-        on_text: Callable[[str], None] | None = None, top_k: int = DEFAULT_TOP_K, **session_kw) -> Answer:
+        on_text: Callable[[str], None] | None = None, top_k: int = DEFAULT_TOP_K, schema=None,
+        **session_kw) -> Answer:
     """One question, one corpus: opens a Session, asks, closes. For many questions keep a Session."""
     with Session(path, model=model, base_url=base_url, **session_kw) as session:
-        return session.ask(question, answer_tokens=answer_tokens, strategy=strategy, on_text=on_text, top_k=top_k)
+        return session.ask(question, answer_tokens=answer_tokens, strategy=strategy, on_text=on_text, top_k=top_k,
+                           schema=schema)
