@@ -11,6 +11,7 @@ the ledger unless the model call completed.
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
@@ -20,6 +21,7 @@ from typing import Callable
 from ragkit.config import default_model
 from ragkit.errors import InputError
 from ragkit.prompt import SourceRef, as_sources, build_prompt, cited_numbers
+from ragkit.structured import make_schema
 
 DEFAULT_TOP_K = 50   # chunks retrieval considers; the best that fit the budget are sent
 ORDERS = ("edges", "document")   # sources in the prompt: strongest matches at both ends, or file order
@@ -84,8 +86,26 @@ class Answer:
     finish_reason: str
     question: str
     index: object = None          # corpus.IndexStatus when retrieving (stale => its note says why)
+    # Structured answers (ask(schema=...)): the validated object and, per top-level field, its sources.
+    data: object = None           # a Pydantic instance when a model was given, else the JSON object
+    citations: dict | None = None         # field -> tuple[SourceRef, ...] (only sources actually sent)
+    dropped_citations: dict | None = None  # field -> numbers the model cited that name no source sent
+    enforcement: str | None = None        # strict | tool | grammar | validated
+    repairs: int = 0              # repair round-trips (each a paid call, in usage/cost and the ledger)
+    calls: int = 1
 
     def to_dict(self) -> dict:
+        if self.citations is not None:
+            return {**self._plain_dict(), **self._structured_dict()}
+        return self._plain_dict()
+
+    def _structured_dict(self) -> dict:
+        data = self.data.model_dump(mode="json") if hasattr(self.data, "model_dump") else self.data
+        return {"answer": data, "schema_valid": True, "enforcement": self.enforcement, "repairs": self.repairs,
+                "calls": self.calls, "citations": {f: [s.to_dict() for s in refs] for f, refs in self.citations.items()},
+                "dropped_citations": {f: list(ns) for f, ns in (self.dropped_citations or {}).items()}}
+
+    def _plain_dict(self) -> dict:
         return {
             "question": self.question, "answer": self.answer, "strategy": self.strategy,
             "reason": self.plan.reason, "model": self.model, "api_model": self.api_model,
@@ -180,12 +200,15 @@ class Session:
                           answer_tokens, strategy)
 
     def prepare(self, question: str, *, model: str | None = None, answer_tokens: int | None = None,
-                strategy: str | None = None, top_k: int = DEFAULT_TOP_K, order: str = "edges") -> PreparedPrompt:
+                strategy: str | None = None, top_k: int = DEFAULT_TOP_K, order: str = "edges",
+                schema=None) -> PreparedPrompt:
         """Plans and builds the exact prompt, without calling any model (what --dry-run shows).
 
         strategy forces "stuff" or "retrieve" (None: the planner decides); top_k is how many chunks
         retrieval considers before packing the best of them into the budget; order puts the sources
         that best match the question at the prompt's edges ("edges") or keeps file order ("document").
+        schema (see ask) adds the reply-format block to the prompt (and so to the plan) and, unless
+        answer_tokens is given, sizes the answer from it.
         """
         from ragkit.costs import cost_usd
         from ragkit.models import get_model
@@ -200,7 +223,12 @@ class Session:
         spec = get_model(model or self.model)
         counter = counter_for(spec)
         doc_sources = self._sources()
-        the_plan = self._plan(spec, doc_sources, question, answer_tokens, strategy)  # followed, never rewritten
+        structured = make_schema(schema) if schema is not None else None
+        frame = structured.frame if structured is not None else None
+        if structured is not None and answer_tokens is None:
+            answer_tokens = min(structured.answer_reserve(counter.count), spec.max_output_tokens)
+        # followed, never rewritten
+        the_plan = self._plan(spec, doc_sources, question, answer_tokens, strategy, frame=frame)
 
         def prompt_tokens(system: str, user: str) -> int:
             """The prompt as the plan counts it (margin included for estimates)."""
@@ -208,7 +236,7 @@ class Session:
 
         if the_plan.strategy == "stuff":
             sources = self._stuffed(doc_sources, question, order)
-            system, user = build_prompt(question, sources)
+            system, user = build_prompt(question, sources, frame=frame)
         else:
             # Pack, build the real prompt, count it; shrink the packing budget by any overshoot of the
             # plan's figure and re-pack (chunk fences are estimated per chunk; the plan stays as it is).
@@ -217,7 +245,7 @@ class Session:
             for _ in range(6):
                 sources = self._retrieve(question, spec, counter, budget, top_k, per_source)
                 sources = self._in_file_order(doc_sources, sources) if order == "document" else sources
-                system, user = build_prompt(question, sources)
+                system, user = build_prompt(question, sources, frame=frame)
                 over = prompt_tokens(system, user) - the_plan.estimated_input_tokens
                 if over <= 0:
                     break
@@ -252,12 +280,13 @@ class Session:
                 known = self._doc_tokens[counter.encoding_name] = (sources, Framing(counter).count_sources(sources))
             return known[1]
 
-    def _plan(self, spec, sources: list[SourceRef], question: str, answer_tokens: int | None, strategy: str | None):
+    def _plan(self, spec, sources: list[SourceRef], question: str, answer_tokens: int | None, strategy: str | None,
+              frame=None):
         from ragkit.budget import plan_for_sources
         from ragkit.tokens import counter_for
 
         return plan_for_sources(spec, sources, question, answer_tokens=answer_tokens, strategy=strategy,
-                                counts=self._counts(counter_for(spec), sources))
+                                counts=self._counts(counter_for(spec), sources), frame=frame)
 
     def _stuffed(self, sources: list[SourceRef], question: str, order: str) -> list[SourceRef]:
         """Every document, renumbered in prompt order: the best matches for the question (BM25, see
@@ -309,8 +338,13 @@ class Session:
 
     def ask(self, question: str, *, model: str | None = None, answer_tokens: int | None = None,
             strategy: str | None = None, on_text: Callable[[str], None] | None = None,
-            temperature: float = 0.0, top_k: int = DEFAULT_TOP_K, order: str = "edges") -> Answer:
-        """Answers one question from the corpus. on_text given => the answer streams through it."""
+            temperature: float = 0.0, top_k: int = DEFAULT_TOP_K, order: str = "edges", schema=None) -> Answer:
+        """Answers one question from the corpus. on_text given => the answer streams through it.
+
+        schema (a Pydantic model class, a JSON Schema dict or file, or shorthand like 'name str, year int'):
+        the answer is a validated object (Answer.data) with per-field citations (Answer.citations); nothing
+        partial is streamed, and a reply that does not validate gets one repair round-trip.
+        """
         from ragkit.ledger import account
         from ragkit.models import get_model
 
@@ -318,8 +352,11 @@ class Session:
             raise InputError("the question is empty: ask something, e.g. ragkit ask DOCS \"what is X?\".")
         spec = get_model(model or self.model)
         provider = self.provider(spec)  # a missing key fails here, before any indexing work
+        structured = make_schema(schema) if schema is not None else None  # a bad schema fails before any work
         prepared = self.prepare(question, model=spec.id, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k,
-                                order=order)
+                                order=order, schema=structured)
+        if structured is not None:
+            return self._ask_structured(spec, provider, prepared, structured, temperature)
         done = provider.complete(prepared.system, prepared.user, max_tokens=prepared.plan.answer_tokens,
                                             temperature=temperature, on_text=on_text)
         # Only a completed call gets this far: no partial answer, no ledger row for failures.
@@ -335,6 +372,33 @@ class Session:
             index=prepared.index,
         )
         return answer
+
+    def _ask_structured(self, spec, provider, prepared: PreparedPrompt, structured, temperature: float) -> Answer:
+        """The schema's answer: every call (a repair included) is its own ledger row and adds to usage and cost."""
+        from ragkit.ledger import account
+        from ragkit.structured import complete_structured
+
+        costs: list[float] = []
+        result = complete_structured(
+            provider, structured, prepared.system, prepared.user, max_tokens=prepared.plan.answer_tokens,
+            temperature=temperature, n_sources=len(prepared.context),
+            on_call=lambda done: costs.append(account(
+                done, spec, task=self.task, strategy=prepared.plan.strategy, question=prepared.question,
+                log_question=self.log_question, ledger=self.ledger).cost_usd))
+        calls, parsed, last = result.completions, result.parsed, result.completions[-1]
+        cited = list(dict.fromkeys(n for numbers in parsed.citations.values() for n in numbers))
+        refs = lambda numbers: tuple(prepared.context[n - 1] for n in numbers)  # noqa: E731
+        return Answer(
+            answer=json.dumps(parsed.value, ensure_ascii=False), strategy=prepared.plan.strategy, plan=prepared.plan,
+            sources=refs(cited), context=prepared.context,
+            usage=Usage(sum(c.input_tokens for c in calls), sum(c.output_tokens for c in calls),
+                        all(getattr(c, "usage_reported", True) for c in calls)),
+            cost_usd=sum(costs), model=spec.id,
+            api_model=last.model, latency_s=sum(c.latency_s for c in calls), ttft_s=calls[0].ttft_s,
+            prepare_s=prepared.prepare_s, finish_reason=last.finish_reason, question=prepared.question,
+            index=prepared.index, data=parsed.data, citations={f: refs(ns) for f, ns in parsed.citations.items()},
+            dropped_citations=dict(parsed.dropped), enforcement=result.enforcement, repairs=result.repairs,
+            calls=len(calls))
 
     def refresh(self) -> None:
         """Re-reads the documents and re-checks the index on the next question (files changed on disk)."""
@@ -362,9 +426,9 @@ class Session:
 
 def ask(path: str | Path, question: str, *, model: str | None = None, base_url: str | None = None,
         answer_tokens: int | None = None, strategy: str | None = None,
-        on_text: Callable[[str], None] | None = None, top_k: int = DEFAULT_TOP_K, order: str = "edges",
+        on_text: Callable[[str], None] | None = None, top_k: int = DEFAULT_TOP_K, order: str = "edges", schema=None,
         **session_kw) -> Answer:
     """One question, one corpus: opens a Session, asks, closes. For many questions keep a Session."""
     with Session(path, model=model, base_url=base_url, **session_kw) as session:
         return session.ask(question, answer_tokens=answer_tokens, strategy=strategy, on_text=on_text, top_k=top_k,
-                           order=order)
+                           order=order, schema=schema)

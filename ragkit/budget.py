@@ -53,7 +53,7 @@ class Plan:
 
 
 def plan_for_sources(model, sources, question: str = "", *, answer_tokens: int | None = None,
-                     strategy: str | None = None, counts=None) -> Plan:
+                     strategy: str | None = None, counts=None, frame=None) -> Plan:
     """The plan for these sources (prompt.SourceRef, numbered any way) and question, counted exactly
     as build_prompt renders them. `counts`: the sources' prompt.SourceTokens when already known (a
     Session keeps them per encoding)."""
@@ -62,7 +62,7 @@ def plan_for_sources(model, sources, question: str = "", *, answer_tokens: int |
     from ragkit.tokens import counter_for
 
     spec = get_model(model)
-    framing = Framing(counter_for(spec))
+    framing = Framing(counter_for(spec), frame)   # frame: see prompt.build_prompt (a structured reply's block)
     counts = counts if counts is not None else framing.count_sources(list(sources))
     instructions = framing.scaffold_tokens("")
     return plan(spec, corpus_tokens=counts.text_tokens, framing_tokens=counts.framing_tokens,

@@ -24,7 +24,11 @@ from ragkit.config import project_config_path, user_config_path
 from ragkit.errors import ConfigError, UnknownModelError
 
 PROVIDERS = ("openai", "anthropic", "local")
-ENCODINGS = ("cl100k_base", "o200k_base")  # the tiktoken encodings ragkit ships (tokens.py has their files)
+ENCODINGS = ("cl100k_base", "o200k_base")
+# How a model's API enforces a JSON Schema answer (ragkit/structured.py), per provider; "none": validation only.
+STRUCTURED_OUTPUT = {"openai": ("strict", "json_mode", "none"), "anthropic": ("tool", "none"),
+                     "local": ("grammar", "none")}
+DEFAULT_STRUCTURED_OUTPUT = {"openai": "json_mode", "anthropic": "tool", "local": "grammar"}  # the tiktoken encodings ragkit ships (tokens.py has their files)
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class ModelSpec:
     encoding: str
     exact_tokens: bool
     token_margin: float
+    structured_output: str = "none"   # strict | json_mode | tool | grammar | none (STRUCTURED_OUTPUT)
 
     @property
     def limit_is_measured(self) -> bool:
@@ -165,6 +170,8 @@ _SCHEMA: dict[str, _Field] = {
     "encoding": _Field(_one_of(ENCODINGS), 'encoding = "o200k_base"'),
     "exact_tokens": _Field(_flag, "exact_tokens = false"),
     "token_margin": _Field(_amount, "token_margin = 0.15", 0.0, False),
+    "structured_output": _Field(_one_of(("strict", "json_mode", "tool", "grammar", "none")),
+                                'structured_output = "json_mode"', None, False),  # default: per provider
 }
 _TOP_LEVEL = ("models",)
 _REQUIRED = tuple(n for n, f in _SCHEMA.items() if f.required)
@@ -288,6 +295,12 @@ def _build(model_id: str, table: dict, origin: dict[str, Path]) -> ModelSpec:
         if values[side] is None:  # a range not given is the limit itself, set where the limit was
             values[side] = values["practical_limit_tokens"]
             origin = {side: origin["practical_limit_tokens"], **origin}
+    if values["structured_output"] is None:
+        values["structured_output"] = DEFAULT_STRUCTURED_OUTPUT[values["provider"]]
+    elif values["structured_output"] not in STRUCTURED_OUTPUT[values["provider"]]:
+        raise ConfigError(f'{_where(origin["structured_output"], model_id)} structured_output = '
+                          f'"{values["structured_output"]}" does not apply to provider "{values["provider"]}"; '
+                          f"use one of {', '.join(repr(c) for c in STRUCTURED_OUTPUT[values['provider']])}.")
     window = values["context_window_tokens"]
     for name in ("practical_limit_tokens", "practical_low_tokens", "practical_high_tokens", "max_output_tokens"):
         if values[name] > window:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import asdict, dataclass, replace
-from typing import Iterable
+from typing import Callable, Iterable
 
 SYSTEM_PROMPT = """\
 You answer questions using only the numbered sources in the user's message.
@@ -121,14 +121,16 @@ def format_source(src: SourceRef, tag: str) -> str:
     return f'<{tag} n="{src.number}" path="{_attr(where)}"{title}>\n[{src.number}] {src.text.strip()}\n</{tag}>'
 
 
-def build_prompt(question: str, items: Iterable, *, tag: str | None = None) -> tuple[str, str]:
-    """(system, user) for `question` over the numbered, fenced sources `items`."""
+def build_prompt(question: str, items: Iterable, *, tag: str | None = None,
+                 frame: Callable[[str, str], tuple[str, str]] | None = None) -> tuple[str, str]:
+    """(system, user) for `question` over the numbered, fenced sources `items`; `frame` (e.g. a
+    structured answer's reply-format block, structured.StructuredSpec.frame) wraps the finished pair."""
     sources = items if isinstance(items, list) and all(isinstance(s, SourceRef) for s in items) else as_sources(items)
     tag = tag or fence_tag([s.text for s in sources] + [s.title or "" for s in sources] + [question])
     body = "\n\n".join(format_source(s, tag) for s in sources) if sources else "(no sources)"
     system = SYSTEM_PROMPT.format(tag=tag)
     user = USER_TEMPLATE.format(sources=body, question=" ".join(question.split()))
-    return system, user
+    return frame(system, user) if frame is not None else (system, user)
 
 
 @dataclass(frozen=True)
@@ -163,15 +165,16 @@ class Framing:
 
     _PROBE = SourceRef(1, "p", "p", 0, 1, "p")   # a one-token source standing in while counting the rest
 
-    def __init__(self, counter):
+    def __init__(self, counter, frame: Callable[[str, str], tuple[str, str]] | None = None):
         self.counter = counter
+        self.frame = frame            # build_prompt's frame: counted in the scaffold, like it is rendered
         self._probe = counter.count(format_source(self._PROBE, ESTIMATE_TAG))
         one, two = (build_prompt("", [self._PROBE] * n, tag=ESTIMATE_TAG)[1] for n in (1, 2))
         self.separator_tokens = counter.count(two) - counter.count(one) - self._probe
 
     def scaffold_tokens(self, question: str = "") -> int:
         """The prompt without its sources' blocks: system prompt, user template and the question."""
-        system, user = build_prompt(question, [self._PROBE], tag=ESTIMATE_TAG)
+        system, user = build_prompt(question, [self._PROBE], tag=ESTIMATE_TAG, frame=self.frame)
         return self.counter.count(system) + self.counter.count(user) - self._probe
 
     def block_text(self, source: SourceRef) -> str:

@@ -74,6 +74,7 @@ class Reply:
     input_tokens: int | None = None
     output_tokens: int | None = None
     finish_reason: str = "stop"   # OpenAI spelling; mapped to Anthropic's "end_turn"/"max_tokens"
+    tool_input: dict | None = None   # Anthropic only: reply with a tool_use block (the request's forced tool)
 
 
 @dataclass(frozen=True)
@@ -366,7 +367,7 @@ class _Handler(BaseHTTPRequestHandler):
             text=outcome.text,
             input_tokens=request.input_words if outcome.input_tokens is None else outcome.input_tokens,
             output_tokens=count_words(outcome.text) if outcome.output_tokens is None else outcome.output_tokens,
-            finish_reason=outcome.finish_reason,
+            finish_reason=outcome.finish_reason, tool_input=outcome.tool_input,
         )
 
     # ---- OpenAI Chat Completions -----------------------------------------------------------
@@ -432,10 +433,16 @@ class _Handler(BaseHTTPRequestHandler):
             return
         mid, model = f"msg_{uuid.uuid4().hex[:12]}", request.model
         stop = {"stop": "end_turn", "length": "max_tokens"}.get(reply.finish_reason, reply.finish_reason)
+        content = [{"type": "text", "text": reply.text}]
+        if reply.tool_input is not None:
+            tool = (request.body.get("tool_choice") or {}).get("name", "tool")
+            content = [{"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:12]}", "name": tool,
+                        "input": reply.tool_input}]
+            stop = "tool_use"
         if not request.stream:
             self._deliver_json({
                 "id": mid, "type": "message", "role": "assistant", "model": model,
-                "content": [{"type": "text", "text": reply.text}],
+                "content": content,
                 "stop_reason": stop, "stop_sequence": None,
                 "usage": {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens},
             })

@@ -39,6 +39,9 @@ def _print_sources(sources, heading: str) -> None:
               help="Chunks retrieval considers before packing the best into the budget.")
 @click.option("--order", type=click.Choice(["edges", "document"]), default="edges", show_default=True,
               help="Sources that best match the question first and last (the middle is read least), or file order.")
+@click.option("--schema", default=None,
+              help="Answer as JSON matching a JSON Schema file, or shorthand like 'name str, year int | null, "
+                   "people list[str]'; each field cites its sources. Enforced by the API where it can be.")
 @click.option("--dry-run", is_flag=True, help="Print the plan, the exact prompt and its estimated cost; call no model.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--stream/--no-stream", default=None, help="Stream the answer as it is written (default: on a terminal).")
@@ -52,8 +55,8 @@ def _print_sources(sources, heading: str) -> None:
 @click.option("--no-ledger", is_flag=True, help="Do not record this call in the cost ledger.")
 @click.option("--task", "task", default="ask", show_default=True,
               help="Label of this call in the cost ledger (`ragkit costs --by task`).")
-def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k, order, dry_run, as_json, stream,
-                timeout_s, max_retries, index_dir, log_question, no_ledger, task):
+def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k, order, schema, dry_run, as_json,
+                stream, timeout_s, max_retries, index_dir, log_question, no_ledger, task):
     """Answer QUESTION from the documents under PATH, citing them.
 
     The planner stuffs the whole documents when they fit the model's practical limit and
@@ -67,6 +70,7 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
       ragkit ask docs/ "what is X?" -m qwen2.5-coder-0.5b-local     # embedded, no key, no network
       ragkit ask docs/ "what is X?" --dry-run                       # plan + exact prompt + cost
       ragkit ask docs/ "what is X?" --task support-bot              # its label in `ragkit costs --by task`
+      ragkit ask docs/ "the book's title and year" --schema 'title str, year int | null'
     """
     from ragkit.answer import Session
 
@@ -76,7 +80,7 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
     try:
         if dry_run:
             prepared = session.prepare(question, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k,
-                                       order=order)
+                                       order=order, schema=schema)
             _warn_if_stale(prepared.index)
             _warn(prepared.plan)
             if as_json:
@@ -86,7 +90,7 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
             return
         if stream is None:
             stream = sys.stdout.isatty()
-        streamed = bool(stream and not as_json)
+        streamed = bool(stream and not as_json and schema is None)  # no partial JSON that looks like a result
 
         printed = []
 
@@ -97,7 +101,7 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
 
         try:
             answer = session.ask(question, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k, order=order,
-                                 on_text=echo_delta if streamed else None)
+                                 on_text=echo_delta if streamed else None, schema=schema)
         except BaseException:
             if printed:  # the reader already saw part of an answer: say it is not one
                 click.echo()
@@ -110,12 +114,15 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
     if as_json:
         click.echo(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
         return
-    if streamed:
-        click.echo()
+    if answer.citations is not None:
+        _print_structured(answer)
+    elif streamed:
+        click.echo("\n")
     else:
-        click.echo(answer.answer)
-    click.echo()
-    if answer.sources:
+        click.echo(answer.answer + "\n")
+    if answer.citations is not None:
+        pass  # each field's sources were printed with the object
+    elif answer.sources:
         _print_sources(answer.sources, "Sources:")
     else:
         click.echo(f"Sources: none cited ({len(answer.context)} sent)")
@@ -126,6 +133,22 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
     click.echo(f"Cost: {_fmt_usd(answer.cost_usd)} ({answer.model}, API model {answer.api_model})")
     click.echo(f"Latency: {answer.latency_s:.2f} s (first token {answer.ttft_s:.2f} s; "
                f"planning and retrieval {answer.prepare_s:.2f} s)")
+
+
+def _print_structured(answer) -> None:
+    """The validated object, then each field's sources, then how the schema was enforced."""
+    click.echo(json.dumps(answer.to_dict()["answer"], indent=2, ensure_ascii=False))
+    click.echo()
+    click.echo("Sources per field:")
+    for name, refs in answer.citations.items():
+        cited = "; ".join(f"[{s.number}] {s.span}" for s in refs) or "none cited"
+        click.echo(f"  {name}: {cited}")
+    for name, numbers in (answer.dropped_citations or {}).items():
+        click.echo(f"ragkit: warning: dropped citations of {name} to sources that were not sent: "
+                   f"{', '.join(map(str, numbers))}", err=True)
+    repairs = f", {answer.repairs} repair round-trip" if answer.repairs else ""
+    click.echo(f"Schema: valid (enforcement: {answer.enforcement}{repairs}; {answer.calls} call"
+               f"{'' if answer.calls == 1 else 's'})")
 
 
 def _warn_if_stale(index) -> None:

@@ -6,8 +6,10 @@ this SDK version goes looking for profiles under ~/.config/anthropic.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
+from dataclasses import replace
 from typing import Callable
 
 from ragkit.errors import ProviderError
@@ -44,11 +46,17 @@ class AnthropicProvider:
         return self._client
 
     def complete(self, system: str, prompt: str, *, max_tokens: int, temperature: float = 0.0,
-                 on_text: Callable[[str], None] | None = None) -> Completion:
+                 on_text: Callable[[str], None] | None = None, schema=None) -> Completion:
         kwargs = dict(model=self.spec.api_model, max_tokens=max_tokens, system=system,
                       messages=[{"role": "user", "content": prompt}],
                       # this SDK version has no temperature kwarg; the API still takes the field
                       extra_body={"temperature": temperature})
+        tool = schema is not None and self.spec.structured_output == "tool"
+        if tool:  # a forced tool call whose input schema is the answer's: the reply is the tool's input
+            kwargs.update(tools=[{"name": schema.name, "description": "Record the answer and the sources of each field.",
+                                  "input_schema": schema.wire()}],
+                          tool_choice={"type": "tool", "name": schema.name})
+            on_text = None  # a tool's input streams as partial JSON: nothing partial is shown
         client = self._sdk()
         start = time.perf_counter()
         tracker = None if on_text is None else StreamTracker(
@@ -57,7 +65,8 @@ class AnthropicProvider:
             if tracker is None:
                 msg = client.messages.create(**kwargs)
                 latency = time.perf_counter() - start
-                return self._completion(msg, latency, latency)
+                done = self._completion(msg, latency, latency, tool=schema.name if tool else None)
+                return replace(done, enforcement="tool" if tool else "validated") if schema is not None else done
             return self._stream(client, kwargs, tracker)
         except ProviderError:
             raise
@@ -93,12 +102,15 @@ class AnthropicProvider:
         except Exception as exc:
             raise ProviderError(self._explain(exc)) from None
 
-    def _completion(self, msg, ttft: float, latency: float) -> Completion:
+    def _completion(self, msg, ttft: float, latency: float, tool: str | None = None) -> Completion:
         if msg is None or getattr(msg, "usage", None) is None:
             raise ProviderError(f"{self.base_url} sent an incomplete Messages response (no usage); "
                                 f"is it an Anthropic-compatible endpoint?")
         text = "".join(getattr(block, "text", "") or "" for block in (msg.content or ())
                        if getattr(block, "type", "") == "text")
+        if tool is not None:  # the forced tool's input is the answer (JSON); no tool_use block: the text, validated
+            uses = [b for b in (msg.content or ()) if getattr(b, "type", "") == "tool_use" and b.name == tool]
+            text = json.dumps(uses[0].input, ensure_ascii=False) if uses else text
         return Completion(
             text=text, input_tokens=int(msg.usage.input_tokens or 0), output_tokens=int(msg.usage.output_tokens or 0),
             ttft_s=ttft, latency_s=latency, model=msg.model or self.spec.api_model,

@@ -28,6 +28,7 @@ class Completion:
     model: str               # the raw model id the API answered with
     finish_reason: str       # "stop", "length", ... (provider spelling normalised to OpenAI's)
     usage_reported: bool = True   # False when the endpoint sent no usage and counts were estimated locally
+    enforcement: str = ""         # with a schema: how the API enforced it (strict | tool | grammar | validated)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -36,8 +37,9 @@ class Completion:
 @runtime_checkable
 class Provider(Protocol):
     def complete(self, system: str, prompt: str, *, max_tokens: int, temperature: float = 0.0,
-                 on_text: Callable[[str], None] | None = None) -> Completion:
-        """Sends one system + user turn. on_text given => stream, calling it with each text delta."""
+                 on_text: Callable[[str], None] | None = None, schema=None) -> Completion:
+        """Sends one system + user turn. on_text given => stream, calling it with each text delta.
+        schema (a structured.StructuredSpec) => the reply is its JSON, enforced as deep as the API allows."""
         ...
 
 

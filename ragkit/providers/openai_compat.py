@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from typing import Callable
 
 from ragkit.errors import ProviderError
@@ -45,16 +46,19 @@ class OpenAICompatProvider:
         return self._client
 
     def complete(self, system: str, prompt: str, *, max_tokens: int, temperature: float = 0.0,
-                 on_text: Callable[[str], None] | None = None) -> Completion:
+                 on_text: Callable[[str], None] | None = None, schema=None) -> Completion:
         messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
         client = self._sdk()
         start = time.perf_counter()
         tracker = None if on_text is None else StreamTracker(
             on_text, url=self.base_url, end_marker="finish_reason", protocol="an OpenAI-compatible endpoint")
+        extra, enforcement = self._response_format(schema)
         try:
             if tracker is None:
-                return self._plain(client, messages, max_tokens, temperature, start)
-            return self._stream(client, messages, max_tokens, temperature, tracker)
+                done = self._plain(client, messages, max_tokens, temperature, start, extra)
+            else:
+                done = self._stream(client, messages, max_tokens, temperature, tracker, extra)
+            return replace(done, enforcement=enforcement) if schema is not None else done
         except ProviderError:
             raise
         except Exception as exc:  # every SDK/parse failure becomes one sentence, never a traceback
@@ -62,9 +66,20 @@ class OpenAICompatProvider:
                 raise  # the caller's own on_text failed: theirs to see as it is
             raise ProviderError(self._explain(exc, mid_stream=tracker is not None and tracker.mid_stream)) from None
 
-    def _plain(self, client, messages, max_tokens, temperature, start) -> Completion:
+    def _response_format(self, schema) -> tuple[dict, str]:
+        """(extra create() kwargs, enforcement) for a schema: strict json_schema where the registry says the
+        model has it, JSON mode where it has only that, else nothing (the reply is validated either way)."""
+        mode = self.spec.structured_output
+        if schema is None or mode == "none":
+            return {}, "validated"
+        if mode == "strict":
+            return {"response_format": {"type": "json_schema", "json_schema": {
+                "name": schema.name, "schema": schema.wire(strict=True), "strict": True}}}, "strict"
+        return {"response_format": {"type": "json_object"}}, "validated"
+
+    def _plain(self, client, messages, max_tokens, temperature, start, extra) -> Completion:
         resp = client.chat.completions.create(model=self.spec.api_model, messages=messages,
-                                              max_tokens=max_tokens, temperature=temperature)
+                                              max_tokens=max_tokens, temperature=temperature, **extra)
         latency = time.perf_counter() - start
         if not getattr(resp, "choices", None):
             raise ProviderError(f"{self.base_url} answered without any choices; is it an OpenAI-compatible "
@@ -80,10 +95,10 @@ class OpenAICompatProvider:
             finish_reason=choice.finish_reason or "stop", usage_reported=usage is not None,
         )
 
-    def _stream(self, client, messages, max_tokens, temperature, tracker: StreamTracker) -> Completion:
+    def _stream(self, client, messages, max_tokens, temperature, tracker: StreamTracker, extra) -> Completion:
         stream = client.chat.completions.create(model=self.spec.api_model, messages=messages,
                                                 max_tokens=max_tokens, temperature=temperature, stream=True,
-                                                stream_options={"include_usage": True})
+                                                stream_options={"include_usage": True}, **extra)
         usage = None
         model = None
         finish = None
