@@ -186,8 +186,9 @@ def test_file_names_with_control_characters_print_on_one_line(tmp_path):
     with LLMServer(responder=lambda req: "The keeper logs ships [1][2].") as srv:
         res = run("ask", folder, "who logs passing ships?", "-u", srv.openai_base_url, "--no-stream")
     assert res.exit_code == 0, res.output + res.stderr
-    cited = [line for line in res.stdout.splitlines() if line.startswith("  [")]
-    assert cited == ["  [1] [bold]styled.txt chars 0-44", "  [2] evil\\nfiles: 9 added.txt chars 0-47"], res.stdout
+    # numbered in prompt order (the best match for the question first), each name on its own line
+    cited = sorted(line.split("] ", 1)[1] for line in res.stdout.splitlines() if line.startswith("  ["))
+    assert cited == ["[bold]styled.txt chars 0-44", "evil\\nfiles: 9 added.txt chars 0-47"], res.stdout
     assert not any(line.startswith("files: 9") for line in res.stdout.splitlines())
 
 
