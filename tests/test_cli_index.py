@@ -42,7 +42,7 @@ def test_index_summary_then_incremental(docs):
 
 def test_search_text_json_and_batch(docs, tmp_path):
     runner = CliRunner()
-    assert runner.invoke(main, ["index", str(docs), "-q"]).exit_code == 0
+    assert runner.invoke(main, ["index", str(docs), "--quiet"]).exit_code == 0
     res = runner.invoke(main, ["search", str(docs), "what is bread made of", "-k", "2"])
     assert res.exit_code == 0 and res.output.startswith("1. ") and "records.jsonl#r1" in res.output.splitlines()[0]
 
@@ -70,7 +70,7 @@ def test_errors_are_one_line_exit_1(docs, tmp_path):
     assert "Traceback" not in res.stderr
     res = runner.invoke(main, ["search", str(docs)])
     assert res.exit_code == 1 and "QUERY or --queries" in res.stderr
-    assert runner.invoke(main, ["index", str(docs), "-q"]).exit_code == 0
+    assert runner.invoke(main, ["index", str(docs), "--quiet"]).exit_code == 0
     res = runner.invoke(main, ["index", str(docs), "--chunk-tokens", "64"])
     assert res.exit_code == 1 and "--rebuild" in res.stderr
     res = runner.invoke(main, ["index", str(docs), "--chunk-tokens", "999", "--rebuild"])

@@ -46,7 +46,7 @@ def common_options(fn):
     """Options every task command shares."""
     options = [
         MODEL_OPTION,
-        click.option("-d", "--depths", default=None,
+        click.option("--depths", default=None,  # no short flag: -d is --index-dir everywhere
                      help="Depths in percent (0 = start, 100 = end), e.g. 0,25,50,75,100."),
         click.option("-n", "--samples", default=3, show_default=True, type=int, help="Samples per grid cell."),
         click.option("-s", "--strategy", "strategy", default="stuff", show_default=True,
@@ -59,7 +59,7 @@ def common_options(fn):
         click.option("--max-tokens", default=64, show_default=True, type=int, help="Answer tokens per call."),
         click.option("--concurrency", type=int, default=None,
                      help="Parallel calls (default: local 1, anthropic 4, openai 8)."),
-        click.option("--base-url", default=None, help="OpenAI/Anthropic-compatible endpoint to call instead."),
+        click.option("-u", "--base-url", default=None, help="OpenAI/Anthropic-compatible endpoint to call instead."),
         click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default=None,
                      help="Response cache (SQLite). Default ~/.cache/ragkit/eval-cache.sqlite or $RAGKIT_EVAL_CACHE."),
         click.option("--retrieve-budget", type=int, default=None,
@@ -145,7 +145,7 @@ def _needles(needle, question, answer):
     return tuple(Needle(n, q, (a,)) for n, q, a in zip(needle, question, answer))
 
 
-@click.group("eval")
+@click.group("eval", short_help="Measure accuracy by context length and position.")
 def eval_group():
     """Measure accuracy by context length and position (lost in the middle) on your model and data.
 
@@ -159,7 +159,7 @@ def eval_group():
     """
 
 
-@eval_group.command("needle")
+@eval_group.command("needle", short_help="Needle in a haystack at token lengths and depths.")
 @common_options
 @click.option("-l", "--lengths", default="2k,8k,32k", show_default=True, help="Context lengths in tokens.")
 @click.option("--corpus", type=click.Path(exists=True), default=None,
@@ -167,15 +167,15 @@ def eval_group():
 @click.option("--needles", "n_needles", default=1, show_default=True, type=int,
               help="How many default needles to hide (several: scored as the fraction found).")
 @click.option("--needle", multiple=True, help="Your own needle sentence (repeatable; with --question, --answer).")
-@click.option("--question", multiple=True, help="The question the matching --needle answers.")
+@click.option("-q", "--question", multiple=True, help="The question the matching --needle answers.")
 @click.option("--answer", multiple=True, help="The answer to the matching --question.")
 def needle_cmd(lengths, depths, corpus, n_needles, needle, question, answer, **kw):
     """Needle in a haystack: hide facts at depths in corpus text cut to exact token lengths.
 
     \b
     Examples:
-      ragkit eval needle -m gpt-4o-mini -l 2k,8k,32k -d 0,25,50,75,100 -n 3
-      ragkit eval needle -m local -l 500,1k,2k -d 0,50,100 -n 2 -s stuff,retrieve
+      ragkit eval needle -m gpt-4o-mini -l 2k,8k,32k --depths 0,25,50,75,100 -n 3
+      ragkit eval needle -m local -l 500,1k,2k --depths 0,50,100 -n 2 -s stuff,retrieve
       ragkit eval needle -m gpt-4o --corpus docs/ --needle "The build server is named Orca." \\
           --question "What is the build server named?" --answer Orca --save-limit
     """
@@ -183,7 +183,7 @@ def needle_cmd(lengths, depths, corpus, n_needles, needle, question, answer, **k
     _run("needle", options, lengths=parse_sizes(lengths), depths=parse_numbers(depths or "0,25,50,75,100"), **kw)
 
 
-@eval_group.command("qa")
+@eval_group.command("qa", short_help="Multi-document QA: gold passage among distractors.")
 @common_options
 @click.option("--docs", default="10,20,30", show_default=True,
               help="Documents per prompt (the paper's setting); --depths are then ignored for --positions.")
@@ -202,7 +202,7 @@ def qa_cmd(docs, positions, lengths, depths, distractors, corpus, questions, **k
     \b
     Examples:
       ragkit eval qa -m gpt-4o-mini --docs 10,20,30 --positions 0,4,9,14,19,24,29 -n 5
-      ragkit eval qa -m gpt-4o-mini -l 2k,8k,16k -d 0,50,100 -s stuff,retrieve --distractors random
+      ragkit eval qa -m gpt-4o-mini -l 2k,8k,16k --depths 0,50,100 -s stuff,retrieve --distractors random
     """
     options = {"corpus": corpus, "questions": questions, "distractors": distractors, "by_tokens": bool(lengths)}
     if lengths:
@@ -212,7 +212,7 @@ def qa_cmd(docs, positions, lengths, depths, distractors, corpus, questions, **k
     _run("qa", options, lengths=sizes, depths=where, **kw)
 
 
-@eval_group.command("kv")
+@eval_group.command("kv", short_help="Key-value retrieval: one UUID key in a JSON object.")
 @common_options
 @click.option("-l", "--lengths", default="2k,4k,8k", show_default=True, help="Context lengths in tokens.")
 @click.option("--source", type=click.Choice(["bundled", "generated"]), default="bundled", show_default=True,
@@ -222,13 +222,13 @@ def kv_cmd(lengths, depths, source, **kw):
 
     \b
     Examples:
-      ragkit eval kv -m gpt-4o-mini -l 2k,4k,8k -d 0,25,50,75,100
+      ragkit eval kv -m gpt-4o-mini -l 2k,4k,8k --depths 0,25,50,75,100
     """
     _run("kv", {"source": source}, lengths=parse_sizes(lengths), depths=parse_numbers(depths or "0,25,50,75,100"),
          **kw)
 
 
-@eval_group.command("report")
+@eval_group.command("report", short_help="Re-render a run's report; calls no model.")
 @click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--floor", type=float, default=None,
               help="Absolute accuracy floor for the limit (default: 90% of the shortest length's).")
@@ -251,7 +251,7 @@ def report_cmd(out_dir, floor, save_limit, overrides, as_json):
     _finish(out, summary, None, floor=floor, save_limit=save_limit, overrides=overrides, as_json=as_json)
 
 
-@eval_group.command("suite")
+@eval_group.command("suite", short_help="Run an eval suite (TOML file or bundled name).")
 @click.argument("suite")
 @MODEL_OPTION
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
@@ -259,7 +259,7 @@ def report_cmd(out_dir, floor, save_limit, overrides, as_json):
 @click.option("--max-cost", default=5.0, show_default=True, type=float, help="USD cap for the whole suite.")
 @click.option("-n", "--samples", type=int, default=None, help="Override the suite's samples per cell.")
 @click.option("--concurrency", type=int, default=None, help="Parallel calls (default by provider).")
-@click.option("--base-url", default=None, help="OpenAI/Anthropic-compatible endpoint to call instead.")
+@click.option("-u", "--base-url", default=None, help="OpenAI/Anthropic-compatible endpoint to call instead.")
 @click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default=None, help="Response cache (SQLite).")
 @click.option("--list", "list_only", is_flag=True, help="Show the suite's runs and exit.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")

@@ -34,7 +34,7 @@ def _console():
     return console if console.is_terminal else Console(width=120)
 
 
-@click.command()
+@click.command(short_help="List models: limits, prices, latency, tokenizer.")
 @click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
 def models(as_json):
     """List models: context window, practical limit, prices, latency, tokenizer.
@@ -76,12 +76,12 @@ def models(as_json):
                   "~ counts are estimates, planned with the margin shown.")
 
 
-@click.command()
+@click.command(short_help="Count a file or folder in a model's tokens.")
 @click.argument("path", type=click.Path())
 @MODEL_OPTION
-@click.option("--include", multiple=True, help="Only files matching this glob (repeatable).")
-@click.option("--exclude", multiple=True, help="Skip files matching this glob (repeatable).")
-@click.option("--text-field", default="text", show_default=True, help="JSON Lines field holding the text.")
+@click.option("-i", "--include", multiple=True, help="Only files matching this glob (repeatable).")
+@click.option("-x", "--exclude", multiple=True, help="Skip files matching this glob (repeatable).")
+@click.option("-f", "--text-field", default="text", show_default=True, help="JSON Lines field holding the text.")
 @click.option("--no-cache", is_flag=True, help="Recount every document (ignore the content-hash cache).")
 @click.option("--exact", is_flag=True, help="Ask the model's count-tokens API (Anthropic; needs the key): one call per file.")
 @click.option("-u", "--base-url", default=None, help="API endpoint for --exact (else the registry's / the SDK's).")
@@ -122,15 +122,15 @@ def count(path, model, include, exclude, text_field, no_cache, exact, base_url, 
                       f"The planner adds a {result.margin:.0%} margin: {result.planning_tokens:,} tokens.")
 
 
-@click.command()
+@click.command(short_help="Decide stuff or retrieve, say why and the cost.")
 @click.argument("path", type=click.Path(), required=False)
 @MODEL_OPTION
 @click.option("-q", "--question", default="", help="The question (its tokens are reserved).")
 @click.option("--answer-tokens", type=int, default=None, help="Tokens reserved for the answer [default: 1024, or the model's max output].")
 @click.option("--corpus-tokens", type=int, default=None, help="Plan for this many tokens instead of reading PATH.")
-@click.option("--include", multiple=True, help="Only files matching this glob (repeatable).")
-@click.option("--exclude", multiple=True, help="Skip files matching this glob (repeatable).")
-@click.option("--text-field", default="text", show_default=True, help="JSON Lines field holding the text.")
+@click.option("-i", "--include", multiple=True, help="Only files matching this glob (repeatable).")
+@click.option("-x", "--exclude", multiple=True, help="Skip files matching this glob (repeatable).")
+@click.option("-f", "--text-field", default="text", show_default=True, help="JSON Lines field holding the text.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(path, model, question, answer_tokens, corpus_tokens, include, exclude, text_field, as_json):
     """Decide stuff or retrieve for a corpus and model, say why and what a query costs.
@@ -167,7 +167,7 @@ def plan(path, model, question, answer_tokens, corpus_tokens, include, exclude, 
     click.echo(f"why:             {p.reason}")
 
 
-@click.command()
+@click.command(short_help="Cost per day and month of a token volume.")
 @MODEL_OPTION
 @click.option("--tokens-per-day", type=int, required=True, help="Total tokens per day (input + output).")
 @click.option("--input-share", type=float, default=0.75, show_default=True, help="Fraction of tokens that are input.")
