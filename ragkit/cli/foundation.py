@@ -43,7 +43,7 @@ def models(as_json):
     Examples:
       ragkit models
       ragkit models --json
-    A limit marked * is a documented default, not a measurement; override it in ./ragkit.toml.
+    A figure marked * is a documented default, not a measurement; override it in ./ragkit.toml.
     """
     from ragkit.models import list_models
 
@@ -59,7 +59,7 @@ def models(as_json):
                       ("tokens", "left")]:
         table.add_column(col, justify=just, no_wrap=True)
     for s in specs:
-        star = "" if s.limit_source.startswith(("article", "measured")) else "*"
+        star, latency_star = ("*" if default else "" for default in (s.limit_is_default, s.latency_is_default))
         practical = f"{_k(s.practical_limit_tokens)}{star}"
         if s.practical_low_tokens != s.practical_high_tokens:
             practical += f" ({_k(s.practical_low_tokens)[:-1]}-{_k(s.practical_high_tokens)})"
@@ -68,8 +68,8 @@ def models(as_json):
         enc = s.encoding.removesuffix("_base")
         tokens = enc if s.exact_tokens else f"~{enc} +{s.token_margin:.0%}"
         table.add_row(s.id, _k(s.context_window_tokens), practical, _k(s.max_output_tokens),
-                      f"{s.input_usd_per_mtok:.2f}", f"{s.output_usd_per_mtok:.2f}", f"{s.ttft_s:g}s",
-                      f"{s.tokens_per_s:g}", tokens)
+                      f"{s.input_usd_per_mtok:.2f}", f"{s.output_usd_per_mtok:.2f}", f"{s.ttft_s:g}s{latency_star}",
+                      f"{s.tokens_per_s:g}{latency_star}", tokens)
     console = _console()
     console.print(table)
     console.print("* a documented default, not a measurement (`ragkit models --json` gives each reason); "
