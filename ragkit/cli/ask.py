@@ -169,7 +169,7 @@ def costs_command(since, by, as_json):
     window = f"since {summary.since[:16].replace('T', ' ')} UTC" if summary.since else "all recorded calls"
     click.echo(f"Ledger: {summary.path}")
     if not summary.calls:
-        click.echo(f"No calls recorded ({window}).")
+        click.echo(f"No calls recorded {window}." if summary.since else "No calls recorded yet.")
         return
     click.echo(f"{summary.calls:,} call{'' if summary.calls == 1 else 's'}, {window}: {summary.input_tokens:,} tokens in, "
                f"{summary.output_tokens:,} out, {_fmt_usd(summary.cost_usd)}")

@@ -42,6 +42,10 @@ def _strategies(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
+_FORCE_OPTION = click.option("--force", is_flag=True,
+                             help="With --save-limit: save even when the drop below the floor is not significant.")
+
+
 def common_options(fn):
     """Options every task command shares."""
     options = [
@@ -69,6 +73,7 @@ def common_options(fn):
                      help="Absolute accuracy floor for the limit (default: 90% of the shortest length's)."),
         click.option("--save-limit", is_flag=True,
                      help="Write the measured limit into your model overrides (used by `ragkit plan`)."),
+        _FORCE_OPTION,
         click.option("--overrides", type=click.Path(dir_okay=False), default=None,
                      help="Overrides file for --save-limit (default: your user models.toml)."),
         click.option("--no-progress", is_flag=True, help="No progress bar."),
@@ -80,7 +85,7 @@ def common_options(fn):
 
 
 def _run(task_name: str, task_options: dict, *, model, lengths, depths, samples, strategy, max_cost, out,
-         max_tokens, concurrency, base_url, cache_path, retrieve_budget, seed, floor, save_limit, overrides,
+         max_tokens, concurrency, base_url, cache_path, retrieve_budget, seed, floor, save_limit, force, overrides,
          no_progress, as_json):
     from ragkit.evals.cache import ResponseCache
     from ragkit.evals.report import render_report
@@ -99,38 +104,47 @@ def _run(task_name: str, task_options: dict, *, model, lengths, depths, samples,
                       max_cost_usd=max_cost, concurrency=concurrency, progress=not no_progress and not as_json,
                       echo=echo, render=False)
     summary = render_report(out_dir, floor=floor)
-    _finish(out_dir, summary, result.to_dict(), floor=floor, save_limit=save_limit, overrides=overrides,
-            as_json=as_json)
+    _finish(out_dir, summary, result.to_dict(), floor=floor, save_limit=save_limit, force=force,
+            overrides=overrides, as_json=as_json)
 
 
-def _finish(out_dir: Path, summary: dict, run: dict | None, *, floor, save_limit, overrides, as_json) -> None:
-    saved = None
-    if save_limit:
+def _finish(out_dir: Path, summary: dict, run: dict | None, *, floor, save_limit, force=False, overrides,
+            as_json) -> None:
+    def save() -> dict | None:
+        if not save_limit:
+            return None
         from ragkit.evals.report import save_measured_limit
 
-        path, tokens, source = save_measured_limit(out_dir, floor=floor, path=Path(overrides) if overrides else None)
-        saved = {"path": str(path), "practical_limit_tokens": tokens, "limit_source": source}
+        path, tokens, source = save_measured_limit(out_dir, floor=floor, force=force,
+                                                   path=Path(overrides) if overrides else None)
+        return {"path": str(path), "practical_limit_tokens": tokens, "limit_source": source}
+
     if as_json:
-        _echo_json({"out_dir": str(out_dir), "run": run, "summary": summary, "saved_limit": saved})
+        _echo_json({"out_dir": str(out_dir), "run": run, "summary": summary, "saved_limit": save()})
         return
+    from ragkit.evals.records import plural
+
     limit = summary.get("limit") or {}
     if run:
-        click.echo(f"{run['calls_made']} calls made, {run['failed']} failed, ${run['cost_usd']:.4f} paid, "
+        click.echo(f"{plural(run['calls_made'], 'call')} made, {run['failed']} failed, ${run['cost_usd']:.4f} paid, "
                    f"{run['wall_s']:.1f} s.")
     for strategy, s in summary["strategies"].items():
         acc = s["overall"]["accuracy"]
-        click.echo(f"{strategy}: accuracy {'-' if acc is None else f'{acc:.2f}'} over {s['overall']['n']} scored calls")
+        click.echo(f"{strategy}: accuracy {'-' if acc is None else f'{acc:.2f}'} over "
+                   f"{plural(s['overall']['n'], 'scored call')}")
     if limit.get("length") is not None:
-        click.echo(f"Measured practical limit: {limit['length']:,} {limit['length_unit']} "
-                   f"(floor {limit['floor']:.2f}, {limit['floor_rule']}).")
+        # One number: the planner's (the prompt as the model counted it); documents for paper-style QA runs.
+        size = (f"{limit['practical_limit_tokens']:,} tokens" if limit.get("practical_limit_tokens")
+                else plural(limit["length"], "document"))
+        click.echo(f"Measured practical limit: {size} (floor {limit['floor']:.2f}, {limit['floor_rule']}).")
     elif limit:
         click.echo(f"No tested length stays above the floor {limit['floor']:.2f}.")
     if limit.get("retrieve_overtakes_at") is not None:
         click.echo(f"Retrieve overtakes stuff at {limit['retrieve_overtakes_at']:,} {limit['length_unit']}.")
     click.echo(f"Report: {out_dir / 'report.md'}")
+    saved = save()  # after the summary: a refusal still shows what was measured
     if saved:
-        click.echo(f"Saved practical limit {saved['practical_limit_tokens']:,} tokens to {saved['path']} "
-                   f"({saved['limit_source']}).")
+        click.echo(f"Saved it to {saved['path']}; `ragkit models` marks it measured.")
 
 
 def _needles(needle, question, answer):
@@ -233,22 +247,24 @@ def kv_cmd(lengths, depths, source, **kw):
 @click.option("--floor", type=float, default=None,
               help="Absolute accuracy floor for the limit (default: 90% of the shortest length's).")
 @click.option("--save-limit", is_flag=True, help="Write the measured limit into your model overrides.")
+@_FORCE_OPTION
 @click.option("--overrides", type=click.Path(dir_okay=False), default=None,
               help="Overrides file for --save-limit (default: your user models.toml).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def report_cmd(out_dir, floor, save_limit, overrides, as_json):
+def report_cmd(out_dir, floor, save_limit, force, overrides, as_json):
     """Re-render a run's report (tables, plots, limit) from its results.jsonl; calls no model.
 
     \b
     Examples:
       ragkit eval report ragkit-evals/needle-gpt-4o-mini
-      ragkit eval report evals/reports/needle-local --floor 0.5 --json
+      ragkit eval report evals/reports/needle-qwen2.5-coder-0.5b-local --floor 0.5 --json
     """
     from ragkit.evals.report import render_report
 
     out = Path(out_dir)
     summary = render_report(out, floor=floor)
-    _finish(out, summary, None, floor=floor, save_limit=save_limit, overrides=overrides, as_json=as_json)
+    _finish(out, summary, None, floor=floor, save_limit=save_limit, force=force, overrides=overrides,
+            as_json=as_json)
 
 
 @eval_group.command("suite", short_help="Run an eval suite (TOML file or bundled name).")
@@ -288,8 +304,7 @@ def suite_cmd(suite, model, out, max_cost, samples, concurrency, base_url, cache
             return
         click.echo(f"{s.name}: {s.description}")
         for r in s.runs:
-            click.echo(f"  {r.name}: {r.task} lengths={list(r.lengths)} depths={list(r.depths)} "
-                       f"samples={samples or r.samples} strategies={','.join(r.strategies)} options={r.options}")
+            click.echo(f"  {r.describe(samples)}")
         return
     spec = get_model(model)
     root = Path(out) if out else Path("ragkit-evals") / f"{s.name}-{spec.id}"
