@@ -85,3 +85,11 @@ def test_help_has_examples():
     for cmd in ("index", "search"):
         res = CliRunner().invoke(main, [cmd, "--help"])
         assert res.exit_code == 0 and "Examples:" in res.output and "ragkit " + cmd in res.output
+
+
+def test_no_index_hint_names_the_index_dir_that_was_asked_for(docs, tmp_path):
+    other = tmp_path / "other-index"
+    res = CliRunner().invoke(main, ["search", str(docs), "anything", "--index-dir", str(other)])
+    assert res.exit_code == 1 and f"run `ragkit index {docs} --index-dir {other}` first" in res.stderr
+    res = CliRunner().invoke(main, ["search", str(docs), "anything"])
+    assert res.exit_code == 1 and f"run `ragkit index {docs}` first" in res.stderr  # the default needs no option
