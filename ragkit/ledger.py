@@ -18,7 +18,6 @@ import os
 import re
 import shlex
 import sqlite3
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -272,7 +271,9 @@ class Ledger:
                 return
             self._warned = True
         detail = str(exc) if isinstance(exc, LedgerError) else f"could not write {self.path}: {exc}"
-        print(f"ragkit: warning: calls are not being recorded in the cost ledger: {detail}", file=sys.stderr)
+        from ragkit.console import warn
+
+        warn(f"calls are not being recorded in the cost ledger: {detail}")
 
     def entries(self, since: datetime | None = None) -> list[LedgerEntry]:
         if not self.path.exists():

@@ -18,10 +18,12 @@ def _fmt_usd(x: float) -> str:
 
 
 def _print_sources(sources, heading: str) -> None:
+    from ragkit.console import safe_path
+
     click.echo(heading)
     for s in sources:
         title = f" — {s.title}" if s.title else ""
-        click.echo(f"  [{s.number}] {s.span}{title}")
+        click.echo(f"  [{s.number}] {safe_path(s.span + title)}")  # names from the folder: one line each
 
 
 @click.command("ask", short_help="Answer a question from documents, citing them.")
@@ -125,7 +127,9 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
 def _warn_if_stale(index) -> None:
     """An answer from an index another process is still updating says so (also in --json's "index")."""
     if index is not None and index.note:
-        click.echo(f"ragkit: warning: {index.note}", err=True)
+        from ragkit.console import warn
+
+        warn(index.note)
 
 
 def _print_dry_run(prepared) -> None:

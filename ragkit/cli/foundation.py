@@ -103,14 +103,17 @@ def count(path, model, include, exclude, text_field, no_cache, exact, base_url, 
     if as_json:
         _echo_json(result.to_dict())
         return
+    from rich.markup import escape
     from rich.table import Table
+
+    from ragkit.console import safe_path
 
     table = Table(show_footer=True, title=f"{result.path} in {result.model} tokens", title_justify="left")
     table.add_column("file", footer="total")
     table.add_column("documents", justify="right", footer=f"{result.documents:,}")
     table.add_column("tokens", justify="right", footer=f"{result.tokens:,}")
     for f in result.files:
-        table.add_row(f.source, f"{f.documents:,}", f"{f.tokens:,}")
+        table.add_row(escape(safe_path(f.source)), f"{f.documents:,}", f"{f.tokens:,}")  # a name is not markup
     console = _console()
     console.print(table)
     if exact:

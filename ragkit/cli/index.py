@@ -46,8 +46,7 @@ def index_cmd(path, index_dir, embed_model, include, exclude, text_field, chunk_
     corpus = Corpus.open(path, index_dir=index_dir, embed_model=embed_model, chunk_tokens=chunk_tokens,
                          overlap_tokens=overlap_tokens, text_field=text_field, include=include, exclude=exclude,
                          rebuild=rebuild)
-    on_skip = lambda rel, reason: click.echo(f"warning: skipped {rel}: {reason}", err=True)  # noqa: E731
-    report = corpus.index(progress=not quiet and not as_json, rebuild=rebuild, on_skip=on_skip)
+    report = corpus.index(progress=not quiet and not as_json, rebuild=rebuild)  # skips: one warning line each
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -72,6 +71,7 @@ def search_cmd(path, query, k, queries, index_dir, embed_model, as_json):
       ragkit search docs/ "rotate key" -k 10 --json
       ragkit search corpora/nq-wiki --queries questions.txt > hits.jsonl
     """
+    from ragkit.console import safe_path
     from ragkit.corpus import Corpus
     from ragkit.errors import InputError
 
@@ -92,7 +92,7 @@ def search_cmd(path, query, k, queries, index_dir, embed_model, as_json):
     if not hits:
         click.echo("no hits")
     for n, h in enumerate(hits, 1):
-        click.echo(f"{n}. {h.score:.3f}  {h.doc_id}  [{h.start_char}:{h.end_char}]")
+        click.echo(f"{n}. {h.score:.3f}  {safe_path(h.doc_id)}  [{h.start_char}:{h.end_char}]")
         snippet = " ".join(h.text.split())
         click.echo("   " + (snippet[:300] + ("…" if len(snippet) > 300 else "")))
 
