@@ -92,7 +92,8 @@ def search_cmd(path, query, k, queries, index_dir, embed_model, as_json):
     if not hits:
         click.echo("no hits")
     for n, h in enumerate(hits, 1):
-        click.echo(f"{n}. {h.score:.3f}  {safe_path(h.doc_id)}  [{h.start_char}:{h.end_char}]")
+        title = f" — {safe_path(h.title)}" if h.title else ""  # as `ask` lists its sources
+        click.echo(f"{n}. {h.score:.3f}  {safe_path(h.doc_id)}  [{h.start_char}:{h.end_char}]{title}")
         snippet = " ".join(h.text.split())
         click.echo("   " + (snippet[:300] + ("…" if len(snippet) > 300 else "")))
 
