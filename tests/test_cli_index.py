@@ -42,7 +42,7 @@ def test_index_summary_then_incremental(docs):
 
 def test_search_text_json_and_batch(docs, tmp_path):
     runner = CliRunner()
-    assert runner.invoke(main, ["index", str(docs), "--quiet"]).exit_code == 0
+    assert runner.invoke(main, ["index", str(docs), "-q"]).exit_code == 0
     res = runner.invoke(main, ["search", str(docs), "what is bread made of", "-k", "2"])
     assert res.exit_code == 0 and res.output.startswith("1. ") and "records.jsonl#r1" in res.output.splitlines()[0]
 
@@ -70,7 +70,7 @@ def test_errors_are_one_line_exit_1(docs, tmp_path):
     assert "Traceback" not in res.stderr
     res = runner.invoke(main, ["search", str(docs)])
     assert res.exit_code == 1 and "QUERY or --queries" in res.stderr
-    assert runner.invoke(main, ["index", str(docs), "--quiet"]).exit_code == 0
+    assert runner.invoke(main, ["index", str(docs), "-q"]).exit_code == 0
     res = runner.invoke(main, ["index", str(docs), "--chunk-tokens", "64"])
     assert res.exit_code == 1 and "--rebuild" in res.stderr
     res = runner.invoke(main, ["index", str(docs), "--chunk-tokens", "999", "--rebuild"])
@@ -100,7 +100,7 @@ def test_search_text_shows_each_hits_title_on_its_line(docs):
         json.dumps({"id": "r1", "title": "Bread", "text": "Bread is baked from flour, water and yeast."}) + "\n"
         + json.dumps({"id": "r2", "title": "Rye\nforged line", "text": "Rye bread is dense and dark."}) + "\n")
     runner = CliRunner()
-    assert runner.invoke(main, ["index", str(docs), "--quiet"]).exit_code == 0
+    assert runner.invoke(main, ["index", str(docs), "-q"]).exit_code == 0
     res = runner.invoke(main, ["search", str(docs), "bread flour yeast", "-k", "4"])
     assert res.exit_code == 0, res.output
     heads = [line for line in res.output.splitlines() if line[:1].isdigit()]

@@ -105,7 +105,7 @@ def test_file_denied_on_first_run_is_indexed_after_chmod_644(docs):
     if probe.returncode == 0:
         pytest.skip("a mode-000 file stays readable to the child process here")
     env = dict(os.environ, RAGKIT_EMBED_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    first = subprocess.run([sys.executable, "-m", "ragkit.cli", "index", str(docs), "--quiet"], env=env,
+    first = subprocess.run([sys.executable, "-m", "ragkit.cli", "index", str(docs), "-q"], env=env,
                            preexec_fn=_without_root_read_override, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
     assert "skipped secret.txt: unreadable (Permission denied)" in first.stderr

@@ -149,7 +149,7 @@ def _run_index(docs: Path, crash_at: str | None = None, cli: bool = False) -> su
     if crash_at:
         env["RAGKIT_CRASH_AT"] = crash_at
     if cli:
-        cmd = [sys.executable, "-m", "ragkit.cli", "index", str(docs), "--quiet"]
+        cmd = [sys.executable, "-m", "ragkit.cli", "index", str(docs), "-q"]
     else:
         cmd = [sys.executable, "-c", "import sys; from ragkit.corpus import Corpus; "
                f"Corpus.open(sys.argv[1], chunk_tokens={SMALL['chunk_tokens']}, "
@@ -241,7 +241,7 @@ def test_kill9_at_random_moments(tmp_path):
         (folder / f"part{i}.txt").write_text("\n\n".join(r["text"] for r in rows[i:i + 10]))
     rng = random.Random(5)
     env = dict(os.environ, RAGKIT_EMBED_THREADS="1")
-    cmd = [sys.executable, "-m", "ragkit.cli", "index", str(folder), "--quiet"]
+    cmd = [sys.executable, "-m", "ragkit.cli", "index", str(folder), "-q"]
     for _ in range(3):
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(4, 25))
@@ -265,7 +265,7 @@ def test_two_concurrent_builds(docs):
     Corpus.open(docs, **SMALL).index()
     _write(docs, "python.txt", ["Python is a programming language.", "Guido van Rossum created Python."])
     env = dict(os.environ, RAGKIT_EMBED_THREADS="1")
-    cmd = [sys.executable, "-m", "ragkit.cli", "index", str(docs), "--quiet"]
+    cmd = [sys.executable, "-m", "ragkit.cli", "index", str(docs), "-q"]
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]

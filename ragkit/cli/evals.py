@@ -76,7 +76,7 @@ def common_options(fn):
         _FORCE_OPTION,
         click.option("--overrides", type=click.Path(dir_okay=False), default=None,
                      help="Overrides file for --save-limit (default: your user models.toml)."),
-        click.option("--no-progress", is_flag=True, help="No progress bar."),
+        click.option("-q", "--quiet", "--no-progress", "no_progress", is_flag=True, help="No progress bar."),
         click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON."),
     ]
     for option in reversed(options):
@@ -181,7 +181,7 @@ def eval_group():
 @click.option("--needles", "n_needles", default=1, show_default=True, type=int,
               help="How many default needles to hide (several: scored as the fraction found).")
 @click.option("--needle", multiple=True, help="Your own needle sentence (repeatable; with --question, --answer).")
-@click.option("-q", "--question", multiple=True, help="The question the matching --needle answers.")
+@click.option("--question", multiple=True, help="The question the matching --needle answers.")
 @click.option("--answer", multiple=True, help="The answer to the matching --question.")
 def needle_cmd(lengths, depths, corpus, n_needles, needle, question, answer, **kw):
     """Needle in a haystack: hide facts at depths in corpus text cut to exact token lengths.
@@ -278,7 +278,7 @@ def report_cmd(out_dir, floor, save_limit, force, overrides, as_json):
 @click.option("-u", "--base-url", default=None, help="OpenAI/Anthropic-compatible endpoint to call instead.")
 @click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default=None, help="Response cache (SQLite).")
 @click.option("--list", "list_only", is_flag=True, help="Show the suite's runs and exit.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("-q", "--quiet", "--no-progress", "no_progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON.")
 def suite_cmd(suite, model, out, max_cost, samples, concurrency, base_url, cache_path, list_only, no_progress,
               as_json):

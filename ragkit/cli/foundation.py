@@ -128,7 +128,7 @@ def count(path, model, include, exclude, text_field, no_cache, exact, base_url, 
 @click.command(short_help="Decide stuff or retrieve, say why and the cost.")
 @click.argument("path", type=click.Path(), required=False)
 @MODEL_OPTION
-@click.option("-q", "--question", default="", help="The question (its tokens are reserved).")
+@click.option("--question", default="", help="The question (its tokens are reserved).")
 @click.option("--answer-tokens", type=int, default=None, help="Tokens reserved for the answer [default: 1024, or the model's max output].")
 @click.option("--corpus-tokens", type=int, default=None, help="Plan for this many tokens instead of reading PATH.")
 @click.option("-i", "--include", multiple=True, help="Only files matching this glob (repeatable).")
@@ -140,7 +140,7 @@ def plan(path, model, question, answer_tokens, corpus_tokens, include, exclude, 
 
     \b
     Examples:
-      ragkit plan corpora/nq-wiki --model gpt-4o -q "who wrote On the Origin of Species?"
+      ragkit plan corpora/nq-wiki --model gpt-4o --question "who wrote On the Origin of Species?"
       ragkit plan --corpus-tokens 120000 -m claude-3.5-sonnet --json
     """
     from ragkit.budget import plan as make_plan

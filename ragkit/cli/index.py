@@ -29,7 +29,7 @@ _embed_model = click.option("-e", "--embed-model", envvar="RAGKIT_EMBED_MODEL", 
 @click.option("--chunk-tokens", type=int, default=None, help="Max chunk size in the embedder's word pieces (default 240).")
 @click.option("--overlap-tokens", type=int, default=None, help="Overlap between chunks in word pieces (default 32).")
 @click.option("--rebuild", is_flag=True, help="Discard the index and embed everything again (after changing settings).")
-@click.option("--quiet", "--no-progress", "quiet", is_flag=True, help="No progress bar.")
+@click.option("-q", "--quiet", "--no-progress", "quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def index_cmd(path, index_dir, embed_model, include, exclude, text_field, chunk_tokens, overlap_tokens, rebuild,
               quiet, as_json):
