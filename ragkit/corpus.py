@@ -353,7 +353,8 @@ class Corpus:
     def _require(self) -> _store.Generation:
         gen = self._generation()
         if gen is None:
-            raise IndexError_(f"no index at {self.index_dir}; run `ragkit index {self.path}` first")
+            other = "" if self.index_dir.resolve() == default_index_dir(self.path) else f" --index-dir {self.index_dir}"
+            raise IndexError_(f"no index at {self.index_dir}; run `ragkit index {self.path}{other}` first")
         self._check(gen.settings)
         return gen
 

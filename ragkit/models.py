@@ -50,6 +50,7 @@ class ModelSpec:
     output_usd_per_mtok: float
     ttft_s: float
     tokens_per_s: float
+    latency_source: str
     good_for: str
     encoding: str
     exact_tokens: bool
@@ -60,10 +61,24 @@ class ModelSpec:
     def limit_is_measured(self) -> bool:
         return self.limit_source.startswith("measured")
 
+    @property
+    def limit_is_default(self) -> bool:
+        """The practical limit (and its range) is a documented default, not the article's or a measurement."""
+        return _is_default(self.limit_source)
+
+    @property
+    def latency_is_default(self) -> bool:
+        """ttft_s and tokens_per_s are a documented default, not the article's or a measurement."""
+        return _is_default(self.latency_source)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["aliases"] = list(self.aliases)
         return d
+
+
+def _is_default(source: str) -> bool:
+    return not source.startswith(("article", "measured"))
 
 
 # ----------------------------------------------------------------------------- the schema
@@ -166,6 +181,8 @@ _SCHEMA: dict[str, _Field] = {
     "output_usd_per_mtok": _Field(_amount, "output_usd_per_mtok = 10.0"),
     "ttft_s": _Field(_amount, "ttft_s = 0.8", 0.0, False),
     "tokens_per_s": _Field(_amount, "tokens_per_s = 70", 0.0, False),
+    "latency_source": _Field(_text, 'latency_source = "measured: 2K-token prompts, 2025-01-31"',
+                             "default: set by the user without a source", False),
     "good_for": _Field(_any_text, 'good_for = "Classification, routing"', "", False),
     "encoding": _Field(_one_of(ENCODINGS), 'encoding = "o200k_base"'),
     "exact_tokens": _Field(_flag, "exact_tokens = false"),
@@ -173,6 +190,10 @@ _SCHEMA: dict[str, _Field] = {
     "structured_output": _Field(_one_of(("strict", "json_mode", "tool", "grammar", "none")),
                                 'structured_output = "json_mode"', None, False),  # default: per provider
 }
+# Each source vouches for the figures beside it in the file that sets it: a file that sets a figure
+# without its source sets the default source too, so an overridden figure is never shown as the article's.
+_SOURCES = {"limit_source": ("practical_limit_tokens", "practical_low_tokens", "practical_high_tokens"),
+            "latency_source": ("ttft_s", "tokens_per_s")}
 _TOP_LEVEL = ("models",)
 _REQUIRED = tuple(n for n, f in _SCHEMA.items() if f.required)
 BUILTIN_REGISTRY = config.bundled("models.toml")
@@ -272,6 +293,9 @@ def load_tables(path: Path) -> dict[str, dict]:
             except _Bad as bad:
                 raise ConfigError(f"{_where(path, model_id)} {name} {bad}, not {_shown(value)}; "
                                   f"write {_fix(name, value)}.") from None
+        for source, figures in _SOURCES.items():
+            if source not in checked and any(f in checked for f in figures):
+                checked[source] = _SCHEMA[source].default
         tables[model_id] = checked
     return tables
 

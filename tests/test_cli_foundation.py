@@ -50,12 +50,12 @@ def test_plan_stuff_and_retrieve_on_both_sides_of_the_boundary(tmp_path):
     ids = enc.encode_ordinary(("alpha " * (budget + 50)).strip())
     doc = tmp_path / "doc.txt"
     doc.write_text(enc.decode(ids[:100]))
-    fence = json.loads(run("plan", str(tmp_path), "-m", "gpt-4o", "-q", "q?", "--json").stdout)
+    fence = json.loads(run("plan", str(tmp_path), "-m", "gpt-4o", "--question", "q?", "--json").stdout)
     fence = fence["stuffed_tokens"] - fence["corpus_tokens"]
     doc.write_text(enc.decode(ids[:budget - fence]))
-    at = json.loads(run("plan", str(tmp_path), "-m", "gpt-4o", "-q", "q?", "--json").stdout)
+    at = json.loads(run("plan", str(tmp_path), "-m", "gpt-4o", "--question", "q?", "--json").stdout)
     doc.write_text(enc.decode(ids[:budget - fence + 1]))
-    over = json.loads(run("plan", str(tmp_path), "-m", "gpt-4o", "-q", "q?", "--json").stdout)
+    over = json.loads(run("plan", str(tmp_path), "-m", "gpt-4o", "--question", "q?", "--json").stdout)
     assert (at["strategy"], over["strategy"]) == ("stuff", "retrieve")
     for key in ("corpus_tokens", "practical_limit_tokens", "budget_tokens", "reason", "estimated_cost_usd"):
         assert key in at

@@ -25,7 +25,7 @@ def needle_reader(req) -> Reply:
 
 def eval_needle(srv, out: Path, cache: Path, lengths: str) -> dict:
     result = CliRunner().invoke(main, ["eval", "needle", "-m", "gpt-4o-mini", "--base-url", srv.openai_base_url,
-                                       "-l", lengths, "-d", "0,50,100", "-n", "1", "--concurrency", "1",
+                                       "-l", lengths, "--depths", "0,50,100", "-n", "1", "--concurrency", "1",
                                        "--cache", str(cache), "-o", str(out), "--json"])
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout[result.stdout.index("{"):])

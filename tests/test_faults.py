@@ -250,7 +250,7 @@ def test_eval_stores_no_piece_of_the_key_and_no_result_for_failed_calls(tmp_path
 
     out, cache = tmp_path / "o", tmp_path / "c.sqlite"
     with LLMServer(responder=responder) as srv:
-        data = invoke("eval", "needle", "-m", "gpt-4o-mini", "-l", "500", "-d", "0,50,100", "-n", "4",
+        data = invoke("eval", "needle", "-m", "gpt-4o-mini", "-l", "500", "--depths", "0,50,100", "-n", "4",
                       "--cache", str(cache), "-o", str(out), "--base-url", srv.openai_base_url, "--json")
     lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     failed = [x for x in lines if x["status"] == "failed"]
@@ -272,7 +272,7 @@ def test_eval_a_response_that_breaks_off_is_failed_not_scored_or_cached(tmp_path
     responder = lambda req: Fault.short_body() if "chess club" in req.prompt else reader(req)  # noqa: E731
     out, cache = tmp_path / "o", tmp_path / "c.sqlite"
     with LLMServer(responder=responder) as srv:
-        invoke("eval", "needle", "-m", "gpt-4o-mini", "-l", "500", "-d", "0,100", "-n", "4",
+        invoke("eval", "needle", "-m", "gpt-4o-mini", "-l", "500", "--depths", "0,100", "-n", "4",
                "--cache", str(cache), "-o", str(out), "--base-url", srv.openai_base_url, "--json")
     lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     failed = [x for x in lines if x["status"] == "failed"]

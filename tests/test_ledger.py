@@ -218,7 +218,7 @@ def test_costs_by_task_shows_ask_and_eval_calls_with_their_cost(tmp_path, sample
                                         "-u", srv.openai_base_url, "--task", "support-bot"])
         assert labelled.exit_code == 0, labelled.output
         eval_args = ["eval", "needle", "-m", "gpt-4o-mini", "--base-url", srv.openai_base_url,
-                     "-l", "500", "-d", "0,50,100", "-n", "1", "--cache", str(tmp_path / "c.sqlite"),
+                     "-l", "500", "--depths", "0,50,100", "-n", "1", "--cache", str(tmp_path / "c.sqlite"),
                      "-o", str(tmp_path / "run"), "--json", "--no-progress"]
         evaled = runner.invoke(main, eval_args)
         assert evaled.exit_code == 0, evaled.output

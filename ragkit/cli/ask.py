@@ -7,6 +7,7 @@ import sys
 import click
 
 from ragkit.cli.foundation import MODEL_OPTION
+from ragkit.cli.index import INDEX_DIR_OPTION
 
 
 CUT_MARK = "[answer cut: the stream ended before the model finished]"
@@ -25,14 +26,14 @@ def _print_sources(sources, heading: str) -> None:
         click.echo(f"  [{s.number}] {safe_path(s.span + title)}")  # names from the folder: one line each
 
 
-@click.command("ask")
+@click.command("ask", short_help="Answer a question from documents, citing them.")
 @click.argument("path", type=click.Path(exists=True, dir_okay=True, file_okay=True))
 @click.argument("question")
 @MODEL_OPTION
 @click.option("-u", "--base-url", default=None,
               help="OpenAI/Anthropic-compatible endpoint to use instead of the registry's, "
                    "e.g. http://127.0.0.1:8080/v1 (no key needed for local servers).")
-@click.option("-n", "--answer-tokens", type=int, default=None, help="Most tokens the answer may use.")
+@click.option("--answer-tokens", type=int, default=None, help="Most tokens the answer may use.")
 @click.option("-s", "--strategy", type=click.Choice(["stuff", "retrieve"]), default=None,
               help="Force a strategy (default: the planner decides).")
 @click.option("-k", "--top-k", type=click.IntRange(1, 10_000), default=50, show_default=True,
@@ -49,7 +50,7 @@ def _print_sources(sources, heading: str) -> None:
               show_default=True, help="Seconds to wait for the model API (above 0).")
 @click.option("-r", "--retries", "max_retries", type=click.IntRange(0), default=2, show_default=True,
               help="Retries (with back-off) on 429/5xx/timeouts.")
-@click.option("--index-dir", type=click.Path(file_okay=False), default=None, help="Where the index lives.")
+@INDEX_DIR_OPTION
 @click.option("--log-question", is_flag=True,
               help="Store the question text in the cost ledger (by default only its SHA-256).")
 @click.option("--no-ledger", is_flag=True, help="Do not record this call in the cost ledger.")
@@ -184,7 +185,7 @@ def _print_dry_run(prepared) -> None:
     click.echo("===== end =====")
 
 
-@click.command("costs")
+@click.command("costs", short_help="Summarise recorded calls: tokens, cost, latency.")
 @click.option("--since", default=None, help="Window: 7d, 24h, 2w, 30m or a date like 2026-11-01 (default: all).")
 @click.option("--by", "by", type=click.Choice(["model", "day", "task"]), default="model", show_default=True,
               help="Group rows by model, day (UTC) or task.")
@@ -208,7 +209,7 @@ def costs_command(since, by, as_json):
     window = f"since {summary.since[:16].replace('T', ' ')} UTC" if summary.since else "all recorded calls"
     click.echo(f"Ledger: {summary.path}")
     if not summary.calls:
-        click.echo(f"No calls recorded ({window}).")
+        click.echo(f"No calls recorded {window}." if summary.since else "No calls recorded yet.")
         return
     click.echo(f"{summary.calls:,} call{'' if summary.calls == 1 else 's'}, {window}: {summary.input_tokens:,} tokens in, "
                f"{summary.output_tokens:,} out, {_fmt_usd(summary.cost_usd)}")

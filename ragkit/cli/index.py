@@ -12,16 +12,16 @@ def _hit_dict(h) -> dict:
             "span": [h.start_char, h.end_char], "position": h.position, "text": h.text}
 
 
-_index_dir = click.option("-d", "--index-dir", type=click.Path(file_okay=False),
+INDEX_DIR_OPTION = click.option("-d", "--index-dir", type=click.Path(file_okay=False),
                           help="Index folder (default: PATH/.ragkit/).")
 _embed_model = click.option("-e", "--embed-model", envvar="RAGKIT_EMBED_MODEL", default=None,
                             help="sentence-transformers model name or path (default all-MiniLM-L6-v2, bundled; "
                                  "an existing index keeps its own).")
 
 
-@click.command("index")
+@click.command("index", short_help="Build or update the search index of a file or folder.")
 @click.argument("path", type=click.Path(exists=True))
-@_index_dir
+@INDEX_DIR_OPTION
 @_embed_model
 @click.option("-i", "--include", multiple=True, help="Glob of files to index (repeatable), e.g. '*.md'.")
 @click.option("-x", "--exclude", multiple=True, help="Glob of files to skip (repeatable), e.g. 'drafts/*'.")
@@ -29,7 +29,7 @@ _embed_model = click.option("-e", "--embed-model", envvar="RAGKIT_EMBED_MODEL", 
 @click.option("--chunk-tokens", type=int, default=None, help="Max chunk size in the embedder's word pieces (default 240).")
 @click.option("--overlap-tokens", type=int, default=None, help="Overlap between chunks in word pieces (default 32).")
 @click.option("--rebuild", is_flag=True, help="Discard the index and embed everything again (after changing settings).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("-q", "--quiet", "--no-progress", "quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def index_cmd(path, index_dir, embed_model, include, exclude, text_field, chunk_tokens, overlap_tokens, rebuild,
               quiet, as_json):
@@ -53,13 +53,13 @@ def index_cmd(path, index_dir, embed_model, include, exclude, text_field, chunk_
         click.echo(report.summary())
 
 
-@click.command("search")
+@click.command("search", short_help="Search an index: the chunks nearest a query.")
 @click.argument("path", type=click.Path(exists=True))
 @click.argument("query", required=False)
 @click.option("-k", "--top-k", "k", type=int, default=5, show_default=True, help="Hits per query.")
 @click.option("-Q", "--queries", type=click.File("r"), default=None,
               help="File with one query per line ('-' = stdin); prints JSON Lines, one line per query.")
-@_index_dir
+@INDEX_DIR_OPTION
 @_embed_model
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
 def search_cmd(path, query, k, queries, index_dir, embed_model, as_json):
@@ -92,7 +92,8 @@ def search_cmd(path, query, k, queries, index_dir, embed_model, as_json):
     if not hits:
         click.echo("no hits")
     for n, h in enumerate(hits, 1):
-        click.echo(f"{n}. {h.score:.3f}  {safe_path(h.doc_id)}  [{h.start_char}:{h.end_char}]")
+        title = f" — {safe_path(h.title)}" if h.title else ""  # as `ask` lists its sources
+        click.echo(f"{n}. {h.score:.3f}  {safe_path(h.doc_id)}  [{h.start_char}:{h.end_char}]{title}")
         snippet = " ".join(h.text.split())
         click.echo("   " + (snippet[:300] + ("…" if len(snippet) > 300 else "")))
 

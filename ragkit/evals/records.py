@@ -22,6 +22,11 @@ RESULTS = "results.jsonl"
 META = "run.json"
 
 
+def plural(n: int, word: str) -> str:
+    """How eval messages count: 1 call, 2 calls, 1,000 scored calls."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 @dataclass(frozen=True, kw_only=True)
 class EvalRecord:
     """One finished call of a grid: where it sits (task, length, depth, strategy, sample), what came back,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ragkit.errors import InputError
-from ragkit.evals.records import EvalRecord, latest_by_call, read, read_meta, results_path
+from ragkit.evals.records import EvalRecord, latest_by_call, plural, read, read_meta, results_path
 
 Z95 = 1.96
 RELATIVE_FLOOR = 0.9  # default floor: 90% of the accuracy at the shortest length
@@ -47,8 +47,24 @@ class Limit:
     def drop_significant(self) -> bool:
         return self.first_below_high is not None and self.first_below_high < self.floor
 
+    @property
+    def practical_limit_tokens(self) -> int | None:
+        """The limit in the planner's terms: the prompt as the model counted it at `length` (else `length`)."""
+        if self.length is None or self.length_unit != "tokens":
+            return None
+        return self.prompt_tokens or self.length
+
+    def insignificant_drop(self) -> str | None:
+        """Why the first drop below the floor may be noise (None when it is significant or there is none)."""
+        if self.first_below is None or self.drop_significant:
+            return None
+        return (f"at {_fmt_len(self.first_below, self.length_unit)} accuracy is {100 * self.first_below_accuracy:.0f}%, "
+                f"but its 95% interval reaches {100 * self.first_below_high:.0f}% (n={self.first_below_n}): "
+                "the drop is not significant at this sample size")
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "drop_significant": self.drop_significant}
+        return {**asdict(self), "drop_significant": self.drop_significant,
+                "practical_limit_tokens": self.practical_limit_tokens}
 
 
 def wilson(successes: float, n: int) -> tuple[float, float]:
@@ -279,7 +295,7 @@ def render_report(out_dir: Path | str, *, floor: float | None = None, plots: boo
                      f"{grid.get('samples')} samples per cell (the tables give each cell's n), max "
                      f"{grid.get('max_tokens')} output tokens, temperature "
                      f"{grid.get('temperature')}. Scorer: {meta.get('task', {}).get('scorer')}.")
-    lines.append(f"{len(records)} calls: {n_ok} scored, {n_failed} failed (failed calls are unscored, not wrong). "
+    lines.append(f"{plural(len(records), 'call')}: {n_ok} scored, {n_failed} failed (failed calls are unscored, not wrong). "
                  f"Cost of the calls ${paid:.4f}; median latency "
                  f"{latency[len(latency) // 2] if latency else float('nan'):.2f} s.")
     lines += ["", "## Measured practical limit", ""]
@@ -292,10 +308,8 @@ def render_report(out_dir: Path | str, *, floor: float | None = None, plots: boo
         tokens = f" (prompts of about {limit.prompt_tokens:,} tokens as the model counted them)" if limit.prompt_tokens else ""
         more = (" No drop was seen at any tested length, so the true limit may be higher: test longer lengths."
                 if limit.all_passed else "")
-        if limit.first_below is not None and not limit.drop_significant:
-            more += (f" At {_fmt_len(limit.first_below, lu)} accuracy is {100 * limit.first_below_accuracy:.0f}%, "
-                     f"but its 95% interval reaches {100 * limit.first_below_high:.0f}% (n={limit.first_below_n}): "
-                     "the drop is not significant at this sample size; run more samples (-n) to confirm it.")
+        if doubt := limit.insignificant_drop():
+            more += f" {doubt[0].upper()}{doubt[1:]}; run more samples (-n) to confirm it."
         size = _fmt_len(limit.length, lu) + ("" if lu == "docs" else " tokens")
         lines.append(f"**{size}**{tokens}: the longest tested "
                      f"length at which `{limit.strategy}` accuracy stays at or above the floor of {limit.floor:.2f} "
@@ -329,8 +343,11 @@ def render_report(out_dir: Path | str, *, floor: float | None = None, plots: boo
     return data
 
 
-def save_measured_limit(out_dir: Path | str, *, floor: float | None = None, path: Path | None = None) -> tuple[Path, int, str]:
-    """Writes the measured limit into the user's model overrides (so `ragkit plan` uses it)."""
+def save_measured_limit(out_dir: Path | str, *, floor: float | None = None, path: Path | None = None,
+                        force: bool = False) -> tuple[Path, int, str]:
+    """Writes the measured limit into the user's model overrides (so `ragkit plan` uses it).
+
+    Refuses, unless `force`, a limit whose drop the report itself calls not significant."""
     import datetime as _dt
 
     from ragkit.models import save_limit_override
@@ -342,7 +359,10 @@ def save_measured_limit(out_dir: Path | str, *, floor: float | None = None, path
     if limit.length_unit != "tokens":
         raise InputError("this run's lengths are documents, not tokens: run the eval with --lengths in tokens "
                          "to measure a limit the planner can use")
-    tokens = limit.prompt_tokens or limit.length
+    tokens = limit.practical_limit_tokens
+    if limit.insignificant_drop() and not force:
+        raise InputError(f"not saving the limit of {tokens:,} tokens: {limit.insignificant_drop()}; run more "
+                         f"samples (-n; the run resumes) or add --force to save it anyway")
     task = records[0].task
     source = (f"measured {_dt.date.today().isoformat()} by ragkit eval {task} ({Path(out_dir).name}): "
               f"accuracy >= {limit.floor:.2f} up to {limit.length:,}-token contexts")

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 from ragkit.errors import ConfigError, InputError
 from ragkit.evals.cache import CachedResponse, ResponseCache, call_key
-from ragkit.evals.records import EvalRecord, RecordLog, latest_by_call, write_meta
+from ragkit.evals.records import EvalRecord, RecordLog, latest_by_call, plural, write_meta
 from ragkit.evals.retrieval import Ranker, planner_budget, retrieve_units, stuff_units
 from ragkit.evals.tasks import Sample, Task
 from ragkit.redact import redact
@@ -87,7 +87,7 @@ class Estimate:
         return asdict(self)
 
     def describe(self, model: str) -> str:
-        return (f"{self.calls} calls to {model}: {self.done} already done, {self.cached} cached, "
+        return (f"{plural(self.calls, 'call')} to {model}: {self.done} already done, {self.cached} cached, "
                 f"{self.to_call} to make (~{self.input_tokens:,} input tokens, <= {self.output_tokens_max:,} output); "
                 f"estimated cost ${self.cost_usd:.4f}")
 
@@ -210,7 +210,7 @@ def upper_bound_cost(task: Task, grid: GridSpec, spec, counter, stuffed: Sequenc
 def _refuse_above(max_cost_usd: float, bound: tuple[int, int, float], spec, grid: GridSpec, echo) -> None:
     n_calls, n_tokens, cost = bound
     if cost > max_cost_usd:
-        echo(f"{n_calls} calls to {spec.id} still to make: at most {n_tokens:,} input tokens "
+        echo(f"{plural(n_calls, 'call')} to {spec.id} still to make: at most {n_tokens:,} input tokens "
              f"(retrieve prompts counted at their full budget) + {n_calls * grid.max_tokens:,} output; "
              f"at most ${cost:.4f}")
         raise ConfigError(f"the estimated cost ${cost:.4f} exceeds --max-cost ${max_cost_usd:.2f}; "
