@@ -75,7 +75,7 @@ def test_plan_and_ask_agree_on_400_short_documents(tmp_path):
     corpus = write_corpus(tmp_path / "c400", docs)
     counter = counter_for("gpt-4o-mini")
     assert 45 <= sum(counter.count_many(docs)) / 400 <= 55          # ~50 o200k tokens each
-    planned = subprocess_cli("plan", corpus, "-m", "gpt-4o-mini", "-q", QUESTION, "--json")
+    planned = subprocess_cli("plan", corpus, "-m", "gpt-4o-mini", "--question", QUESTION, "--json")
     asked = subprocess_cli("ask", corpus, QUESTION, "-m", "gpt-4o-mini", "--dry-run", "--json")
     assert planned.returncode == 0 and asked.returncode == 0, planned.stderr + asked.stderr
     p, a = json.loads(planned.stdout), json.loads(asked.stdout)
@@ -151,7 +151,7 @@ def check_plan_equals_ask(folder: Path, model: str, answer_tokens: int, *, retri
     the plan's figure (equal to it when stuffing); the decision is right about the real whole prompt."""
     spec = get_model(model)
     counter = counter_for(spec)
-    code, out, err = cli("plan", folder, "-m", model, "-q", QUESTION, "--answer-tokens", answer_tokens, "--json")
+    code, out, err = cli("plan", folder, "-m", model, "--question", QUESTION, "--answer-tokens", answer_tokens, "--json")
     assert code == 0, err
     planned = json.loads(out)
     with Session(folder, model=model, ledger=False) as s:
@@ -198,7 +198,7 @@ def test_plan_equals_ask_around_the_boundary_retrieving_too(tmp_path, model):
     assert {"stuff", "retrieve"} <= set(seen)
     for docs in (corpora[0], corpora[-1]):
         write_corpus(folder, docs)
-        planned = subprocess_cli("plan", folder, "-m", model, "-q", QUESTION, "--answer-tokens", answer_tokens, "--json")
+        planned = subprocess_cli("plan", folder, "-m", model, "--question", QUESTION, "--answer-tokens", answer_tokens, "--json")
         asked = subprocess_cli("ask", folder, QUESTION, "-m", model, "--answer-tokens", answer_tokens, "--dry-run",
                                "--json")
         assert planned.returncode == asked.returncode == 0, planned.stderr + asked.stderr
@@ -223,12 +223,12 @@ def test_forced_strategies_say_what_happens(tmp_path):
     assert forced.reason.startswith("Retrieval forced (--strategy retrieve): the 400 documents")
     assert "would fit" in forced.reason and "packs them into that budget" in forced.reason
     assert "all of them go into the prompt" not in forced.reason
-    code, out, _ = cli("plan", corpus, "-m", "gpt-4o-mini", "-q", QUESTION, "-s", "retrieve")
+    code, out, _ = cli("plan", corpus, "-m", "gpt-4o-mini", "--question", QUESTION, "-s", "retrieve")
     assert code == 0 and "strategy:        retrieve (forced)" in out and "would fit" in out
 
     # Stuffing past the practical limit (a 6,000-token answer leaves too little) but inside the window:
     # allowed, with a warning, so a user can test the limit by hand.
-    code, out, err = cli("ask", corpus, QUESTION, "-m", "gpt-4o-mini", "-s", "stuff", "-n", 6000, "--dry-run", "--json")
+    code, out, err = cli("ask", corpus, QUESTION, "-m", "gpt-4o-mini", "-s", "stuff", "--answer-tokens", 6000, "--dry-run", "--json")
     assert code == 0, err
     data = json.loads(out)
     assert data["strategy"] == "stuff" and data["plan"]["forced"] and len(data["context"]) == 400
