@@ -21,9 +21,9 @@ from typing import Callable
 from ragkit.config import default_model
 from ragkit.errors import InputError
 from ragkit.prompt import SourceRef, as_sources, build_prompt, cited_numbers
+from ragkit.retrieve import DEFAULT_TOP_K
 from ragkit.structured import make_schema
 
-DEFAULT_TOP_K = 50   # chunks retrieval considers; the best that fit the budget are sent
 ORDERS = ("edges", "document")   # sources in the prompt: strongest matches at both ends, or file order
 
 

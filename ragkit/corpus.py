@@ -20,7 +20,7 @@ from pathlib import Path
 from ragkit.chunking import ChunkSettings, Chunker
 from ragkit.errors import IndexBusy, IndexError_, InputError
 from ragkit.loaders import Document, discover_files, load_file, warn_skip
-from ragkit.retrieve import Hit, PackedContext, pack_hits
+from ragkit.retrieve import DEFAULT_TOP_K, Hit, PackedContext, pack_hits
 from ragkit import store as _store
 
 log = logging.getLogger("ragkit")
@@ -374,7 +374,7 @@ class Corpus:
                      round(s, 6), rows[i].position, i, rows[i].title or "") for i, s in r if i in rows]
                 for r in results]
 
-    def pack(self, question: str, budget_tokens: int, model, k: int = 50, order: str = "edges", *,
+    def pack(self, question: str, budget_tokens: int, model, k: int = DEFAULT_TOP_K, order: str = "edges", *,
              per_chunk_overhead_tokens: int = 0) -> PackedContext:
         """The best chunks for `question` packed into `budget_tokens` of `model`'s tokens."""
         from ragkit.tokens import counter_for

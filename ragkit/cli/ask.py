@@ -8,6 +8,7 @@ import click
 
 from ragkit.cli.foundation import MODEL_OPTION
 from ragkit.cli.index import INDEX_DIR_OPTION
+from ragkit.retrieve import DEFAULT_TOP_K
 
 
 CUT_MARK = "[answer cut: the stream ended before the model finished]"
@@ -36,7 +37,7 @@ def _print_sources(sources, heading: str) -> None:
 @click.option("--answer-tokens", type=int, default=None, help="Most tokens the answer may use.")
 @click.option("-s", "--strategy", type=click.Choice(["stuff", "retrieve"]), default=None,
               help="Force a strategy (default: the planner decides).")
-@click.option("-k", "--top-k", type=click.IntRange(1, 10_000), default=50, show_default=True,
+@click.option("-k", "--top-k", type=click.IntRange(1, 10_000), default=DEFAULT_TOP_K, show_default=True,
               help="Chunks retrieval considers before packing the best into the budget.")
 @click.option("--order", type=click.Choice(["edges", "document"]), default="edges", show_default=True,
               help="Sources that best match the question first and last (the middle is read least), or file order.")
