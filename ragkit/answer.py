@@ -324,7 +324,7 @@ class Session:
         with self._retrieval_lock:
             packed = self.corpus.pack(question, budget_tokens=budget, model=spec, k=top_k,
                                       per_chunk_overhead_tokens=per_chunk)
-        sources = [replace(s, title=s.title or titles.get(s.doc_id)) for s in as_sources(packed.chunks)]
+        sources = [replace(s, title=titles.get(s.doc_id, s.title)) for s in as_sources(packed.chunks)]  # the whole title
         if not sources:
             raise InputError(f"retrieval found nothing that fits the {budget:,}-token budget for this question "
                              f"under {self.path}; check the index (ragkit index {self.path}).")

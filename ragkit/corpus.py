@@ -371,8 +371,8 @@ class Corpus:
         results = gen.search(vecs, k)
         rows = gen.chunks(sorted({i for r in results for i, _ in r}))
         return [[Hit(rows[i].doc_id, rows[i].source, rows[i].start_char, rows[i].end_char, rows[i].text,
-                     round(s, 6), rows[i].position, i, rows[i].title or "") for i, s in r if i in rows]
-                for r in results]
+                     rows[i].title or "", score=round(s, 6), position=rows[i].position, chunk_id=i)
+                 for i, s in r if i in rows] for r in results]
 
     def pack(self, question: str, budget_tokens: int, model, k: int = DEFAULT_TOP_K, order: str = "edges", *,
              per_chunk_overhead_tokens: int = 0) -> PackedContext:
@@ -456,7 +456,8 @@ class MemoryIndex:
         with self._lock:
             faiss.omp_set_num_threads(1)
             scores, idx = self.index.search(q, min(k, len(self.texts)))
-        return [[Hit(self.ids[i], self.ids[i], 0, len(self.texts[i]), self.texts[i], round(float(s), 6), 0, int(i))
+        return [[Hit(self.ids[i], self.ids[i], 0, len(self.texts[i]), self.texts[i], score=round(float(s), 6),
+                     chunk_id=int(i))
                  for i, s in zip(row_i, row_s) if i >= 0] for row_i, row_s in zip(idx, scores)]
 
 

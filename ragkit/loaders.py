@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ragkit.span import Span
 from ragkit.console import warn
 from ragkit.errors import InputError
 
@@ -45,6 +46,11 @@ class Document:
 
     def to_dict(self) -> dict:
         return {"id": self.id, "source": self.source, "text": self.text, "meta": dict(self.meta)}
+
+    def span(self) -> Span:
+        """The whole document as a passage (what stuffing sends)."""
+        title = self.meta.get("title")
+        return Span(self.id, self.source, 0, len(self.text), self.text, title if isinstance(title, str) else "")
 
 
 @dataclass(frozen=True)

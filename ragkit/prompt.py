@@ -12,6 +12,10 @@ import re
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Iterable
 
+from ragkit.loaders import Document
+from ragkit.retrieve import PackedChunk
+from ragkit.span import Span
+
 SYSTEM_PROMPT = """\
 You answer questions using only the numbered sources in the user's message.
 Rules:
@@ -35,17 +39,11 @@ Answer concisely (one sentence when that is enough) from the sources above only,
 NO_ANSWER = "The sources do not contain the answer."
 
 
-@dataclass(frozen=True)
-class SourceRef:
+@dataclass(frozen=True, kw_only=True)
+class SourceRef(Span):
     """One numbered source as sent to the model: which document, which characters."""
 
     number: int
-    doc_id: str
-    source: str              # path relative to the corpus root
-    start_char: int
-    end_char: int
-    text: str
-    title: str | None = None
     score: float | None = None   # retrieval score (None when stuffed)
     tokens: int | None = None
 
@@ -63,25 +61,15 @@ class SourceRef:
         return d
 
 
-def as_sources(items: Iterable) -> list[SourceRef]:
-    """Numbers any context items from 1: Documents, PackedChunks, search Hits or SourceRefs."""
+def as_sources(items: Iterable[Span | Document]) -> list[SourceRef]:
+    """Numbers passages from 1, in the order given (hits, packed chunks, whole documents). A packed
+    chunk also brings its retrieval score and its size in the model's tokens."""
     out = []
     for n, item in enumerate(items, 1):
-        text = item.text
-        meta = getattr(item, "meta", None) or {}
-        start = getattr(item, "start_char", None)
-        end = getattr(item, "end_char", None)
-        out.append(SourceRef(
-            number=n,
-            doc_id=str(getattr(item, "doc_id", None) or getattr(item, "id", None) or item.source),
-            source=str(item.source),
-            start_char=int(start) if start is not None else 0,
-            end_char=int(end) if end is not None else len(text),
-            text=text,
-            title=meta.get("title") if isinstance(meta.get("title"), str) else getattr(item, "title", None),
-            score=getattr(item, "score", None),
-            tokens=getattr(item, "tokens", None),
-        ))
+        s = item.span() if isinstance(item, Document) else item
+        packed = (s.score, s.tokens) if isinstance(s, PackedChunk) else (None, None)
+        out.append(SourceRef(s.doc_id, s.source, s.start_char, s.end_char, s.text, s.title, number=n,
+                             score=packed[0], tokens=packed[1]))
     return out
 
 
@@ -163,7 +151,7 @@ class Framing:
     an estimated model is the planner's business.
     """
 
-    _PROBE = SourceRef(1, "p", "p", 0, 1, "p")   # a one-token source standing in while counting the rest
+    _PROBE = SourceRef("p", "p", 0, 1, "p", number=1)   # a one-token source standing in while counting the rest
 
     def __init__(self, counter, frame: Callable[[str, str], tuple[str, str]] | None = None):
         self.counter = counter

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
+from ragkit.span import Span
+
 ORDERS = ("edges", "score", "document")
 # Chunks considered before packing the best that fit the budget. Measured on 200 NQ questions over
 # nq-wiki (benchmarks/bench_pack_amount.py): the gold passage is in the packed context for 0.990 of
@@ -18,38 +20,21 @@ DEFAULT_TOP_K = 20
 DEFAULT_DEDUPE_JACCARD = 0.8
 
 
-@dataclass(frozen=True)
-class Hit:
-    """One retrieved chunk. `text == document.text[start_char:end_char]`; score = cosine similarity."""
+@dataclass(frozen=True, kw_only=True)
+class Hit(Span):
+    """One retrieved chunk; score = cosine similarity to the query."""
 
-    doc_id: str
-    source: str
-    start_char: int
-    end_char: int
-    text: str
     score: float
     position: int = 0      # chunk number within its document
     chunk_id: int = -1
-    title: str = ""        # document title, when the source has one
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
-@dataclass(frozen=True)
-class PackedChunk:
+@dataclass(frozen=True, kw_only=True)
+class PackedChunk(Span):
     """A passage of the packed context, with what a citation needs."""
 
-    doc_id: str
-    source: str
-    start_char: int
-    end_char: int
-    text: str
     score: float
     tokens: int            # in the target model's tokens (planning count, margin included)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -107,6 +92,7 @@ class _Group:
     tokens: int
     rank: int
     shingles: frozenset
+    title: str = ""
 
 
 def _merge_text(g: _Group, h: Hit) -> tuple[int, int, str] | None:
@@ -217,10 +203,10 @@ def pack_hits(hits: list[Hit], budget_tokens: int, counter, *, order: str = "edg
         if total + t + per_chunk_overhead_tokens > budget_tokens:
             continue  # a later, shorter chunk may still fit
         groups.append(_Group(h.doc_id, h.source, h.start_char, h.end_char, h.text, h.score, h.position,
-                             h.position, t, rank, sh))
+                             h.position, t, rank, sh, h.title))
         total += t + per_chunk_overhead_tokens
     ordered = _order(groups, order)
-    chunks = tuple(PackedChunk(g.doc_id, g.source, g.start, g.end, g.text, round(g.score, 6), g.tokens)
-                   for g in ordered)
+    chunks = tuple(PackedChunk(g.doc_id, g.source, g.start, g.end, g.text, g.title, score=round(g.score, 6),
+                               tokens=g.tokens) for g in ordered)
     sources = tuple(dict.fromkeys(c.source for c in chunks))
     return PackedContext(chunks, total, budget_tokens, order, len(hits), dropped, merged, sources)

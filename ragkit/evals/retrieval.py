@@ -39,7 +39,7 @@ def retrieve_units(units: Sequence[str], query: str, budget_tokens: int, counter
     from ragkit.retrieve import Hit, pack_hits
 
     ranked = (ranker or rank_units)(units, query)
-    hits = [Hit(str(i), f"unit-{i}", 0, len(units[i]), units[i], 1.0 - k / (len(ranked) + 1), 0, i)
+    hits = [Hit(str(i), f"unit-{i}", 0, len(units[i]), units[i], score=1.0 - k / (len(ranked) + 1), chunk_id=i)
             for k, i in enumerate(ranked)]
     packed = pack_hits(hits, budget_tokens, counter, order=order)
     return [int(c.doc_id) for c in packed.chunks]
