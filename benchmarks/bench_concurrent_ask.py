@@ -82,7 +82,7 @@ def run_cli(folder: Path, base_url: str, questions: list[str], procs: int, env: 
     exe = Path(sys.executable).with_name("ragkit")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ragkit.cli"]
     t0 = time.perf_counter()
-    ps = [subprocess.Popen(cmd + ["ask", str(folder), q, "-m", MODEL, "-u", base_url, "--json", "-n", "50"],
+    ps = [subprocess.Popen(cmd + ["ask", str(folder), q, "-m", MODEL, "-u", base_url, "--json", "--answer-tokens", "50"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
           for q in questions[:procs]]
     outs = [(p.wait(), p.stdout.read(), p.stderr.read()) for p in ps]
