@@ -345,7 +345,6 @@ class Session:
         the answer is a validated object (Answer.data) with per-field citations (Answer.citations); nothing
         partial is streamed, and a reply that does not validate gets one repair round-trip.
         """
-        from ragkit.ledger import account
         from ragkit.models import get_model
 
         if not (question or "").strip():
@@ -357,7 +356,17 @@ class Session:
                                 order=order, schema=structured)
         if structured is not None:
             return self._ask_structured(spec, provider, prepared, structured, temperature)
-        done = provider.complete(prepared.system, prepared.user, max_tokens=prepared.plan.answer_tokens,
+        return self.complete(prepared, on_text=on_text, temperature=temperature)
+
+    def complete(self, prepared: PreparedPrompt, *, on_text: Callable[[str], None] | None = None,
+                 temperature: float = 0.0) -> Answer:
+        """Sends a prompt prepare() built and accounts for it: ask() for callers that look at the exact
+        prompt first (`ragkit compare` keys its response cache on it)."""
+        from ragkit.ledger import account
+        from ragkit.models import get_model
+
+        spec = get_model(prepared.model)
+        done = self.provider(spec).complete(prepared.system, prepared.user, max_tokens=prepared.plan.answer_tokens,
                                             temperature=temperature, on_text=on_text)
         # Only a completed call gets this far: no partial answer, no ledger row for failures.
         cost = account(done, spec, task=self.task, strategy=prepared.plan.strategy, question=prepared.question,
