@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import model_world as w
 from llm_server import LLMServer
 from ragkit.cli import main
-from ragkit.evals.compare import load_golden
+from ragkit.compare import load_golden
 from ragkit.evals.compare_report import paired_bootstrap
 from ragkit.ledger import Ledger
 from ragkit.models import get_model

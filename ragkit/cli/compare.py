@@ -64,7 +64,7 @@ def run_cmd(corpus, golden, models, strategy, sample, tasks_per_day, task_label,
             cache_path, index_dir, save, overrides, no_progress, as_json):
     """Compare models on your questions (see `ragkit compare --help`)."""
     from ragkit.evals.cache import ResponseCache
-    from ragkit.evals.compare import run_compare
+    from ragkit.compare import run_compare
 
     out_dir = Path(out) if out else Path("ragkit-compare") / Path(corpus).resolve().name
     result = run_compare(corpus, golden, models, out_dir, strategies=_strategies(strategy), sample=sample,
