@@ -154,3 +154,22 @@ def test_a_bad_router_table_is_one_sentence(tmp_path):
     Path(os.environ["RAGKIT_CONFIG"]).write_text('[router.tasks.qa]\nmodels = "big"\n')
     code, _out, err = run(["route", str(w.make_corpus(tmp_path)), Q])
     assert code == 1 and err.startswith("Error: ") and "[router.tasks.qa] needs models" in err
+
+
+def test_cost_lists_every_model_at_10M_and_prices_tasks_at_measured_tokens():
+    code, out, err = run(["cost", "--tokens-per-day", "10M"])
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[-1].startswith("claude-3.5-sonnet: 10,000,000 tokens/day") and "$60.00/day, $1,800.00/month" in lines[-1]
+    assert any(line.startswith("gpt-4o: ") and "$43.75/day" in line for line in lines)
+    code, out, _ = run(["cost", "-m", "gpt-4o", "--tokens-per-day", "2k", "--json"])
+    assert json.loads(out)["tokens_per_day"] == 2000
+    code, _out, err = run(["cost", "--tasks-per-day", "5k"])
+    assert code == 1 and "no calls" in err                                  # nothing measured yet
+    for n in (1000, 3000):
+        Ledger().record(LedgerEntry("compare", "big", "b", "openai", "stuff", n, 100, 0.01, 0.1, 0.05, None))
+    code, out, err = run(["cost", "-m", "gpt-4o", "--tasks-per-day", "5k", "--task", "compare", "--json"])
+    assert code == 0, err
+    data = json.loads(out)   # 2,000 in + 100 out per task x 5,000 tasks at $2.50 / $10.00 per Mtok
+    assert (data["input_tokens_per_day"], data["output_tokens_per_day"]) == (10_000_000, 500_000)
+    assert data["cost_per_day_usd"] == pytest.approx(25.0 + 5.0)
