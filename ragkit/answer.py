@@ -93,11 +93,15 @@ class Answer:
     enforcement: str | None = None        # strict | tool | grammar | validated
     repairs: int = 0              # repair round-trips (each a paid call, in usage/cost and the ledger)
     calls: int = 1
+    route: dict | None = None     # model="auto": who answered, why, the failed attempts (ragkit.route)
 
     def to_dict(self) -> dict:
+        d = self._plain_dict()
         if self.citations is not None:
-            return {**self._plain_dict(), **self._structured_dict()}
-        return self._plain_dict()
+            d.update(self._structured_dict())
+        if self.route is not None:
+            d["route"] = self.route
+        return d
 
     def _structured_dict(self) -> dict:
         data = self.data.model_dump(mode="json") if hasattr(self.data, "model_dump") else self.data
@@ -338,26 +342,49 @@ class Session:
 
     def ask(self, question: str, *, model: str | None = None, answer_tokens: int | None = None,
             strategy: str | None = None, on_text: Callable[[str], None] | None = None,
-            temperature: float = 0.0, top_k: int = DEFAULT_TOP_K, order: str = "edges", schema=None) -> Answer:
+            temperature: float = 0.0, top_k: int = DEFAULT_TOP_K, order: str = "edges", schema=None,
+            max_cost_usd: float | None = None, task: str | None = None, floor: float | None = None) -> Answer:
         """Answers one question from the corpus. on_text given => the answer streams through it.
+
+        model "auto" routes (ragkit.route: the policy for `task`, the quality `floor`, the daily budget)
+        and falls back to the next candidate when one fails. max_cost_usd refuses a question whose
+        upper-bound cost is higher; so does [budget] daily_usd when today's spend plus it would pass it.
 
         schema (a Pydantic model class, a JSON Schema dict or file, or shorthand like 'name str, year int'):
         the answer is a validated object (Answer.data) with per-field citations (Answer.citations); nothing
         partial is streamed, and a reply that does not validate gets one repair round-trip.
         """
-        from ragkit.ledger import account
         from ragkit.models import get_model
 
         if not (question or "").strip():
             raise InputError("the question is empty: ask something, e.g. ragkit ask DOCS \"what is X?\".")
+        if (model or self.model) == "auto":
+            from ragkit.route import DEFAULT_TASK, ask_routed
+
+            return ask_routed(self, question, task=task or DEFAULT_TASK, floor=floor, max_cost_usd=max_cost_usd,
+                              answer_tokens=answer_tokens, strategy=strategy, on_text=on_text,
+                              temperature=temperature, top_k=top_k, order=order, schema=schema)
         spec = get_model(model or self.model)
         provider = self.provider(spec)  # a missing key fails here, before any indexing work
         structured = make_schema(schema) if schema is not None else None  # a bad schema fails before any work
         prepared = self.prepare(question, model=spec.id, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k,
                                 order=order, schema=structured)
+        from ragkit.route import check_spend
+
+        check_spend(prepared.estimated_cost_usd, max_cost_usd, self.ledger)  # before any call
         if structured is not None:
             return self._ask_structured(spec, provider, prepared, structured, temperature)
-        done = provider.complete(prepared.system, prepared.user, max_tokens=prepared.plan.answer_tokens,
+        return self.complete(prepared, on_text=on_text, temperature=temperature)
+
+    def complete(self, prepared: PreparedPrompt, *, on_text: Callable[[str], None] | None = None,
+                 temperature: float = 0.0) -> Answer:
+        """Sends a prompt prepare() built and accounts for it: ask() for callers that look at the exact
+        prompt first (`ragkit compare` keys its response cache on it)."""
+        from ragkit.ledger import account
+        from ragkit.models import get_model
+
+        spec = get_model(prepared.model)
+        done = self.provider(spec).complete(prepared.system, prepared.user, max_tokens=prepared.plan.answer_tokens,
                                             temperature=temperature, on_text=on_text)
         # Only a completed call gets this far: no partial answer, no ledger row for failures.
         cost = account(done, spec, task=self.task, strategy=prepared.plan.strategy, question=prepared.question,

@@ -70,6 +70,11 @@ def project_config_path() -> Path:
 
 # --------------------------------------------------------------------------- model and threads
 
+def env_model() -> str | None:
+    """$RAGKIT_MODEL when set (`ragkit cost` without -m lists every model otherwise)."""
+    return _env("RAGKIT_MODEL") or None
+
+
 def default_model() -> str:
     """$RAGKIT_MODEL, else DEFAULT_MODEL: the model used when a command or Session is given none."""
     return _env("RAGKIT_MODEL") or DEFAULT_MODEL

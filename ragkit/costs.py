@@ -47,3 +47,23 @@ def volume_cost(model, tokens_per_day: int, input_share: float = 0.75) -> Volume
     per_day = cost_usd(spec, input_tokens, output_tokens)
     return VolumeCost(spec.id, tokens_per_day, input_share, input_tokens, output_tokens,
                       per_day, per_day * DAYS_PER_MONTH)
+
+
+def task_cost(model, tasks_per_day: int, calls) -> VolumeCost:
+    """Daily and monthly cost of a number of tasks at measured tokens per task: `calls` are recorded
+    calls (ledger rows) whose mean input and output tokens make one task."""
+    from ragkit.models import get_model
+
+    calls = list(calls)
+    if tasks_per_day < 0:
+        raise InputError("tasks per day cannot be negative.")
+    if not calls:
+        raise InputError("no recorded calls to measure tokens per task; use --tokens-per-day, "
+                         "or run some questions first (ragkit ask / ragkit compare).")
+    spec = get_model(model)
+    input_tokens = round(tasks_per_day * sum(c.input_tokens for c in calls) / len(calls))
+    output_tokens = round(tasks_per_day * sum(c.output_tokens for c in calls) / len(calls))
+    total = input_tokens + output_tokens
+    per_day = cost_usd(spec, input_tokens, output_tokens)
+    return VolumeCost(spec.id, total, input_tokens / total if total else 0.0, input_tokens, output_tokens,
+                      per_day, per_day * DAYS_PER_MONTH)

@@ -56,6 +56,12 @@ class ModelSpec:
     exact_tokens: bool
     token_margin: float
     structured_output: str = "none"   # strict | json_mode | tool | grammar | none (STRUCTURED_OUTPUT)
+    # Measured accuracy per task label (`ragkit compare --save`): {"qa": {"accuracy": 0.9, "n": 40, ...}}
+    accuracy: dict | None = None
+
+    def measured_accuracy(self, task: str) -> dict | None:
+        """This model's measured accuracy on a task (what routing's quality floor reads), or None."""
+        return (self.accuracy or {}).get(task)
 
     @property
     def limit_is_measured(self) -> bool:
@@ -149,6 +155,32 @@ def _amount(v):
     return float(v)
 
 
+_ACCURACY_KEYS = {"accuracy": "a fraction from 0 to 1", "n": "a whole number of questions, at least 1",
+                  "low": "a fraction from 0 to 1", "high": "a fraction from 0 to 1", "date": "text",
+                  "golden": "text", "source": "text", "strategy": "text"}
+
+
+def _accuracy(v):
+    """{task = {accuracy = 0.9, n = 40, low, high, date, golden, source, strategy}}: what compare --save writes."""
+    if not isinstance(v, dict) or not all(isinstance(t, dict) for t in v.values()):
+        raise _Bad("must be a table of tasks, each a table like {accuracy = 0.9, n = 40}")
+    for task, m in v.items():
+        unknown = set(m) - set(_ACCURACY_KEYS)
+        if unknown:
+            raise _Bad(f'has an unknown key "{sorted(unknown)[0]}" for task "{task}" (known: {", ".join(_ACCURACY_KEYS)})')
+        if "accuracy" not in m or "n" not in m:
+            raise _Bad(f'needs accuracy and n for task "{task}"')
+        for key in ("accuracy", "low", "high"):
+            if key in m and (not isinstance(m[key], (int, float)) or isinstance(m[key], bool) or not 0 <= m[key] <= 1):
+                raise _Bad(f'{key} for task "{task}" must be {_ACCURACY_KEYS[key]}')
+        if not isinstance(m["n"], int) or isinstance(m["n"], bool) or m["n"] < 1:
+            raise _Bad(f'n for task "{task}" must be {_ACCURACY_KEYS["n"]}')
+        for key in ("date", "golden", "source", "strategy"):
+            if key in m and not isinstance(m[key], str):
+                raise _Bad(f'{key} for task "{task}" must be text in quotes')
+    return {task: dict(m) for task, m in v.items()}
+
+
 def _flag(v):
     if not isinstance(v, bool):
         raise _Bad("must be true or false, without quotes")
@@ -189,12 +221,13 @@ _SCHEMA: dict[str, _Field] = {
     "token_margin": _Field(_amount, "token_margin = 0.15", 0.0, False),
     "structured_output": _Field(_one_of(("strict", "json_mode", "tool", "grammar", "none")),
                                 'structured_output = "json_mode"', None, False),  # default: per provider
+    "accuracy": _Field(_accuracy, "accuracy = { qa = { accuracy = 0.9, n = 40 } }", None, False),
 }
 # Each source vouches for the figures beside it in the file that sets it: a file that sets a figure
 # without its source sets the default source too, so an overridden figure is never shown as the article's.
 _SOURCES = {"limit_source": ("practical_limit_tokens", "practical_low_tokens", "practical_high_tokens"),
             "latency_source": ("ttft_s", "tokens_per_s")}
-_TOP_LEVEL = ("models",)
+_TOP_LEVEL = ("models", "router", "budget")   # [router] and [budget]: ragkit.route reads them
 _REQUIRED = tuple(n for n, f in _SCHEMA.items() if f.required)
 BUILTIN_REGISTRY = config.bundled("models.toml")
 
@@ -272,7 +305,7 @@ def load_tables(path: Path) -> dict[str, dict]:
     for key in data:
         if key not in _TOP_LEVEL:
             raise ConfigError(f'{path}: unknown table or key "{key}", {_did_you_mean(key, _TOP_LEVEL)} '
-                              'ragkit reads only [models."ID"] tables.')
+                              'ragkit reads [models."ID"], [router] and [budget] tables.')
     models = data.get("models", {})
     if not isinstance(models, dict):
         raise ConfigError(f'{path}: models must be tables, one per model: [models."ID"].')
@@ -400,15 +433,28 @@ def get_model(name: str | ModelSpec) -> ModelSpec:
 
 def save_limit_override(model_id: str, practical_limit_tokens: int, source: str,
                         path: Path | None = None) -> Path:
-    """Writes a practical-limit override (e.g. a measured one) into a TOML overrides file, keeping its comments.
+    """Writes a practical-limit override (e.g. a measured one) into a TOML overrides file, keeping its comments."""
+    spec = get_model(model_id)
+    if int(practical_limit_tokens) < 1:
+        raise ConfigError(f"a practical limit must be at least 1 token, got {practical_limit_tokens}.")
+    limit = min(int(practical_limit_tokens), spec.context_window_tokens)
+
+    def edit(table) -> None:
+        table["practical_limit_tokens"] = limit
+        table["practical_low_tokens"] = min(spec.practical_low_tokens, limit)
+        table["practical_high_tokens"] = max(spec.practical_high_tokens, limit)
+        table["limit_source"] = source
+
+    return _edit_override(spec.id, edit, path)
+
+
+def _edit_override(model_id: str, edit: Callable, path: Path | None) -> Path:
+    """Applies edit(table) to [models."ID"] of an overrides file (default the user's), keeping its comments.
 
     Safe for concurrent writers: a lock around read-modify-write, and a temp file renamed into place."""
     import tomlkit
     from filelock import FileLock
 
-    spec = get_model(model_id)
-    if int(practical_limit_tokens) < 1:
-        raise ConfigError(f"a practical limit must be at least 1 token, got {practical_limit_tokens}.")
     path = Path(path) if path else user_config_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
@@ -416,13 +462,31 @@ def save_limit_override(model_id: str, practical_limit_tokens: int, source: str,
             load_tables(path)  # a broken file gets the same clear error as when it is read, not a tomlkit trace
         doc = tomlkit.parse(path.read_text(encoding="utf-8")) if path.is_file() else tomlkit.document()
         models = doc.setdefault("models", tomlkit.table(is_super_table=True))
-        table = models.setdefault(spec.id, tomlkit.table())
-        limit = min(int(practical_limit_tokens), spec.context_window_tokens)
-        table["practical_limit_tokens"] = limit
-        table["practical_low_tokens"] = min(spec.practical_low_tokens, limit)
-        table["practical_high_tokens"] = max(spec.practical_high_tokens, limit)
-        table["limit_source"] = source
+        edit(models.setdefault(model_id, tomlkit.table()))
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(tomlkit.dumps(doc), encoding="utf-8")
         os.replace(tmp, path)  # atomic: a crash never leaves half a config
     return path
+
+
+def save_accuracy_override(model_id: str, task: str, measured: dict, path: Path | None = None) -> Path:
+    """Writes a model's measured accuracy on a task into a TOML overrides file, keeping its other tasks."""
+    import tomlkit
+
+    spec = get_model(model_id)
+    try:
+        checked = _accuracy({task: measured})[task]
+    except _Bad as bad:
+        raise ConfigError(f"cannot save the accuracy of {spec.id}: it {bad}.") from None
+
+    def edit(table) -> None:
+        known = {k: dict(v) for k, v in (table.get("accuracy") or {}).items()}
+        known[task] = checked
+        accuracy = tomlkit.table(is_super_table=True)
+        for name, values in known.items():
+            inline = tomlkit.inline_table()
+            inline.update(values)
+            accuracy[name] = inline
+        table["accuracy"] = accuracy
+
+    return _edit_override(spec.id, edit, path)

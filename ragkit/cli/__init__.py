@@ -27,7 +27,7 @@ def main():
     """ragkit: stuff documents when they fit a model's practical context limit, retrieve when they don't."""
 
 
-from ragkit.cli import foundation, index, ask, evals  # noqa: E402  (each registers its commands)
+from ragkit.cli import foundation, index, ask, evals, compare, route  # noqa: E402  (each registers its commands)
 
-for _module in (foundation, index, ask, evals):
+for _module in (foundation, index, ask, evals, compare, route):
     _module.register(main)

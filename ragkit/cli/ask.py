@@ -57,8 +57,13 @@ def _print_sources(sources, heading: str) -> None:
 @click.option("--no-ledger", is_flag=True, help="Do not record this call in the cost ledger.")
 @click.option("--task", "task", default="ask", show_default=True,
               help="Label of this call in the cost ledger (`ragkit costs --by task`).")
+@click.option("--max-cost", type=float, default=None,
+              help="Refuse the question if its upper-bound cost (USD) is higher; with -m auto, route under it.")
+@click.option("--route-task", default="qa", show_default=True, help="With -m auto: the task type routing uses.")
+@click.option("--floor", type=click.FloatRange(0, 1), default=None,
+              help="With -m auto: minimum measured accuracy (default: [router] floor).")
 def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k, order, schema, dry_run, as_json,
-                stream, timeout_s, max_retries, index_dir, log_question, no_ledger, task):
+                stream, timeout_s, max_retries, index_dir, log_question, no_ledger, task, max_cost, route_task, floor):
     """Answer QUESTION from the documents under PATH, citing them.
 
     The planner stuffs the whole documents when they fit the model's practical limit and
@@ -73,6 +78,7 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
       ragkit ask docs/ "what is X?" --dry-run                       # plan + exact prompt + cost
       ragkit ask docs/ "what is X?" --task support-bot              # its label in `ragkit costs --by task`
       ragkit ask docs/ "the book's title and year" --schema 'title str, year int | null'
+      ragkit ask docs/ "what is X?" -m auto --floor 0.85            # cheapest model that clears the floor
     """
     from ragkit.answer import Session
 
@@ -103,7 +109,8 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
 
         try:
             answer = session.ask(question, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k, order=order,
-                                 on_text=echo_delta if streamed else None, schema=schema)
+                                 on_text=echo_delta if streamed else None, schema=schema, max_cost_usd=max_cost,
+                                 task=route_task, floor=floor)
         except BaseException:
             if printed:  # the reader already saw part of an answer: say it is not one
                 click.echo()
@@ -133,6 +140,8 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
     estimated = "" if answer.usage.reported else " (estimated: the endpoint reported no usage)"
     click.echo(f"Tokens: {answer.usage.input_tokens:,} in, {answer.usage.output_tokens:,} out{estimated}")
     click.echo(f"Cost: {_fmt_usd(answer.cost_usd)} ({answer.model}, API model {answer.api_model})")
+    if answer.route:
+        click.echo(f"Routed: {answer.route['answered_by']} — {answer.route['why']}")
     click.echo(f"Latency: {answer.latency_s:.2f} s (first token {answer.ttft_s:.2f} s; "
                f"planning and retrieval {answer.prepare_s:.2f} s)")
 

@@ -186,27 +186,60 @@ def plan(path, model, question, answer_tokens, strategy, corpus_tokens, include,
     click.echo(f"why:             {p.reason}")
 
 
+def parse_count(text: str) -> int:
+    """10M, 2k, 1.5M, 250000 -> a whole number."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMbB]?)\s*", str(text))
+    if not m:
+        raise click.BadParameter(f"{text!r}: write a number like 250000, 2k or 10M.")
+    return round(float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "b": 1e9}[m.group(2).lower()])
+
+
 @click.command(short_help="Cost per day and month of a token volume.")
-@MODEL_OPTION
-@click.option("--tokens-per-day", type=int, required=True, help="Total tokens per day (input + output).")
+@click.option("-m", "--model", default=None,
+              help="Model id or alias (default: $RAGKIT_MODEL, else every registry model, cheapest first).")
+@click.option("--tokens-per-day", default=None, help="Total tokens per day (input + output), e.g. 10M or 250k.")
+@click.option("--tasks-per-day", default=None,
+              help="Tasks per day, priced at the tokens per task measured in your ledger (e.g. 5k).")
+@click.option("--task", "task_label", default=None, help="With --tasks-per-day: only ledger rows of this task label.")
 @click.option("--input-share", type=float, default=0.75, show_default=True, help="Fraction of tokens that are input.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def cost(model, tokens_per_day, input_share, as_json):
-    """Cost per day and per 30-day month of a daily token volume.
+def cost(model, tokens_per_day, tasks_per_day, task_label, input_share, as_json):
+    """Cost per day and per 30-day month of a daily token volume, or of a number of tasks.
 
     \b
     Examples:
-      ragkit cost -m gpt-4o --tokens-per-day 10000000          # $43.75/day at 75% input
-      ragkit cost -m gemini-2.0-flash --tokens-per-day 2000000 --input-share 0.6
+      ragkit cost --tokens-per-day 10M                               # every model, cheapest first
+      ragkit cost -m gpt-4o --tokens-per-day 10000000                # $43.75/day at 75% input
+      ragkit cost -m gemini-2.0-flash --tokens-per-day 2M --input-share 0.6
+      ragkit cost --tasks-per-day 5k --task ask                      # tokens per task from your ledger
     """
-    from ragkit.costs import volume_cost
+    from ragkit.costs import task_cost, volume_cost
+    from ragkit.errors import InputError
+    from ragkit.models import list_models
 
-    v = volume_cost(model, tokens_per_day, input_share)
+    if (tokens_per_day is None) == (tasks_per_day is None):
+        raise InputError("give --tokens-per-day (e.g. 10M) or --tasks-per-day (e.g. 5k), one of them.")
+    model = model or config.env_model()   # $RAGKIT_MODEL still sets the model of every command
+    models = [model] if model else [m.id for m in list_models()]
+    if tokens_per_day is not None:
+        rows = [volume_cost(m, parse_count(tokens_per_day), input_share) for m in models]
+    else:
+        from ragkit.ledger import Ledger
+
+        calls = [e for e in Ledger().entries() if task_label is None or e.task == task_label]
+        if not calls:
+            raise InputError(f"the cost ledger has no calls{f' labelled {task_label!r}' if task_label else ''} to "
+                             "measure tokens per task; use --tokens-per-day, or run some questions first.")
+        rows = [task_cost(m, parse_count(tasks_per_day), calls) for m in models]
+    rows.sort(key=lambda v: v.cost_per_day_usd)
     if as_json:
-        _echo_json(v.to_dict())
+        _echo_json(rows[0].to_dict() if model else [v.to_dict() for v in rows])
         return
-    click.echo(f"{v.model}: {v.tokens_per_day:,} tokens/day ({v.input_tokens_per_day:,} in, "
-               f"{v.output_tokens_per_day:,} out) = ${v.cost_per_day_usd:,.2f}/day, ${v.cost_per_month_usd:,.2f}/month")
+    for v in rows:
+        click.echo(f"{v.model}: {v.tokens_per_day:,} tokens/day ({v.input_tokens_per_day:,} in, "
+                   f"{v.output_tokens_per_day:,} out) = ${v.cost_per_day_usd:,.2f}/day, ${v.cost_per_month_usd:,.2f}/month")
 
 
 def register(group: click.Group) -> None:

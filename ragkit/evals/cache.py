@@ -36,6 +36,7 @@ class CachedResponse:
     latency_s: float
     cost_usd: float
     created: float
+    ttft_s: float | None = None
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -48,7 +49,11 @@ def _m001_initial(db: sqlite3.Connection) -> None:
         latency_s REAL NOT NULL, cost_usd REAL NOT NULL, created REAL NOT NULL)""")
 
 
-MIGRATIONS = [_m001_initial]
+def _m002_ttft(db: sqlite3.Connection) -> None:
+    db.execute("ALTER TABLE responses ADD COLUMN ttft_s REAL")
+
+
+MIGRATIONS = [_m001_initial, _m002_ttft]
 
 
 class ResponseCache:
@@ -76,15 +81,16 @@ class ResponseCache:
 
     def get(self, key: str) -> CachedResponse | None:
         with self._lock:
-            row = self._db.execute("SELECT text, input_tokens, output_tokens, latency_s, cost_usd, created "
+            row = self._db.execute("SELECT text, input_tokens, output_tokens, latency_s, cost_usd, created, ttft_s "
                                    "FROM responses WHERE key = ?", (key,)).fetchone()
         return CachedResponse(*row) if row else None
 
     def put(self, key: str, model: str, response: CachedResponse) -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            self._db.execute("INSERT OR REPLACE INTO responses (key, model, text, input_tokens, output_tokens, "
+                             "latency_s, cost_usd, created, ttft_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                              (key, model, response.text, response.input_tokens, response.output_tokens,
-                              response.latency_s, response.cost_usd, response.created))
+                              response.latency_s, response.cost_usd, response.created, response.ttft_s))
 
     def __len__(self) -> int:
         with self._lock:

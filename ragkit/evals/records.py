@@ -55,6 +55,8 @@ class EvalRecord:
     latency_s: float = 0.0
     cached: bool = False              # answered from the response cache in this run
     key: str = ""                     # the response cache key: model + exact prompt + parameters
+    ttft_s: float | None = None       # time to the first token, when the call streamed (compare)
+    metrics: dict | None = None       # further scores and facts of the answer, by name (compare: f1, citation...)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -64,6 +66,9 @@ class EvalRecord:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["answers"] = list(self.answers)
+        for name in _OMITTED_WHEN_NONE:  # fields added later: lines without them keep their exact bytes
+            if d[name] is None:
+                del d[name]
         return {"v": d.pop("schema_version"), **d}
 
     def to_json(self) -> str:
@@ -84,6 +89,7 @@ class EvalRecord:
         return cls(**known, schema_version=version)
 
 
+_OMITTED_WHEN_NONE = ("ttft_s", "metrics")
 _REQUIRED = [f for f in fields(EvalRecord) if f.default is MISSING and f.default_factory is MISSING]
 _NAMES = {f.name for f in fields(EvalRecord)} - {"schema_version"}
 

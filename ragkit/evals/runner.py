@@ -298,11 +298,12 @@ class _Tally:
         return self.score / self.scored if self.scored else float("nan")
 
 
-def execute(plan: Plan, caller: _Caller, log: RecordLog, tally: _Tally, *, workers: int, progress: bool) -> None:
+def execute(plan: Plan, caller: _Caller, log: RecordLog, tally: _Tally, *, workers: int, progress: bool,
+            label: str = "eval") -> None:
     """Logs every call still to do: cached answers at once, then one call per distinct prompt in
     parallel; calls with an identical prompt take that call's answer (or its failure) without paying."""
     done = len(plan.calls) - len(plan.todo)
-    with _progress(progress, len(plan.calls), done) as bar:
+    with _progress(progress, len(plan.calls), done, label) as bar:
         def finish(record: EvalRecord) -> None:
             log.append(record)
             tally.add(record)
@@ -407,11 +408,11 @@ class _NoBar:
 class _RichBar:
     """Calls done, accuracy so far, cost so far (rich, on stderr)."""
 
-    def __init__(self, total: int, completed: int):
+    def __init__(self, total: int, completed: int, label: str = "eval"):
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.progress = Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(),
+        self.progress = Progress(TextColumn(label.replace("[", r"\[")), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("acc {task.fields[acc]}"), TextColumn("${task.fields[cost]}"),
                                  TextColumn("failed {task.fields[failed]}"), TimeElapsedColumn(),
                                  console=Console(stderr=True))
@@ -430,5 +431,5 @@ class _RichBar:
                              cost=f"{cost:.4f}", failed=failed)
 
 
-def _progress(enabled: bool, total: int, completed: int):
-    return _RichBar(total, completed) if enabled else _NoBar()
+def _progress(enabled: bool, total: int, completed: int, label: str = "eval"):
+    return _RichBar(total, completed, label) if enabled else _NoBar()

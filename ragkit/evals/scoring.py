@@ -78,3 +78,18 @@ SCORERS: dict[str, Callable[[], Scorer]] = {
     "all_needles": all_needles,
     "contains": contains,
 }
+
+
+def token_f1(prediction: str, answers: Sequence[str]) -> float:
+    """SQuAD token F1 of the (first-line) prediction against its best-matching gold answer."""
+    from collections import Counter
+
+    pred = normalize_answer(first_line(prediction)).split()
+    best = 0.0
+    for answer in answers:
+        gold = normalize_answer(answer).split()
+        common = sum((Counter(pred) & Counter(gold)).values())
+        if common:
+            precision, recall = common / len(pred), common / len(gold)
+            best = max(best, 2 * precision * recall / (precision + recall))
+    return best

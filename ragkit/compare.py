@@ -1,0 +1,294 @@
+"""`ragkit compare`: your golden questions answered through the real ask path by several models, scored.
+
+Each question goes through Session.prepare (the one plan, retrieval and prompt of `ragkit ask`) and
+Session.complete (its provider, its ledger row, task "compare"). The eval machinery does the rest:
+the call key and response cache (ragkit.evals.cache), one EvalRecord per call in results.jsonl
+(ragkit.evals.records) and the runner's execute step (cached answers first, one paid call per
+distinct prompt, ledger -> cache -> log so a kill -9 resumes without paying twice).
+
+    run_compare = load_golden -> plan (every prompt prepared once, cost bound) -> execute per model
+                -> compact -> summarize (compare_report) -> report.md, summary.json, plots
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ragkit.errors import ConfigError, InputError
+from ragkit.evals.cache import CachedResponse, ResponseCache, call_key
+from ragkit.evals.records import EvalRecord, RecordLog, latest_by_call, plural, write_meta
+from ragkit.evals.runner import DEFAULT_CONCURRENCY, Plan, _Tally, compact, execute
+from ragkit.redact import redact
+
+FORMAT = "ragkit-compare/1"
+STRATEGIES = ("auto", "stuff", "retrieve")
+SAMPLE_SEED = 0
+
+
+@dataclass(frozen=True)
+class GoldQuestion:
+    index: int                    # line order in the golden file
+    question: str
+    answers: tuple[str, ...]      # acceptable answers
+    gold: tuple[str, ...] = ()    # source paths or record ids holding the answer ("passage_id" counts)
+
+    @property
+    def qid(self) -> str:
+        return hashlib.sha256(self.question.encode("utf-8")).hexdigest()[:12]
+
+
+def load_golden(path: Path | str, sample: int | None = None, seed: int = SAMPLE_SEED) -> tuple[list[GoldQuestion], str]:
+    """The golden set (JSON Lines: question, answers, optional gold / passage_id) and its sha256.
+
+    `sample` keeps that many questions, drawn with a fixed seed (the same questions every run)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read the golden set {path}: {exc.strerror}.") from None
+    questions = []
+    for n, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise InputError(f"{path} line {n} is not JSON; each line must be an object like "
+                             '{"question": "...", "answers": ["..."]}.') from None
+        if not isinstance(row, dict) or not str(row.get("question") or "").strip():
+            raise InputError(f'{path} line {n} has no "question"; each line needs "question" and "answers".')
+        answers = row.get("answers", row.get("answer"))
+        answers = [answers] if isinstance(answers, str) else answers
+        if not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+            raise InputError(f'{path} line {n} has no "answers": give the acceptable answers as a list of strings.')
+        gold = row.get("gold", row.get("passage_id")) or ()
+        gold = (gold,) if isinstance(gold, str) else tuple(str(g) for g in gold)
+        questions.append(GoldQuestion(len(questions), row["question"].strip(), tuple(answers), gold))
+    if not questions:
+        raise InputError(f"{path} holds no questions.")
+    if sample is not None:
+        if sample < 1:
+            raise InputError("--sample must be at least 1.")
+        if sample < len(questions):
+            questions = sorted(random.Random(seed).sample(questions, sample), key=lambda q: q.index)
+    return questions, hashlib.sha256(raw).hexdigest()
+
+
+# ---------------------------------------------------------------- scoring one answer
+
+def abstained(text: str) -> bool:
+    """The prompt's refusal sentence (or close to it): not an answer, counted apart."""
+    from ragkit.evals.scoring import normalize_answer
+    from ragkit.prompt import NO_ANSWER
+
+    norm = normalize_answer(text)
+    return normalize_answer(NO_ANSWER) in norm or "do not contain answer" in norm or "does not contain answer" in norm
+
+
+def holds(source, question: GoldQuestion) -> bool:
+    """A source is right to cite: it is a gold source, or it holds one of the answers."""
+    from ragkit.evals.scoring import normalize_answer
+
+    ids = {source.doc_id, source.source}
+    if any(g in ids or source.doc_id.endswith("#" + g) for g in question.gold):
+        return True
+    text = normalize_answer(source.text)
+    return any(normalize_answer(a) and normalize_answer(a) in text for a in question.answers)
+
+
+def score_answer(text: str, question: GoldQuestion, context: Sequence) -> dict:
+    """Every deterministic score of one answer: subspan EM (the accuracy), containment, token F1,
+    whether it abstained, which sources it cited and whether one of them holds the answer."""
+    from ragkit.evals.scoring import best_subspan_em, contains, token_f1
+    from ragkit.prompt import cited_numbers
+
+    cited = [context[n - 1] for n in cited_numbers(text, len(context))]
+    refused = abstained(text)
+    return {"subspan_em": best_subspan_em(text, question.answers),
+            "containment": contains()(text, question.answers),
+            "f1": round(token_f1(text, question.answers), 4),
+            "abstained": refused,
+            "cited": [s.doc_id for s in cited],
+            "citation_ok": None if refused else any(holds(s, question) for s in cited)}
+
+
+# ---------------------------------------------------------------- planning: every prompt prepared once
+
+@dataclass(frozen=True)
+class CompareCall:
+    call_id: str                  # "MODEL/STRATEGY/QID"
+    model: str
+    strategy: str                 # as asked: auto | stuff | retrieve
+    question: GoldQuestion
+    prepared: object              # answer.PreparedPrompt: exactly what is sent
+    key: str
+
+
+def plan_compare(session, questions: Sequence[GoldQuestion], models: Sequence[str], strategies: Sequence[str],
+                 cache: ResponseCache, answered: dict[str, str], *, temperature: float = 0.0) -> Plan:
+    """Every call, its prompt prepared by the ask path; `answered` maps call ids to logged cache keys."""
+    from ragkit.models import get_model
+
+    calls = []
+    for model in models:
+        spec = get_model(model)
+        for strategy in strategies:
+            for q in questions:
+                p = session.prepare(q.question, model=spec.id, strategy=None if strategy == "auto" else strategy)
+                key = call_key(spec.id, spec.api_model, p.system, p.user, p.plan.answer_tokens, temperature)
+                calls.append(CompareCall(f"{spec.id}/{strategy}/{q.qid}", spec.id, strategy, q, p, key))
+    todo = [c for c in calls if answered.get(c.call_id) != c.key]
+    hits = {c.key: hit for c in todo if (hit := cache.get(c.key)) is not None}
+    return Plan(calls, todo, hits)
+
+
+@dataclass(frozen=True)
+class CompareEstimate:
+    calls: int
+    done: int
+    cached: int
+    to_call: int
+    input_tokens: int
+    output_tokens_max: int
+    cost_usd: float               # upper bound: every prompt as planned, every answer at its full length
+    by_model: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return (f"{plural(self.calls, 'call')}: {self.done} already done, {self.cached} cached, {self.to_call} to make "
+                f"(~{self.input_tokens:,} input tokens, <= {self.output_tokens_max:,} output); "
+                f"at most ${self.cost_usd:.4f}")
+
+
+def estimate_compare(plan: Plan) -> CompareEstimate:
+    to_call = plan.to_call
+    by_model: dict[str, float] = {}
+    for c in to_call:
+        by_model[c.model] = by_model.get(c.model, 0.0) + c.prepared.estimated_cost_usd
+    return CompareEstimate(len(plan.calls), len(plan.calls) - len(plan.todo), len(plan.todo) - len(to_call),
+                           len(to_call), sum(c.prepared.estimated_input_tokens for c in to_call),
+                           sum(c.prepared.plan.answer_tokens for c in to_call), sum(by_model.values()), by_model)
+
+
+# ---------------------------------------------------------------- executing: the ask path, accounted, cached, logged
+
+@dataclass
+class _CompareCaller:
+    """runner.execute's caller for compare: Session.complete (ledger row, task "compare"), then the
+    cache, then the record (execute logs it)."""
+
+    session: object
+    cache: ResponseCache
+    temperature: float = 0.0
+
+    def send(self, call: CompareCall) -> tuple[EvalRecord, CachedResponse | None]:
+        t0 = time.monotonic()
+        try:
+            # streamed (to nobody) so the provider measures the time to the first token
+            a = self.session.complete(call.prepared, on_text=_ignore, temperature=self.temperature)
+        except Exception as exc:  # noqa: BLE001 - a failure is logged unscored, and retried on resume
+            return self.failed(call, redact(f"{type(exc).__name__}: {exc}")[:500], time.monotonic() - t0), None
+        answer = CachedResponse(a.answer, a.usage.input_tokens, a.usage.output_tokens, a.latency_s, a.cost_usd,
+                                time.time(), a.ttft_s)
+        self.cache.put(call.key, call.model, answer)
+        return self.answered(call, answer, cached=False), answer
+
+    def answered(self, call: CompareCall, answer: CachedResponse, *, cached: bool) -> EvalRecord:
+        scores = score_answer(answer.text, call.question, call.prepared.context)
+        return self._record(call, status="ok", prediction=answer.text, score=scores.pop("subspan_em"),
+                            input_tokens=answer.input_tokens, output_tokens=answer.output_tokens,
+                            cost_usd=answer.cost_usd, latency_s=round(answer.latency_s, 3),
+                            ttft_s=None if answer.ttft_s is None else round(answer.ttft_s, 3), cached=cached,
+                            metrics=scores)
+
+    def failed(self, call: CompareCall, error: str, latency_s: float) -> EvalRecord:
+        return self._record(call, status="failed", error=error, latency_s=round(latency_s, 3), metrics={})
+
+    def _record(self, call: CompareCall, *, metrics: dict, **outcome) -> EvalRecord:
+        q, p = call.question, call.prepared
+        return EvalRecord(call_id=call.call_id, task="compare", model=call.model, length=p.input_tokens,
+                          length_unit="tokens", depth=0, depth_unit="position", strategy=call.strategy,
+                          sample=q.index, question=q.question, answers=q.answers,
+                          context_tokens=p.input_tokens, key=call.key,
+                          metrics={"qid": q.qid, "strategy_used": p.strategy, **metrics}, **outcome)
+
+
+def _ignore(_text: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    out_dir: str
+    estimate: CompareEstimate
+    calls_made: int
+    failed: int
+    cost_usd: float               # paid in this run
+    wall_s: float
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "estimate": self.estimate.to_dict()}
+
+
+def run_compare(corpus: Path | str, golden: Path | str, models: Sequence[str], out_dir: Path | str, *,
+                strategies: Sequence[str] = ("auto",), sample: int | None = None, tasks_per_day: int = 1000,
+                task_label: str = "qa", max_cost_usd: float | None = None, concurrency: int | None = None,
+                base_url: str | None = None, cache: ResponseCache | None = None, index_dir=None,
+                progress: bool = True, echo: Callable[[str], None] = print, ledger=True, max_retries: int = 2,
+                timeout_s: float = 60.0) -> CompareResult:
+    """Runs (or resumes) a comparison into out_dir: run.json + results.jsonl + report.md, summary.json, plots."""
+    from ragkit.answer import Session
+    from ragkit.evals.compare_report import render_compare
+    from ragkit.models import get_model
+
+    started = time.monotonic()
+    models = list(dict.fromkeys(get_model(m).id for m in models))  # unknown models fail before any work
+    if not models:
+        raise InputError("compare needs at least one model: -m gpt-4o -m gpt-4o-mini.")
+    bad = [s for s in strategies if s not in STRATEGIES]
+    if bad or not strategies:
+        raise InputError(f"unknown strategy {(bad or [''])[0]!r}: use auto, stuff, retrieve or a list (stuff,retrieve).")
+    if tasks_per_day < 0:
+        raise InputError("--tasks-per-day cannot be negative.")
+    questions, golden_sha = load_golden(golden, sample)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = cache if cache is not None else ResponseCache()
+    log = RecordLog(out)
+    previous = {cid: r for cid, r in latest_by_call(log.read()).items() if r.ok}
+    with Session(corpus, base_url=base_url, index_dir=index_dir, ledger=ledger, task="compare",
+                 progress=progress, max_retries=max_retries, timeout_s=timeout_s) as session:
+        plan = plan_compare(session, questions, models, strategies, cache, {c: r.key for c, r in previous.items()})
+        est = estimate_compare(plan)
+        echo(est.describe())
+        if max_cost_usd is not None and est.cost_usd > max_cost_usd:
+            for model, usd in est.by_model.items():
+                echo(f"  {model}: at most ${usd:.4f}")
+            raise ConfigError(f"the estimated cost ${est.cost_usd:.4f} exceeds --max-cost ${max_cost_usd:.2f}; "
+                              "use --sample, fewer models or raise --max-cost.")
+        write_meta(out, {"format": FORMAT, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                         "corpus": str(corpus), "golden": str(golden), "golden_sha256": golden_sha,
+                         "questions": len(questions), "sample": sample, "models": models,
+                         "strategies": list(strategies), "tasks_per_day": tasks_per_day, "task": task_label})
+        caller = _CompareCaller(session, cache)
+        made, paid, done = 0, 0.0, plan.done_ids
+        for model in models:  # one model at a time, at its provider's concurrency
+            spec = get_model(model)
+            part = Plan([c for c in plan.calls if c.model == model], [c for c in plan.todo if c.model == model],
+                        plan.hits)
+            tally = _Tally([previous[c.call_id] for c in part.calls if c.call_id in done])
+            execute(part, caller, log, tally, workers=concurrency or DEFAULT_CONCURRENCY.get(spec.provider, 4),
+                    progress=progress, label=f"compare {model}")
+            made, paid = made + tally.made, paid + tally.cost
+    lines = compact(log, plan.calls)
+    render_compare(out)
+    return CompareResult(str(out), est, made, sum(1 for r in lines if not r.ok), round(paid, 6),
+                         round(time.monotonic() - started, 2))
