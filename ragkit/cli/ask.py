@@ -7,6 +7,7 @@ import sys
 import click
 
 from ragkit.cli.foundation import MODEL_OPTION
+from ragkit.cli.index import embed_backend_option
 
 
 def _fmt_usd(x: float) -> str:
@@ -43,8 +44,9 @@ def _print_sources(sources, heading: str) -> None:
 @click.option("--log-question", is_flag=True,
               help="Store the question text in the cost ledger (by default only its SHA-256).")
 @click.option("--no-ledger", is_flag=True, help="Do not record this call in the cost ledger.")
+@embed_backend_option
 def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k, dry_run, as_json, stream, timeout_s,
-                max_retries, index_dir, log_question, no_ledger):
+                max_retries, index_dir, log_question, no_ledger, embed_backend):
     """Answer QUESTION from the documents under PATH, citing them.
 
     The planner stuffs the whole documents when they fit the model's practical limit and
@@ -62,7 +64,7 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
 
     session = Session(path, model=model, base_url=base_url, timeout_s=timeout_s, max_retries=max_retries,
                       index_dir=index_dir, ledger=not no_ledger, log_question=log_question,
-                      progress=sys.stderr.isatty())
+                      progress=sys.stderr.isatty(), embed_backend=embed_backend)
     try:
         if dry_run:
             prepared = session.prepare(question, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k)
