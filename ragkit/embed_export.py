@@ -88,7 +88,8 @@ LEGACY_BACKEND = "torch"
 def get_backend(name: str | None) -> Backend:
     """The Backend called `name` (None: $RAGKIT_EMBED_BACKEND, else the default)."""
     table = backends()
-    key = (name or embed_backend() or DEFAULT_EMBED_BACKEND).strip().lower()
+    name = name or embed_backend() or DEFAULT_EMBED_BACKEND
+    key = name.strip().lower()
     if key not in table:
         raise ConfigError(f"unknown embedding backend {name!r}; choose one of {', '.join(table)} "
                           f"(--embed-backend or RAGKIT_EMBED_BACKEND).")
@@ -135,15 +136,17 @@ def ensure_exported(name: str, source: str, backend: Backend, *, log=None) -> Pa
     if is_exported(final):
         return final
     if not Path(source).is_dir():
-        raise ConfigError(f"the {backend.key} backend needs a local model folder to export from; "
-                          f"{name!r} is not one (pass a folder, or --embed-backend torch).")
+        raise ConfigError(f"cannot export embedding model {name!r} offline for the {backend.key} backend: it is not "
+                          f"a local sentence-transformers folder; pass one, or use --embed-backend torch.")
     from filelock import FileLock
 
     final.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(final) + ".lock"):
         if is_exported(final):  # another process finished it while we waited
             return final
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{backend.key}-", dir=final.parent))
+        for stale in final.parent.glob(f".tmp-{backend.key}~*"):  # a killed export's; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{backend.key}~", dir=final.parent))
         tmp.chmod(0o755)
         try:
             _export(name, source, backend, tmp, log=log or (lambda _msg: None))
