@@ -1,14 +1,14 @@
 """Embedding backends side by side, in one run on the same chunks (prints figures; asserts nothing).
 
-    python benchmarks/bench_embed_backends.py                    # all NQ passages, 300 questions (seed 0)
-    python benchmarks/bench_embed_backends.py --questions 0      # all 2,655 questions
+    python benchmarks/bench_embed_backends.py                    # 600 NQ passages, 300 questions (seed 0)
+    python benchmarks/bench_embed_backends.py --passages 0 --questions 0   # all 2,599 passages, 2,655 questions
     python benchmarks/bench_embed_backends.py --backends torch,onnx-int8 --thread-texts 0
 
 For each backend (torch fp32 is the reference every other figure is set against):
-  1. `ragkit index` of corpora/nq-wiki in a new process: chunks/s of the embedding step and the
+  1. `ragkit index` of the first --passages corpora/nq-wiki passages in a new process: chunks/s of the embedding step and the
      process's peak RSS (exports are made beforehand, once, and not timed);
-  2. recall@5 of the gold passage: `ragkit search --queries` over a fixed-seed sample of
-     corpora/questions/nq-wiki.jsonl;
+  2. recall@5 of the gold passage: `ragkit search --queries` over a fixed-seed sample of the
+     corpora/questions/nq-wiki.jsonl questions whose gold passage is indexed;
   3. cold `ragkit search DIR "q"` and cold `ragkit ask DIR "q" --dry-run` (retrieve path) wall time,
      each a new process, median of --cold-runs;
   4. warm query p50 (Corpus.search in one process, model loaded);
@@ -118,13 +118,20 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=300, help="questions sampled (seed 0); 0 = all")
     ap.add_argument("--cold-runs", type=int, default=3)
     ap.add_argument("--thread-texts", type=int, default=200, help="chunk texts per thread measurement; 0 = skip")
+    ap.add_argument("--passages", type=int, default=600,
+                    help="index the first N NQ passages (0 = all 2,599); questions whose gold passage is among them")
     ap.add_argument("--work", default=None, help="folder for the indexes (default: a temp folder)")
     args = ap.parse_args()
-    corpus = str(ROOT / "corpora" / "nq-wiki")
-    qs = [json.loads(line) for line in open(ROOT / "corpora" / "questions" / "nq-wiki.jsonl")]
-    if args.questions:
-        qs = random.Random(0).sample(qs, args.questions)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-embed-"))
+    lines = (ROOT / "corpora" / "nq-wiki" / "passages.jsonl").read_text().splitlines()
+    lines = lines[:args.passages] if args.passages else lines
+    ids = {json.loads(line)["id"] for line in lines}
+    (work / "corpus").mkdir(parents=True, exist_ok=True)
+    (work / "corpus" / "passages.jsonl").write_text("\n".join(lines) + "\n")
+    corpus = str(work / "corpus")
+    qs = [q for q in map(json.loads, open(ROOT / "corpora" / "questions" / "nq-wiki.jsonl")) if q["passage_id"] in ids]
+    if args.questions and args.questions < len(qs):
+        qs = random.Random(0).sample(qs, args.questions)
     started = time.perf_counter()
     print(f"load average before: {load()}   ({os.cpu_count()} cores; shared machine)")
 
@@ -162,7 +169,7 @@ def main() -> None:
         rel = f"{v / ref[key]:.2f}x" if ratio else f"{(v - ref[key]) * 100:+.1f} pt"
         return fmt.format(v) + f" ({rel})"
 
-    print(f"\nindex of corpora/nq-wiki ({next(iter(rows.values()))['chunks'] if rows else 0} chunks), "
+    print(f"\nindex of the first {len(lines)} corpora/nq-wiki passages ({next(iter(rows.values()))['chunks'] if rows else 0} chunks), "
           f"recall over {len(qs)} questions (seed 0); (x) = relative to torch")
     head = f"{'backend':10} {'chunks/s':>16} {'peak RSS MB':>16} {'recall@5':>16} {'cold search s':>16} " \
            f"{'cold ask s':>16} {'warm p50 ms':>16}"
@@ -173,7 +180,7 @@ def main() -> None:
               f"{vs(b, 'cold_ask', '{:.2f}'):>16} {vs(b, 'warm_ms', '{:.1f}'):>16}")
 
     if args.thread_texts:
-        texts = [json.loads(line)["text"] for line in open(Path(corpus) / "passages.jsonl")][:args.thread_texts]
+        texts = [json.loads(line)["text"] for line in lines][:args.thread_texts]
         print(f"\nthreads: chunks/s encoding {len(texts)} passages (in process; busy = a busy-loop process running)")
         print(f"{'backend':10} {'quiet 1t':>10} {'quiet 2t':>10} {'busy 1t':>10} {'busy 2t':>10}")
         for b in wanted:

@@ -156,7 +156,11 @@ class OnnxEmbedder:
         self.backend = get_backend(backend)
         if self.backend.runtime != "onnx":
             raise ConfigError(f"OnnxEmbedder runs onnx exports, not {self.backend.key}")
-        self.batch_size = batch_size
+        # int8: dynamic quantization scales activations over the whole batch (padding included), so a
+        # batched text's vector depends on its neighbours (cosine 0.986 measured); one text per run keeps
+        # a vector a function of its text (the embedding cache and query-vs-index rely on it), and on
+        # MiniLM it was no slower (benchmarks/bench_embed_backends.py).
+        self.batch_size = 1 if self.backend.precision == "int8" else batch_size
         self.threads = threads or default_threads()
         folder = ensure_exported(self.name, source, self.backend)
         prov = read_provenance(folder)
@@ -198,7 +202,7 @@ class OnnxEmbedder:
         texts = list(texts)
         out = np.zeros((len(texts), self.dim), dtype="float32")
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        size = batch_size or self.batch_size
+        size = 1 if self.backend.precision == "int8" else (batch_size or self.batch_size)
         with self._lock:  # ORT intra-op threads are the parallelism
             for start in range(0, len(order), size):
                 idx = order[start:start + size]
