@@ -23,12 +23,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ragkit.atomic_dir import build_once
 from ragkit.config import cache_dir, embed_backend, set_offline_env
 from ragkit.errors import ConfigError
 
@@ -133,29 +133,10 @@ def ensure_exported(name: str, source: str, backend: Backend, *, log=None) -> Pa
     if backend.runtime == "torch":
         return Path(source)
     final = export_dir(name, source, backend)
-    if is_exported(final):
-        return final
     if not Path(source).is_dir():
         raise ConfigError(f"cannot export embedding model {name!r} offline for the {backend.key} backend: it is not "
                           f"a local sentence-transformers folder; pass one, or use --embed-backend torch.")
-    from filelock import FileLock
-
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(final) + ".lock"):
-        if is_exported(final):  # another process finished it while we waited
-            return final
-        for stale in final.parent.glob(f".tmp-{backend.key}~*"):  # a killed export's; we hold the lock
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{backend.key}~", dir=final.parent))
-        tmp.chmod(0o755)
-        try:
-            _export(name, source, backend, tmp, log=log or (lambda _msg: None))
-            if final.exists():  # a leftover without a provenance file is incomplete: replace it
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return build_once(final, is_exported, lambda tmp: _export(name, source, backend, tmp, log=log or (lambda _m: None)))
 
 
 def _export(name: str, source: str, backend: Backend, out: Path, *, log) -> None:
