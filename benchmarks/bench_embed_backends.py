@@ -44,10 +44,12 @@ def load() -> str:
 
 def child_index(corpus: str, index_dir: str, backend: str) -> dict:
     """`ragkit index` in a new process, reporting its own peak RSS."""
-    code = ("import json, resource, sys; from ragkit.corpus import Corpus;"
+    code = ("import json, sys; from ragkit.corpus import Corpus;"
             f"r = Corpus.open({corpus!r}, index_dir={index_dir!r}, embed_backend={backend!r}, rebuild=True)"
             ".index(rebuild=True).to_dict();"
-            "r['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; print(json.dumps(r))")
+            # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across execve, so a child would report its parent's.
+            "r['peak_rss_mb'] = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) / 1024;"
+            "print(json.dumps(r))")
     out = subprocess.run([sys.executable, "-c", code], env=ENV, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
