@@ -11,7 +11,7 @@ see a changed variable), and nowhere else:
                            ~/.config/ragkit/models.toml; the project file is ./ragkit.toml
     RAGKIT_MODEL           the model every command and Session uses when none is given (default gpt-4o-mini)
     RAGKIT_EMBED_BACKEND   embedding backend for new indexes: torch, onnx, onnx-int8 (default), openvino
-    RAGKIT_EMBED_THREADS   torch/FAISS threads for embedding, default half the cores (at most 8)
+    RAGKIT_EMBED_THREADS   torch/ONNX Runtime/FAISS threads for embedding, default half the cores (at most 8)
     RAGKIT_THREADS         torch threads for the embedded local model, default all cores
 
 Bundled data (the default eval corpus, questions, key-value records and suites) is found through the
@@ -90,8 +90,9 @@ def _threads(var: str, default: int) -> int:
 
 
 def embed_threads() -> int:
-    """torch/FAISS threads for embedding. Default half the cores, at most 8: on a 2-core machine a
-    second OpenMP thread loses 2-3x as soon as anything else runs."""
+    """torch/ONNX Runtime/FAISS threads for embedding. Default half the cores, at most 8: on a 2-core
+    machine a second thread loses as soon as anything else runs, for every backend
+    (benchmarks/bench_embed_backends.py: onnx-int8 31 vs 16 chunks/s quiet, 15 vs 10 busy)."""
     return _threads("RAGKIT_EMBED_THREADS", max(1, min(8, (os.cpu_count() or 2) // 2)))
 
 

@@ -171,8 +171,11 @@ class OnnxEmbedder:
         self.tokenizer.enable_truncation(max_length=self.max_tokens)
         self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id("[PAD]") or 0,
                                       pad_token="[PAD]")
-        import onnxruntime as ort
-
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ConfigError(f"the {self.backend.key} embedding backend needs onnxruntime: pip install 'ragkit[onnx]', "
+                              f"or use --embed-backend torch (an existing index: rebuild it with it).") from None
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
