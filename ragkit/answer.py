@@ -11,7 +11,7 @@ the ledger unless the model call completed.
 """
 from __future__ import annotations
 
-import sys
+import json
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
@@ -20,9 +20,11 @@ from typing import Callable
 
 from ragkit.config import default_model
 from ragkit.errors import InputError
-from ragkit.prompt import SourceRef, as_sources, build_prompt, cited_numbers, framing_tokens, scaffold_tokens
+from ragkit.prompt import SourceRef, as_sources, build_prompt, cited_numbers
+from ragkit.retrieve import DEFAULT_TOP_K
+from ragkit.structured import make_schema
 
-DEFAULT_TOP_K = 50   # chunks retrieval considers; the best that fit the budget are sent
+ORDERS = ("edges", "document")   # sources in the prompt: strongest matches at both ends, or file order
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,26 @@ class Answer:
     finish_reason: str
     question: str
     index: object = None          # corpus.IndexStatus when retrieving (stale => its note says why)
+    # Structured answers (ask(schema=...)): the validated object and, per top-level field, its sources.
+    data: object = None           # a Pydantic instance when a model was given, else the JSON object
+    citations: dict | None = None         # field -> tuple[SourceRef, ...] (only sources actually sent)
+    dropped_citations: dict | None = None  # field -> numbers the model cited that name no source sent
+    enforcement: str | None = None        # strict | tool | grammar | validated
+    repairs: int = 0              # repair round-trips (each a paid call, in usage/cost and the ledger)
+    calls: int = 1
 
     def to_dict(self) -> dict:
+        if self.citations is not None:
+            return {**self._plain_dict(), **self._structured_dict()}
+        return self._plain_dict()
+
+    def _structured_dict(self) -> dict:
+        data = self.data.model_dump(mode="json") if hasattr(self.data, "model_dump") else self.data
+        return {"answer": data, "schema_valid": True, "enforcement": self.enforcement, "repairs": self.repairs,
+                "calls": self.calls, "citations": {f: [s.to_dict() for s in refs] for f, refs in self.citations.items()},
+                "dropped_citations": {f: list(ns) for f, ns in (self.dropped_citations or {}).items()}}
+
+    def _plain_dict(self) -> dict:
         return {
             "question": self.question, "answer": self.answer, "strategy": self.strategy,
             "reason": self.plan.reason, "model": self.model, "api_model": self.api_model,
@@ -124,7 +144,7 @@ class Session:
         self.ledger = Ledger() if ledger is True else (ledger or None)
         self._corpus = corpus
         self._docs = None
-        self._doc_tokens: dict[str, tuple[int, int]] = {}   # per counting encoding
+        self._doc_tokens: dict[str, tuple] = {}   # per counting encoding: (sources, prompt.SourceTokens)
         self._doc_sources: list[SourceRef] | None = None
         self._index_status = None     # corpus.IndexStatus of the last check; None: check before retrieving
         self._providers: dict[tuple, object] = {}
@@ -151,23 +171,6 @@ class Session:
                 self._doc_sources = as_sources(docs)
             return self._docs
 
-    def _framed_corpus(self, spec, counter) -> tuple[int, int]:
-        """(tokens of every document with its fence, mean fence tokens per source), once per encoding.
-
-        Raw counts depend on the encoding only (margins are applied later), and come from the
-        on-disk count cache, so a big corpus is counted once ever, not once per question.
-        """
-        key = counter.encoding_name
-        with self._lock:
-            if key not in self._doc_tokens:
-                from ragkit.counting import count_documents
-
-                docs = self.documents()
-                framing = framing_tokens(counter, self._doc_sources)
-                self._doc_tokens[key] = (sum(count_documents(docs, spec)) + framing,
-                                         -(-framing // max(1, len(docs))))
-            return self._doc_tokens[key]
-
     def ensure_index(self):
         """The index to retrieve from (a corpus.IndexStatus). Checked once per session and never
         blocked by another process updating it: a stale index is re-checked on the next question."""
@@ -188,14 +191,26 @@ class Session:
             return self._providers[key]
 
     # ---- the pipeline ---------------------------------------------------------------------------------
+    def plan(self, question: str = "", *, model: str | None = None, answer_tokens: int | None = None,
+             strategy: str | None = None):
+        """The plan for this corpus and question (ragkit.budget.Plan): what `ragkit plan` prints and
+        what prepare() and ask() then do, unchanged."""
+        from ragkit.models import get_model
+
+        return self._plan(get_model(model or self.model), self._sources(), (question or "").strip(),
+                          answer_tokens, strategy)
+
     def prepare(self, question: str, *, model: str | None = None, answer_tokens: int | None = None,
-                strategy: str | None = None, top_k: int = DEFAULT_TOP_K) -> PreparedPrompt:
+                strategy: str | None = None, top_k: int = DEFAULT_TOP_K, order: str = "edges",
+                schema=None) -> PreparedPrompt:
         """Plans and builds the exact prompt, without calling any model (what --dry-run shows).
 
         strategy forces "stuff" or "retrieve" (None: the planner decides); top_k is how many chunks
-        retrieval considers before packing the best of them into the budget.
+        retrieval considers before packing the best of them into the budget; order puts the sources
+        that best match the question at the prompt's edges ("edges") or keeps file order ("document").
+        schema (see ask) adds the reply-format block to the prompt (and so to the plan) and, unless
+        answer_tokens is given, sizes the answer from it.
         """
-        from ragkit.budget import plan as make_plan
         from ragkit.costs import cost_usd
         from ragkit.models import get_model
         from ragkit.tokens import counter_for
@@ -203,53 +218,42 @@ class Session:
         question = (question or "").strip()
         if not question:
             raise InputError("the question is empty: ask something, e.g. ragkit ask DOCS \"what is X?\".")
+        if order not in ORDERS:
+            raise InputError(f"order {order!r}: use edges or document.")
         t0 = time.perf_counter()
         spec = get_model(model or self.model)
         counter = counter_for(spec)
-        docs = self.documents()
-        doc_sources = self._doc_sources
-        # The plan counts what is really sent: texts + their fences, instructions, question.
-        corpus_tokens, per_source = self._framed_corpus(spec, counter)
-        the_plan = make_plan(spec, corpus_tokens=corpus_tokens, question=question, answer_tokens=answer_tokens,
-                             instructions_tokens=counter.planning_tokens(scaffold_tokens(counter)),
-                             documents=0)
-        the_plan = replace(the_plan, documents=len(docs))
-        if strategy not in (None, "stuff", "retrieve"):
-            raise InputError(f"strategy {strategy!r}: use stuff or retrieve.")
-        if strategy and strategy != the_plan.strategy:
-            if strategy == "stuff" and the_plan.strategy == "retrieve":
-                raise InputError(f"the documents do not fit {spec.name}'s budget ({the_plan.reason}); "
-                                 "stuffing them would pass the practical limit.")
-            the_plan = replace(the_plan, strategy=strategy, context_tokens=the_plan.budget_tokens,
-                               reason=f"Retrieval forced (--strategy retrieve). {the_plan.reason}")
-        limit = the_plan.practical_limit_tokens
+        doc_sources = self._sources()
+        structured = make_schema(schema) if schema is not None else None
+        frame = structured.frame if structured is not None else None
+        if structured is not None and answer_tokens is None:
+            answer_tokens = min(structured.answer_reserve(counter.count), spec.max_output_tokens)
+        # followed, never rewritten
+        the_plan = self._plan(spec, doc_sources, question, answer_tokens, strategy, frame=frame)
 
-        def overshoot(system: str, user: str) -> int:
-            """Tokens by which the real prompt (+ the answer) passes the limit, counted like the planner."""
-            used = counter.planning_tokens(counter.count(system) + counter.count(user))
-            return used + the_plan.answer_tokens - limit
+        def prompt_tokens(system: str, user: str) -> int:
+            """The prompt as the plan counts it (margin included for estimates)."""
+            return counter.planning_tokens(counter.count(system) + counter.count(user))
 
         if the_plan.strategy == "stuff":
-            sources = doc_sources
-            system, user = build_prompt(question, sources)
-            over = overshoot(system, user)
-            if over > 0 and strategy != "stuff":  # the plan's estimate was a hair short: retrieve instead
-                the_plan = replace(the_plan, strategy="retrieve", context_tokens=the_plan.budget_tokens,
-                                   reason=f"{the_plan.reason} Fenced and numbered, though, the prompt passes the "
-                                          f"limit by {over:,} tokens, so ragkit retrieves instead.")
-        if the_plan.strategy == "retrieve":
-            # Pack, build the real prompt, count it; shrink the budget by any overshoot and re-pack.
+            sources = self._stuffed(doc_sources, question, order)
+            system, user = build_prompt(question, sources, frame=frame)
+        else:
+            # Pack, build the real prompt, count it; shrink the packing budget by any overshoot of the
+            # plan's figure and re-pack (chunk fences are estimated per chunk; the plan stays as it is).
             budget = the_plan.budget_tokens
+            per_source = self._counts(counter, doc_sources).framing_per_source
             for _ in range(6):
                 sources = self._retrieve(question, spec, counter, budget, top_k, per_source)
-                system, user = build_prompt(question, sources)
-                over = overshoot(system, user)
+                sources = self._in_file_order(doc_sources, sources) if order == "document" else sources
+                system, user = build_prompt(question, sources, frame=frame)
+                over = prompt_tokens(system, user) - the_plan.estimated_input_tokens
                 if over <= 0:
                     break
                 budget -= over
             else:
-                raise InputError(f"could not fit retrieved chunks into {spec.name}'s practical limit of {limit:,} "
-                                 f"tokens; lower --answer-tokens or shorten the question.")
+                raise InputError(f"could not fit retrieved chunks into {spec.name}'s practical limit of "
+                                 f"{the_plan.practical_limit_tokens:,} tokens; lower --answer-tokens or shorten the question.")
         input_tokens = counter.count(system) + counter.count(user)
         estimated = counter.planning_tokens(input_tokens)
         return PreparedPrompt(
@@ -259,6 +263,52 @@ class Session:
             prepare_s=time.perf_counter() - t0,
             index=self._index_status if the_plan.strategy == "retrieve" else None,
         )
+
+    def _sources(self) -> list[SourceRef]:
+        """The documents as numbered sources, in file order (loaded once)."""
+        with self._lock:
+            self.documents()
+            return self._doc_sources
+
+    def _counts(self, counter, sources: list[SourceRef]):
+        """The sources' texts and fenced blocks counted once per encoding (prompt.SourceTokens; the
+        on-disk count cache makes an unchanged corpus cost nothing after its first count ever)."""
+        from ragkit.prompt import Framing
+
+        with self._lock:
+            known = self._doc_tokens.get(counter.encoding_name)
+            if known is None or known[0] is not sources:
+                known = self._doc_tokens[counter.encoding_name] = (sources, Framing(counter).count_sources(sources))
+            return known[1]
+
+    def _plan(self, spec, sources: list[SourceRef], question: str, answer_tokens: int | None, strategy: str | None,
+              frame=None):
+        from ragkit.budget import plan_for_sources
+        from ragkit.tokens import counter_for
+
+        return plan_for_sources(spec, sources, question, answer_tokens=answer_tokens, strategy=strategy,
+                                counts=self._counts(counter_for(spec), sources), frame=frame)
+
+    def _stuffed(self, sources: list[SourceRef], question: str, order: str) -> list[SourceRef]:
+        """Every document, renumbered in prompt order: the best matches for the question (BM25, see
+        retrieve.TermRanker) at the edges like retrieved chunks, or file order."""
+        from ragkit.retrieve import TermRanker, edges
+
+        if order == "document" or len(sources) < 2:
+            return sources
+        with self._lock:
+            known = getattr(self, "_term_ranker", None)
+            if known is None or known[0] is not sources:
+                texts = [f"{s.title}\n{s.text}" if s.title else s.text for s in sources]
+                known = self._term_ranker = (sources, TermRanker(texts))
+        return [replace(sources[i], number=n) for n, i in enumerate(edges(known[1].rank(question)), 1)]
+
+    @staticmethod
+    def _in_file_order(doc_sources: list[SourceRef], sources: list[SourceRef]) -> list[SourceRef]:
+        """Retrieved chunks renumbered in the order their documents and characters appear in the corpus."""
+        position = {s.doc_id: i for i, s in enumerate(doc_sources)}
+        ordered = sorted(sources, key=lambda s: (position.get(s.doc_id, len(position)), s.start_char))
+        return [replace(s, number=n) for n, s in enumerate(ordered, 1)]
 
     def _retrieve(self, question: str, spec, counter, budget: int, top_k: int, per_source: int) -> list[SourceRef]:
         """The best chunks packed into `budget` (the model's tokens), leaving room for each chunk's fence.
@@ -275,7 +325,7 @@ class Session:
         with self._retrieval_lock:
             packed = self.corpus.pack(question, budget_tokens=budget, model=spec, k=top_k,
                                       per_chunk_overhead_tokens=per_chunk)
-        sources = [replace(s, title=s.title or titles.get(s.doc_id)) for s in as_sources(packed.chunks)]
+        sources = [replace(s, title=titles.get(s.doc_id, s.title)) for s in as_sources(packed.chunks)]  # the whole title
         if not sources:
             raise InputError(f"retrieval found nothing that fits the {budget:,}-token budget for this question "
                              f"under {self.path}; check the index (ragkit index {self.path}).")
@@ -289,20 +339,30 @@ class Session:
 
     def ask(self, question: str, *, model: str | None = None, answer_tokens: int | None = None,
             strategy: str | None = None, on_text: Callable[[str], None] | None = None,
-            temperature: float = 0.0, top_k: int = DEFAULT_TOP_K) -> Answer:
-        """Answers one question from the corpus. on_text given => the answer streams through it."""
-        from ragkit.costs import cost_usd
+            temperature: float = 0.0, top_k: int = DEFAULT_TOP_K, order: str = "edges", schema=None) -> Answer:
+        """Answers one question from the corpus. on_text given => the answer streams through it.
+
+        schema (a Pydantic model class, a JSON Schema dict or file, or shorthand like 'name str, year int'):
+        the answer is a validated object (Answer.data) with per-field citations (Answer.citations); nothing
+        partial is streamed, and a reply that does not validate gets one repair round-trip.
+        """
+        from ragkit.ledger import account
         from ragkit.models import get_model
 
         if not (question or "").strip():
             raise InputError("the question is empty: ask something, e.g. ragkit ask DOCS \"what is X?\".")
         spec = get_model(model or self.model)
         provider = self.provider(spec)  # a missing key fails here, before any indexing work
-        prepared = self.prepare(question, model=spec.id, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k)
+        structured = make_schema(schema) if schema is not None else None  # a bad schema fails before any work
+        prepared = self.prepare(question, model=spec.id, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k,
+                                order=order, schema=structured)
+        if structured is not None:
+            return self._ask_structured(spec, provider, prepared, structured, temperature)
         done = provider.complete(prepared.system, prepared.user, max_tokens=prepared.plan.answer_tokens,
                                             temperature=temperature, on_text=on_text)
         # Only a completed call gets this far: no partial answer, no ledger row for failures.
-        cost = cost_usd(spec, done.input_tokens, done.output_tokens)
+        cost = account(done, spec, task=self.task, strategy=prepared.plan.strategy, question=prepared.question,
+                       log_question=self.log_question, ledger=self.ledger).cost_usd
         cited = cited_numbers(done.text, len(prepared.context))
         answer = Answer(
             answer=done.text.strip(), strategy=prepared.plan.strategy, plan=prepared.plan,
@@ -312,19 +372,34 @@ class Session:
             prepare_s=prepared.prepare_s, finish_reason=done.finish_reason, question=prepared.question,
             index=prepared.index,
         )
-        self._record(spec, done, answer)
         return answer
 
-    def _record(self, spec, done, answer: Answer) -> None:
-        if self.ledger is None:
-            return
-        from ragkit.ledger import record_call
+    def _ask_structured(self, spec, provider, prepared: PreparedPrompt, structured, temperature: float) -> Answer:
+        """The schema's answer: every call (a repair included) is its own ledger row and adds to usage and cost."""
+        from ragkit.ledger import account
+        from ragkit.structured import complete_structured
 
-        try:
-            record_call(task=self.task, spec=spec, completion=done, strategy=answer.strategy, cost_usd=answer.cost_usd,
-                        question=answer.question, log_question=self.log_question, ledger=self.ledger)
-        except Exception as exc:  # bookkeeping must not lose an answer already paid for
-            print(f"ragkit: warning: could not write the cost ledger {self.ledger.path}: {exc}", file=sys.stderr)
+        costs: list[float] = []
+        result = complete_structured(
+            provider, structured, prepared.system, prepared.user, max_tokens=prepared.plan.answer_tokens,
+            temperature=temperature, n_sources=len(prepared.context),
+            on_call=lambda done: costs.append(account(
+                done, spec, task=self.task, strategy=prepared.plan.strategy, question=prepared.question,
+                log_question=self.log_question, ledger=self.ledger).cost_usd))
+        calls, parsed, last = result.completions, result.parsed, result.completions[-1]
+        cited = list(dict.fromkeys(n for numbers in parsed.citations.values() for n in numbers))
+        refs = lambda numbers: tuple(prepared.context[n - 1] for n in numbers)  # noqa: E731
+        return Answer(
+            answer=json.dumps(parsed.value, ensure_ascii=False), strategy=prepared.plan.strategy, plan=prepared.plan,
+            sources=refs(cited), context=prepared.context,
+            usage=Usage(sum(c.input_tokens for c in calls), sum(c.output_tokens for c in calls),
+                        all(getattr(c, "usage_reported", True) for c in calls)),
+            cost_usd=sum(costs), model=spec.id,
+            api_model=last.model, latency_s=sum(c.latency_s for c in calls), ttft_s=calls[0].ttft_s,
+            prepare_s=prepared.prepare_s, finish_reason=last.finish_reason, question=prepared.question,
+            index=prepared.index, data=parsed.data, citations={f: refs(ns) for f, ns in parsed.citations.items()},
+            dropped_citations=dict(parsed.dropped), enforcement=result.enforcement, repairs=result.repairs,
+            calls=len(calls))
 
     def refresh(self) -> None:
         """Re-reads the documents and re-checks the index on the next question (files changed on disk)."""
@@ -352,7 +427,9 @@ class Session:
 
 def ask(path: str | Path, question: str, *, model: str | None = None, base_url: str | None = None,
         answer_tokens: int | None = None, strategy: str | None = None,
-        on_text: Callable[[str], None] | None = None, top_k: int = DEFAULT_TOP_K, **session_kw) -> Answer:
+        on_text: Callable[[str], None] | None = None, top_k: int = DEFAULT_TOP_K, order: str = "edges", schema=None,
+        **session_kw) -> Answer:
     """One question, one corpus: opens a Session, asks, closes. For many questions keep a Session."""
     with Session(path, model=model, base_url=base_url, **session_kw) as session:
-        return session.ask(question, answer_tokens=answer_tokens, strategy=strategy, on_text=on_text, top_k=top_k)
+        return session.ask(question, answer_tokens=answer_tokens, strategy=strategy, on_text=on_text, top_k=top_k,
+                           order=order, schema=schema)

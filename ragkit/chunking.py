@@ -11,8 +11,10 @@ import hashlib
 import itertools
 import re
 from bisect import bisect_left
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Iterable, Iterator, Protocol
+
+from ragkit.span import Span
 
 DEFAULT_CHUNK_TOKENS = 240   # content word pieces; + [CLS]/[SEP] = 242 <= MiniLM's 256 window
 DEFAULT_OVERLAP_TOKENS = 32
@@ -57,18 +59,12 @@ class ChunkSettings:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class Chunk:
-    """A piece of one document: `text == document.text[start_char:end_char]`."""
+@dataclass(frozen=True, kw_only=True)
+class Chunk(Span):
+    """A piece of one document, sized for the embedder."""
 
-    doc_id: str
-    source: str
     position: int      # 0-based order within the document
-    start_char: int
-    end_char: int
-    text: str
     tokens: int        # in the embedder's tokenizer, without special tokens
-    title: str = ""    # document title embedded in front of the text ("" = none)
 
     @property
     def embed_text(self) -> str:
@@ -78,9 +74,6 @@ class Chunk:
     @property
     def text_hash(self) -> str:
         return text_hash(self.embed_text)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def text_hash(text: str) -> str:
@@ -223,8 +216,8 @@ class Chunker:
             for sec in _sections(text):
                 for group in _merge(self._pieces(text, _blocks(text, *sec), limit), limit, overlap):
                     s, e = group[0][0], group[-1][1]
-                    doc_chunks.append(Chunk(doc.id, doc.source, position, s, e, text[s:e], sum(p[2] for p in group),
-                                            title))
+                    doc_chunks.append(Chunk(doc.id, doc.source, s, e, text[s:e], title, position=position,
+                                            tokens=sum(p[2] for p in group)))
                     position += 1
             out.extend(self._verify(doc_chunks, limit))
         return out
@@ -267,14 +260,13 @@ class Chunker:
         fixed, changed = [], False
         for c, off in self._with_offsets(chunks):
             if len(off) <= limit:
-                fixed.append(c if len(off) == c.tokens else Chunk(c.doc_id, c.source, c.position, c.start_char,
-                                                                  c.end_char, c.text, len(off), c.title))
+                fixed.append(c if len(off) == c.tokens else replace(c, tokens=len(off)))
                 continue
             changed = True
             counter = _Counter(c.start_char, off)
             for a, b, n in counter.piece_runs(c.start_char, c.end_char, limit):
-                fixed.append(Chunk(c.doc_id, c.source, 0, a, b, c.text[a - c.start_char:b - c.start_char], n, c.title))
+                fixed.append(replace(c, start_char=a, end_char=b, text=c.text[a - c.start_char:b - c.start_char],
+                                     position=0, tokens=n))
         if changed:
-            fixed = [Chunk(c.doc_id, c.source, i, c.start_char, c.end_char, c.text, c.tokens, c.title)
-                     for i, c in enumerate(fixed)]
+            fixed = [replace(c, position=i) for i, c in enumerate(fixed)]
         return fixed

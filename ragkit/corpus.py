@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,12 +19,15 @@ from pathlib import Path
 
 from ragkit.chunking import ChunkSettings, Chunker
 from ragkit.errors import IndexBusy, IndexError_, InputError
-from ragkit.loaders import Document, discover_files, load_file
-from ragkit.retrieve import Hit, PackedContext, pack_hits
+from ragkit.loaders import Document, discover_files, load_file, warn_skip
+from ragkit.retrieve import DEFAULT_TOP_K, Hit, PackedContext, pack_hits
 from ragkit import store as _store
 
 log = logging.getLogger("ragkit")
-EMBED_GROUP = 512   # texts handed to the model per call: progress/caching granularity
+# New vectors reach the embedding cache every CACHE_COMMIT_TEXTS texts or CACHE_COMMIT_S seconds, whichever
+# comes first, so a killed build loses at most that much model work (a commit costs about a millisecond).
+CACHE_COMMIT_TEXTS = 128
+CACHE_COMMIT_S = 2.0
 DEFAULT_INDEX_WAIT_S = 600.0   # how long a question waits for another process building the FIRST index
 
 
@@ -99,8 +103,7 @@ class Corpus:
         self._gen: _store.Generation | None = None
         self._gen_lock = threading.Lock()
         # rebuild=True: the old index's settings are ignored (index(rebuild=True) then discards it).
-        gen = None if rebuild else self._generation()
-        have = gen.settings if gen else None
+        have = None if rebuild else _store.current_settings(self.index_dir)  # FAISS loads on the first search
         # Unspecified settings follow the existing index; specified ones must match it.
         from ragkit.embed import resolve_model
 
@@ -156,15 +159,17 @@ class Corpus:
     # -- documents ----------------------------------------------------------------------------
     def documents(self) -> list[Document]:
         """Every readable document (what `stuff` sends); warns once per skipped file."""
+        return [d for sf in self._source_files() for d in load_file(sf, text_field=self.text_field)]
+
+    def _source_files(self) -> list:
+        """The files under the path that hold documents: discovered, minus the index folder's own."""
         _, files = discover_files(self.path, self.include, self.exclude)
-        return [d for sf in files if not _is_index_path(sf.path, self.index_dir)
-                for d in load_file(sf, text_field=self.text_field)]
+        return [sf for sf in files if not _is_index_path(sf.path, self.index_dir)]
 
     # -- indexing -----------------------------------------------------------------------------
     def _scan(self, old: _store.Generation | None) -> tuple[list, dict, _store.Changes]:
         """(files on disk, the generation's file records, what differs). Reads only: no lock needed."""
-        _, files = discover_files(self.path, self.include, self.exclude)
-        files = [sf for sf in files if not _is_index_path(sf.path, self.index_dir)]
+        files = self._source_files()
         old_files = old.files() if old else {}
         return files, old_files, _store.scan_changes(files, old_files)
 
@@ -175,9 +180,18 @@ class Corpus:
         IndexBusy; atomic on disk."""
         t0 = time.perf_counter()
         chunker = Chunker(self._tokenizer(), self.chunk_settings)  # bad settings fail before anything is touched
+        files = self._source_files()
+        no_files = f"no files to index under {self.path}; check the path and --include/--exclude"
+        if not files and not self.index_dir.is_dir():
+            raise InputError(no_files)  # before the index folder exists: a failed first run leaves nothing behind
         self.index_dir.mkdir(parents=True, exist_ok=True)
         with _store.WriteLock(self.index_dir, timeout_s=lock_timeout_s):
-            current = self._generation_unchecked()
+            try:
+                current = self._generation_unchecked()
+            except IndexError_:
+                if not rebuild:
+                    raise
+                current = None  # damaged CURRENT or generation: --rebuild replaces it, so it needs none of it
             old = None if rebuild else current
             if old is not None:
                 self._check(old.settings)
@@ -185,15 +199,15 @@ class Corpus:
                 for name in ("embcache.sqlite", "embcache.sqlite-wal", "embcache.sqlite-shm"):
                     (self.index_dir / name).unlink(missing_ok=True)
             _store.cleanup_stray(self.index_dir, current.name if current else None)
-            files, old_files, ch = self._scan(old)
+            files, old_files, ch = self._scan(old)   # again under the lock: the files may have moved on
             if not files and old is None:
-                raise InputError(f"no files to index under {self.path}; check the path and --include/--exclude")
+                raise InputError(no_files)
             skipped: list[tuple[str, str]] = [(r.rel, r.skipped) for r in old_files.values()
                                                if r.skipped and r.rel not in ch.removed
                                                and r.rel not in {sf.rel for sf in ch.changed}]
             if not ch.any and not ch.restat and old is not None:
                 return self._report(old, ch, skipped, t0, 0.0, 0, 0, 0, 0)
-            report_skip = on_skip or (lambda rel, reason: log.warning("skipped %s: %s", rel, reason))
+            report_skip = on_skip or warn_skip
 
             records: list[_store.FileRecord] = list(ch.restat.values())
             new_chunks: list[_store.NewChunk] = []
@@ -285,8 +299,8 @@ class Corpus:
         return get_embedder(self._model_arg(), self.backend.key)
 
     def _vectors(self, chunks: list[_store.NewChunk], progress: bool, on_progress):
-        """Vectors for new chunks: from the content-hash cache when possible, else the model
-        (longest-first groups so batches pad little; each group committed to the cache at once)."""
+        """Vectors for new chunks: from the content-hash cache when possible, else the model (one model
+        batch per call, longest first so batches pad little; committed to the cache as they come)."""
         import numpy as np
 
         gen = self._gen
@@ -303,16 +317,22 @@ class Corpus:
             todo = sorted((h for h in unique if h not in found), key=lambda h: -text_of[h][1])
             t0 = time.perf_counter()
             bar = _ProgressBar(len(todo), enabled=progress)
+            pending: list[str] = []
+            last_commit = t0
             try:
-                for i in range(0, len(todo), EMBED_GROUP):
-                    part = todo[i:i + EMBED_GROUP]
-                    vecs = emb.encode([text_of[h][0] for h in part])
-                    cache.put_many(part, vecs)
-                    found.update(zip(part, vecs))
-                    _store._crash_point("after_embed_group")
+                for i in range(0, len(todo), emb.batch_size):
+                    part = todo[i:i + emb.batch_size]
+                    found.update(zip(part, emb.encode([text_of[h][0] for h in part])))
+                    pending += part
+                    done = i + len(part)
+                    if (len(pending) >= CACHE_COMMIT_TEXTS or done == len(todo)
+                            or time.perf_counter() - last_commit >= CACHE_COMMIT_S):
+                        cache.put_many(pending, [found[h] for h in pending])
+                        pending, last_commit = [], time.perf_counter()
+                        _store._crash_point("after_embed_group")
                     bar.advance(len(part))
                     if on_progress:
-                        on_progress(min(i + EMBED_GROUP, len(todo)), len(todo))
+                        on_progress(done, len(todo))
             finally:
                 bar.close()
             embed_s = time.perf_counter() - t0
@@ -337,7 +357,8 @@ class Corpus:
     def _require(self) -> _store.Generation:
         gen = self._generation()
         if gen is None:
-            raise IndexError_(f"no index at {self.index_dir}; run `ragkit index {self.path}` first")
+            other = "" if self.index_dir.resolve() == default_index_dir(self.path) else f" --index-dir {self.index_dir}"
+            raise IndexError_(f"no index at {self.index_dir}; run `ragkit index {self.path}{other}` first")
         self._check(gen.settings)
         return gen
 
@@ -354,10 +375,10 @@ class Corpus:
         results = gen.search(vecs, k)
         rows = gen.chunks(sorted({i for r in results for i, _ in r}))
         return [[Hit(rows[i].doc_id, rows[i].source, rows[i].start_char, rows[i].end_char, rows[i].text,
-                     round(s, 6), rows[i].position, i, rows[i].title or "") for i, s in r if i in rows]
-                for r in results]
+                     rows[i].title or "", score=round(s, 6), position=rows[i].position, chunk_id=i)
+                 for i, s in r if i in rows] for r in results]
 
-    def pack(self, question: str, budget_tokens: int, model, k: int = 50, order: str = "edges", *,
+    def pack(self, question: str, budget_tokens: int, model, k: int = DEFAULT_TOP_K, order: str = "edges", *,
              per_chunk_overhead_tokens: int = 0) -> PackedContext:
         """The best chunks for `question` packed into `budget_tokens` of `model`'s tokens."""
         from ragkit.tokens import counter_for
@@ -386,11 +407,8 @@ def _wanted_backend(requested: str | None, have: dict | None):
 
 
 def _is_index_path(path: Path, index_dir: Path) -> bool:
-    try:
-        path.resolve().relative_to(index_dir)
-        return True
-    except ValueError:
-        return False
+    # os.path.realpath, not Path.resolve(): a symlink loop must not raise here (loading skips it with a warning).
+    return Path(os.path.realpath(path)).is_relative_to(index_dir)
 
 
 class _ProgressBar:
@@ -451,7 +469,8 @@ class MemoryIndex:
         with self._lock:
             faiss.omp_set_num_threads(1)
             scores, idx = self.index.search(q, min(k, len(self.texts)))
-        return [[Hit(self.ids[i], self.ids[i], 0, len(self.texts[i]), self.texts[i], round(float(s), 6), 0, int(i))
+        return [[Hit(self.ids[i], self.ids[i], 0, len(self.texts[i]), self.texts[i], score=round(float(s), 6),
+                     chunk_id=int(i))
                  for i, s in zip(row_i, row_s) if i >= 0] for row_i, row_s in zip(idx, scores)]
 
 

@@ -31,3 +31,7 @@ class IndexBusy(IndexError_):
     def __init__(self, message: str, holder: str = ""):
         super().__init__(message)
         self.holder = holder
+
+
+class IncompleteStream(ProviderError):
+    """A streamed answer stopped before the model's end marker: the text so far is not an answer."""

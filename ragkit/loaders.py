@@ -1,8 +1,9 @@
 """Files -> Documents: plain text, Markdown, reST, HTML (visible text), PDF and JSON Lines.
 
-Anything unreadable (binary, empty, broken PDF, undecodable) is skipped with one warning line,
-never a crash. Text that is not UTF-8 is decoded with a stated fallback: UTF-8 (BOM-aware), then
-charset-normalizer's best guess, then Latin-1 (which cannot fail).
+Anything unreadable (binary, empty, broken PDF, damaged gzip, not a regular file, permission denied)
+is skipped with one warning line, never a crash. Text is decoded with a stated fallback: the Unicode
+encoding a byte-order mark declares (UTF-8/16/32) or BOM-less UTF-16 recognised by its NUL pattern,
+else UTF-8, else charset-normalizer's best guess, else Latin-1 (which cannot fail).
 """
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ import hashlib
 import json
 import logging
 import os
+import stat
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ragkit.span import Span
+from ragkit.console import warn
 from ragkit.errors import InputError
-
-log = logging.getLogger("ragkit")
 
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".rst", ".rest"}
 HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
@@ -44,6 +47,11 @@ class Document:
     def to_dict(self) -> dict:
         return {"id": self.id, "source": self.source, "text": self.text, "meta": dict(self.meta)}
 
+    def span(self) -> Span:
+        """The whole document as a passage (what stuffing sends)."""
+        title = self.meta.get("title")
+        return Span(self.id, self.source, 0, len(self.text), self.text, title if isinstance(title, str) else "")
+
 
 @dataclass(frozen=True)
 class SourceFile:
@@ -53,8 +61,9 @@ class SourceFile:
     rel: str  # posix path relative to the corpus root; the stable key of the file
 
 
-def _warn_skip(rel: str, reason: str) -> None:
-    log.warning("skipped %s: %s", rel, reason)
+def warn_skip(rel: str, reason: str) -> None:
+    """The default SkipHandler: one `ragkit: warning: skipped <file>: <reason>` line on stderr."""
+    warn(f"skipped {rel}: {reason}")
 
 
 def _suffix(path: Path) -> str:
@@ -122,16 +131,58 @@ def discover_files(path: str | os.PathLike, include=(), exclude=()) -> tuple[Pat
     return root, files
 
 
+# Longest first: the UTF-32 LE mark begins with the UTF-16 LE one.
+_BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"), (b"\xef\xbb\xbf", "utf-8-sig"),
+         (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+
+
+def _bom_encoding(data: bytes) -> str | None:
+    return next((enc for bom, enc in _BOMS if data.startswith(bom)), None)
+
+
+def _utf16_without_bom(head: bytes) -> str | None:
+    """'utf-16-le'/'utf-16-be' when `head` looks like BOM-less UTF-16 of mostly-Latin text: every
+    other byte NUL, the bytes between (almost) never, and it decodes to printable text. A binary
+    file of small 16-bit numbers has the same NUL pattern but decodes to control characters."""
+    pairs = len(head) // 2
+    if pairs < 4:
+        return None
+    even, odd = head[0:2 * pairs:2], head[1:2 * pairs:2]
+    for zeros, letters, enc in ((odd, even, "utf-16-le"), (even, odd, "utf-16-be")):
+        if zeros.count(0) >= 0.4 * pairs and letters.count(0) <= pairs // 100:
+            try:
+                sample = head[:2 * pairs].decode(enc)
+            except UnicodeDecodeError:  # e.g. cut inside a surrogate pair at the sniff boundary
+                sample = head[:2 * pairs].decode(enc, errors="replace")
+            printable = sum(ch.isprintable() or ch in "\t\n\r\f\v" for ch in sample)
+            return enc if printable >= 0.95 * len(sample) else None
+    return None
+
+
+def sniff_unicode(head: bytes) -> str | None:
+    """The Unicode encoding of a file starting with `head` when its bytes say so: a byte-order mark
+    (UTF-8, UTF-16 LE/BE, UTF-32 LE/BE) or BOM-less UTF-16. Such text may hold NUL bytes and is not binary."""
+    return _bom_encoding(head) or _utf16_without_bom(head)
+
+
 # Short texts fit several code pages equally well; among equally good guesses, prefer the Windows
 # code pages (by far the most common source of non-UTF-8 text), Western first.
 _PREFERRED = ("cp1252", "cp1251", "cp1250", "cp1253", "cp1254", "cp1255", "cp1256", "cp1257", "cp1258")
 
 
 def decode_bytes(data: bytes) -> tuple[str, str]:
-    """(text, encoding used). The stated fallback: UTF-8 (with or without BOM); else charset-normalizer's
-    guess (among equally good guesses a Windows code page, Western first); else Latin-1, which cannot fail."""
+    """(text, encoding used). The stated fallback: the Unicode encoding a byte-order mark declares (bad
+    bytes replaced) or BOM-less UTF-16; else UTF-8; else charset-normalizer's guess (among equally good
+    guesses a Windows code page, Western first); else Latin-1, which cannot fail."""
+    declared = sniff_unicode(data[:_SNIFF_BYTES])
+    if declared:
+        try:
+            return data.decode(declared), declared
+        except UnicodeDecodeError:
+            if _bom_encoding(data):  # declared by the file itself: keep the text, mark the bad bytes
+                return data.decode(declared, errors="replace"), declared
     try:
-        return data.decode("utf-8-sig" if data.startswith(b"\xef\xbb\xbf") else "utf-8"), "utf-8"
+        return data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         pass
     try:
@@ -153,7 +204,7 @@ def _read_text_file(path: Path) -> tuple[str, str]:
     """Reads a text file holding at most the bytes plus the decoded str (about 2x its size) at once."""
     with open(path, "rb") as f:
         head = f.read(_SNIFF_BYTES)
-        if b"\x00" in head:
+        if b"\x00" in head and not sniff_unicode(head):  # UTF-16/32 text is full of NUL bytes
             raise _Skip("binary file")
         data = head + f.read()
     del head
@@ -222,11 +273,21 @@ def _pdf_text(path: Path) -> str:
     return "\n\n".join(p for p in pages if p)
 
 
-def _iter_jsonl(sf: SourceFile, text_field: str, on_skip: SkipHandler) -> Iterator[Document]:
-    """One Document per record, streamed line by line (a 100 MB file is never held whole)."""
-    opener = gzip.open if sf.rel.lower().endswith(".gz") else open
-    bad = 0
-    with opener(sf.path, "rb") as f:
+def _check_gzip(path: Path) -> None:
+    """Decompresses a gzip file once without keeping it, so a truncated or corrupt one is skipped
+    whole instead of indexed up to the damage (the reader raises only when it reaches it)."""
+    with gzip.open(path, "rb") as f:
+        while f.read(1 << 20):
+            pass
+
+
+def _iter_jsonl(sf: SourceFile, text_field: str, bad: list[tuple[int, str]]) -> Iterator[Document]:
+    """One Document per record, streamed line by line (a 100 MB file is never held whole).
+    Lines that hold no usable record are appended to `bad` as (line number, why)."""
+    gz = sf.rel.lower().endswith(".gz")
+    if gz:
+        _check_gzip(sf.path)
+    with (gzip.open if gz else open)(sf.path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             raw = raw.strip()
             if not raw:
@@ -234,34 +295,46 @@ def _iter_jsonl(sf: SourceFile, text_field: str, on_skip: SkipHandler) -> Iterat
             try:
                 rec = json.loads(raw)
             except ValueError:
-                bad += 1
+                bad.append((lineno, "not JSON"))
+                continue
+            except RecursionError:  # e.g. 100,000 nested brackets: the parser gives up, we skip the line
+                bad.append((lineno, "JSON nested too deeply"))
                 continue
             if not isinstance(rec, dict):
-                bad += 1
+                bad.append((lineno, "not a JSON object"))
                 continue
             text = rec.get(text_field)
             if not isinstance(text, str) or not text.strip():
-                bad += 1
+                bad.append((lineno, f"no text in field {text_field!r}"))
                 continue
             rid = rec.get("id", f"L{lineno}")
             meta = {k: v for k, v in rec.items() if k != text_field and isinstance(v, (str, int, float, bool))}
             meta["line"] = lineno
             yield Document(id=f"{sf.rel}#{rid}", source=sf.rel, text=text, meta=meta)
-    if bad:
-        on_skip(sf.rel, f"{bad} line(s) without a JSON object holding text field {text_field!r}")
 
 
-def load_file(sf: SourceFile, *, text_field: str = "text", on_skip: SkipHandler = _warn_skip) -> Iterator[Document]:
+def _jsonl_problem(records: int, bad: list[tuple[int, str]], text_field: str) -> str:
+    if not bad:
+        return f"no records with a text field {text_field!r}"
+    lineno, why = bad[0]
+    return (f"{len(bad)} line(s) without a JSON object holding text field {text_field!r} (first: line {lineno}, "
+            f"{why})" + ("" if records else "; no records left"))
+
+
+def load_file(sf: SourceFile, *, text_field: str = "text", on_skip: SkipHandler = warn_skip) -> Iterator[Document]:
     """Documents of one file (several for JSON Lines); a file that can't be read yields none and warns once."""
     suffix = _suffix(sf.path)
     try:
+        # A FIFO or device would block the read forever or stream without end: only regular files.
+        if not stat.S_ISREG(os.stat(sf.path).st_mode):
+            raise _Skip("not a regular file")
         if suffix in JSONL_SUFFIXES:
-            n = 0
-            for doc in _iter_jsonl(sf, text_field, on_skip):
+            n, bad = 0, []
+            for doc in _iter_jsonl(sf, text_field, bad):
                 n += 1
                 yield doc
-            if n == 0:
-                on_skip(sf.rel, f"no records with a text field {text_field!r}")
+            if bad or n == 0:
+                on_skip(sf.rel, _jsonl_problem(n, bad, text_field))
             return
         meta: dict = {}
         if suffix == ".pdf":
@@ -283,12 +356,14 @@ def load_file(sf: SourceFile, *, text_field: str = "text", on_skip: SkipHandler 
         yield Document(id=sf.rel, source=sf.rel, text=text, meta=meta)
     except _Skip as exc:
         on_skip(sf.rel, str(exc))
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:  # what a truncated or corrupt .gz raises
+        on_skip(sf.rel, f"damaged gzip file ({type(exc).__name__}: {exc or 'ends too early'})")
     except OSError as exc:
         on_skip(sf.rel, f"unreadable ({exc.strerror or exc})")
 
 
 def iter_documents(path, include=(), exclude=(), text_field: str = "text",
-                   on_skip: SkipHandler = _warn_skip) -> Iterator[Document]:
+                   on_skip: SkipHandler = warn_skip) -> Iterator[Document]:
     """Streams the Documents under `path` (file or folder), skipping what can't be read."""
     _, files = discover_files(path, include, exclude)
     for sf in files:
@@ -296,7 +371,7 @@ def iter_documents(path, include=(), exclude=(), text_field: str = "text",
 
 
 def load_documents(path, include=(), exclude=(), text_field: str = "text",
-                   on_skip: SkipHandler = _warn_skip) -> list[Document]:
+                   on_skip: SkipHandler = warn_skip) -> list[Document]:
     """All Documents under `path`; raises InputError when nothing readable is found."""
     docs = list(iter_documents(path, include, exclude, text_field, on_skip))
     if not docs:

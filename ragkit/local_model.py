@@ -368,8 +368,11 @@ class LocalModel:
         return len(self.chat.text_ids(text))
 
     def generate(self, system: str, prompt: str, *, max_tokens: int, temperature: float = 0.0,
-                 on_text: Callable[[str], None] | None = None, seed: int = 0) -> Generation:
-        """Greedy decoding (temperature 0) until an end-of-turn token or max_tokens; on_text gets each text delta."""
+                 on_text: Callable[[str], None] | None = None, seed: int = 0, constraint=None) -> Generation:
+        """Greedy decoding (temperature 0) until an end-of-turn token or max_tokens; on_text gets each text delta.
+
+        constraint (ragkit.grammar.JsonConstraint): masks the logits before each pick, so only tokens it
+        allows are ever chosen; generation ends when it is complete."""
         if max_tokens < 1:
             raise RagkitError(f"max_tokens must be at least 1, got {max_tokens}.")
         import torch
@@ -385,11 +388,14 @@ class LocalModel:
             ttft_s = None
             finish_reason = "length"
             while True:
-                token = _pick(out.logits[0, -1], temperature, generator)
+                logits = out.logits[0, -1] if constraint is None else constraint.mask(out.logits[0, -1])
+                token = _pick(logits, temperature, generator)
                 generated.append(token)
+                if constraint is not None:
+                    constraint.advance(token)
                 if ttft_s is None:
                     ttft_s = time.perf_counter() - started
-                if token in STOP_TOKEN_IDS:
+                if token in STOP_TOKEN_IDS or (constraint is not None and constraint.done):
                     finish_reason = "stop"
                     break
                 # Decode everything so far and emit only the new, complete text: one token can be half a

@@ -24,7 +24,11 @@ from ragkit.config import project_config_path, user_config_path
 from ragkit.errors import ConfigError, UnknownModelError
 
 PROVIDERS = ("openai", "anthropic", "local")
-ENCODINGS = ("cl100k_base", "o200k_base")  # the tiktoken encodings ragkit ships (tokens.py has their files)
+ENCODINGS = ("cl100k_base", "o200k_base")
+# How a model's API enforces a JSON Schema answer (ragkit/structured.py), per provider; "none": validation only.
+STRUCTURED_OUTPUT = {"openai": ("strict", "json_mode", "none"), "anthropic": ("tool", "none"),
+                     "local": ("grammar", "none")}
+DEFAULT_STRUCTURED_OUTPUT = {"openai": "json_mode", "anthropic": "tool", "local": "grammar"}  # the tiktoken encodings ragkit ships (tokens.py has their files)
 
 
 @dataclass(frozen=True)
@@ -46,19 +50,35 @@ class ModelSpec:
     output_usd_per_mtok: float
     ttft_s: float
     tokens_per_s: float
+    latency_source: str
     good_for: str
     encoding: str
     exact_tokens: bool
     token_margin: float
+    structured_output: str = "none"   # strict | json_mode | tool | grammar | none (STRUCTURED_OUTPUT)
 
     @property
     def limit_is_measured(self) -> bool:
         return self.limit_source.startswith("measured")
 
+    @property
+    def limit_is_default(self) -> bool:
+        """The practical limit (and its range) is a documented default, not the article's or a measurement."""
+        return _is_default(self.limit_source)
+
+    @property
+    def latency_is_default(self) -> bool:
+        """ttft_s and tokens_per_s are a documented default, not the article's or a measurement."""
+        return _is_default(self.latency_source)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["aliases"] = list(self.aliases)
         return d
+
+
+def _is_default(source: str) -> bool:
+    return not source.startswith(("article", "measured"))
 
 
 # ----------------------------------------------------------------------------- the schema
@@ -161,11 +181,19 @@ _SCHEMA: dict[str, _Field] = {
     "output_usd_per_mtok": _Field(_amount, "output_usd_per_mtok = 10.0"),
     "ttft_s": _Field(_amount, "ttft_s = 0.8", 0.0, False),
     "tokens_per_s": _Field(_amount, "tokens_per_s = 70", 0.0, False),
+    "latency_source": _Field(_text, 'latency_source = "measured: 2K-token prompts, 2025-01-31"',
+                             "default: set by the user without a source", False),
     "good_for": _Field(_any_text, 'good_for = "Classification, routing"', "", False),
     "encoding": _Field(_one_of(ENCODINGS), 'encoding = "o200k_base"'),
     "exact_tokens": _Field(_flag, "exact_tokens = false"),
     "token_margin": _Field(_amount, "token_margin = 0.15", 0.0, False),
+    "structured_output": _Field(_one_of(("strict", "json_mode", "tool", "grammar", "none")),
+                                'structured_output = "json_mode"', None, False),  # default: per provider
 }
+# Each source vouches for the figures beside it in the file that sets it: a file that sets a figure
+# without its source sets the default source too, so an overridden figure is never shown as the article's.
+_SOURCES = {"limit_source": ("practical_limit_tokens", "practical_low_tokens", "practical_high_tokens"),
+            "latency_source": ("ttft_s", "tokens_per_s")}
 _TOP_LEVEL = ("models",)
 _REQUIRED = tuple(n for n, f in _SCHEMA.items() if f.required)
 BUILTIN_REGISTRY = config.bundled("models.toml")
@@ -265,6 +293,9 @@ def load_tables(path: Path) -> dict[str, dict]:
             except _Bad as bad:
                 raise ConfigError(f"{_where(path, model_id)} {name} {bad}, not {_shown(value)}; "
                                   f"write {_fix(name, value)}.") from None
+        for source, figures in _SOURCES.items():
+            if source not in checked and any(f in checked for f in figures):
+                checked[source] = _SCHEMA[source].default
         tables[model_id] = checked
     return tables
 
@@ -288,6 +319,12 @@ def _build(model_id: str, table: dict, origin: dict[str, Path]) -> ModelSpec:
         if values[side] is None:  # a range not given is the limit itself, set where the limit was
             values[side] = values["practical_limit_tokens"]
             origin = {side: origin["practical_limit_tokens"], **origin}
+    if values["structured_output"] is None:
+        values["structured_output"] = DEFAULT_STRUCTURED_OUTPUT[values["provider"]]
+    elif values["structured_output"] not in STRUCTURED_OUTPUT[values["provider"]]:
+        raise ConfigError(f'{_where(origin["structured_output"], model_id)} structured_output = '
+                          f'"{values["structured_output"]}" does not apply to provider "{values["provider"]}"; '
+                          f"use one of {', '.join(repr(c) for c in STRUCTURED_OUTPUT[values['provider']])}.")
     window = values["context_window_tokens"]
     for name in ("practical_limit_tokens", "practical_low_tokens", "practical_high_tokens", "max_output_tokens"):
         if values[name] > window:

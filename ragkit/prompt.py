@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import asdict, dataclass
-from typing import Iterable
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, Iterable
+
+from ragkit.loaders import Document
+from ragkit.retrieve import PackedChunk
+from ragkit.span import Span
 
 SYSTEM_PROMPT = """\
 You answer questions using only the numbered sources in the user's message.
@@ -35,17 +39,11 @@ Answer concisely (one sentence when that is enough) from the sources above only,
 NO_ANSWER = "The sources do not contain the answer."
 
 
-@dataclass(frozen=True)
-class SourceRef:
+@dataclass(frozen=True, kw_only=True)
+class SourceRef(Span):
     """One numbered source as sent to the model: which document, which characters."""
 
     number: int
-    doc_id: str
-    source: str              # path relative to the corpus root
-    start_char: int
-    end_char: int
-    text: str
-    title: str | None = None
     score: float | None = None   # retrieval score (None when stuffed)
     tokens: int | None = None
 
@@ -63,45 +61,39 @@ class SourceRef:
         return d
 
 
-def as_sources(items: Iterable) -> list[SourceRef]:
-    """Numbers any context items from 1: Documents, PackedChunks, search Hits or SourceRefs."""
+def as_sources(items: Iterable[Span | Document]) -> list[SourceRef]:
+    """Numbers passages from 1, in the order given (hits, packed chunks, whole documents). A packed
+    chunk also brings its retrieval score and its size in the model's tokens."""
     out = []
     for n, item in enumerate(items, 1):
-        text = item.text
-        meta = getattr(item, "meta", None) or {}
-        start = getattr(item, "start_char", None)
-        end = getattr(item, "end_char", None)
-        out.append(SourceRef(
-            number=n,
-            doc_id=str(getattr(item, "doc_id", None) or getattr(item, "id", None) or item.source),
-            source=str(item.source),
-            start_char=int(start) if start is not None else 0,
-            end_char=int(end) if end is not None else len(text),
-            text=text,
-            title=meta.get("title") if isinstance(meta.get("title"), str) else getattr(item, "title", None),
-            score=getattr(item, "score", None),
-            tokens=getattr(item, "tokens", None),
-        ))
+        s = item.span() if isinstance(item, Document) else item
+        packed = (s.score, s.tokens) if isinstance(s, PackedChunk) else (None, None)
+        out.append(SourceRef(s.doc_id, s.source, s.start_char, s.end_char, s.text, s.title, number=n,
+                             score=packed[0], tokens=packed[1]))
     return out
 
 
 def fence_tag(texts: list[str]) -> str:
-    """A tag no source contains: 'source-' + 8 hex digits of a hash of all the texts."""
+    """A tag no source contains: 'source-' + 8 decimal digits drawn from a hash of all the texts.
+
+    Decimal, not hex: digits tokenize in fixed groups of three, so every tag costs the same tokens
+    (a hex tag costs 9 to 15 in o200k) and the planner can count the fences exactly before the
+    tag is known.
+    """
     h = hashlib.sha256()
     for t in texts:
         h.update(t.encode("utf-8", "surrogatepass"))
         h.update(b"\0")
     seed = h.hexdigest()
     for i in range(0, len(seed) - 8):
-        tag = f"source-{seed[i:i + 8]}"
+        tag = f"source-{int(seed[i:i + 8], 16) % 10**8:08d}"
         if not any(tag in t for t in texts):
             return tag
     raise RuntimeError("no unused fence tag")  # unreachable in practice
 
 
-# Stands in for the real tag when estimating fence sizes (the real one depends on the texts);
-# hex digits with few merges, so estimates lean high. The finished prompt is always counted exactly.
-ESTIMATE_TAG = "source-f3e9a7b1"
+# Stands in for the real tag when counting: every tag has the same token count (see fence_tag).
+ESTIMATE_TAG = "source-31415926"
 
 _ATTR_BAD = re.compile(r'["<>\r\n\t]+')
 
@@ -117,27 +109,97 @@ def format_source(src: SourceRef, tag: str) -> str:
     return f'<{tag} n="{src.number}" path="{_attr(where)}"{title}>\n[{src.number}] {src.text.strip()}\n</{tag}>'
 
 
-def build_prompt(question: str, items: Iterable, *, tag: str | None = None) -> tuple[str, str]:
-    """(system, user) for `question` over the numbered, fenced sources `items`."""
+def build_prompt(question: str, items: Iterable, *, tag: str | None = None,
+                 frame: Callable[[str, str], tuple[str, str]] | None = None) -> tuple[str, str]:
+    """(system, user) for `question` over the numbered, fenced sources `items`; `frame` (e.g. a
+    structured answer's reply-format block, structured.StructuredSpec.frame) wraps the finished pair."""
     sources = items if isinstance(items, list) and all(isinstance(s, SourceRef) for s in items) else as_sources(items)
     tag = tag or fence_tag([s.text for s in sources] + [s.title or "" for s in sources] + [question])
     body = "\n\n".join(format_source(s, tag) for s in sources) if sources else "(no sources)"
     system = SYSTEM_PROMPT.format(tag=tag)
     user = USER_TEMPLATE.format(sources=body, question=" ".join(question.split()))
-    return system, user
+    return frame(system, user) if frame is not None else (system, user)
 
 
-def scaffold_tokens(counter, question: str = "") -> int:
-    """Tokens of the prompt without any source (instructions + question): the planner's reserve."""
-    system, user = build_prompt(question, [], tag=ESTIMATE_TAG)
-    return counter.count(system) + counter.count(user.replace("(no sources)", ""))
+@dataclass(frozen=True)
+class SourceTokens:
+    """What a set of sources costs in one counting encoding."""
+
+    documents: int
+    text_tokens: int        # the texts alone, as `ragkit count` counts them
+    prompt_tokens: int      # the same texts fenced, numbered and separated as build_prompt renders them
+
+    @property
+    def framing_tokens(self) -> int:
+        return self.prompt_tokens - self.text_tokens
+
+    @property
+    def framing_per_source(self) -> int:
+        return -(-self.framing_tokens // max(1, self.documents))
 
 
-def framing_tokens(counter, sources: list[SourceRef]) -> int:
-    """Tokens the fences and headers add around the sources' texts (plus the blank lines between)."""
-    tag = ESTIMATE_TAG
-    return sum(counter.count(format_source(SourceRef(s.number, s.doc_id, s.source, 0, 0, "", s.title), tag)) + 1
-               for s in sources)
+class Framing:
+    """The answer prompt counted in parts that add up exactly to what build_prompt renders:
+
+        system + user = scaffold (instructions and question around the sources)
+                        + each source's fenced block + a separator between neighbouring blocks
+
+    No part shares a pre-token with its neighbour (tiktoken never merges across those): each block
+    opens with '<' and closes with '>', every fence tag costs the same tokens (fence_tag), and a
+    source's number stands alone, so a block counted as source [1] costs the same at any position
+    up to 999 and a known amount more past it. Counts are in the counter's encoding; the margin of
+    an estimated model is the planner's business.
+    """
+
+    _PROBE = SourceRef("p", "p", 0, 1, "p", number=1)   # a one-token source standing in while counting the rest
+
+    def __init__(self, counter, frame: Callable[[str, str], tuple[str, str]] | None = None):
+        self.counter = counter
+        self.frame = frame            # build_prompt's frame: counted in the scaffold, like it is rendered
+        self._probe = counter.count(format_source(self._PROBE, ESTIMATE_TAG))
+        one, two = (build_prompt("", [self._PROBE] * n, tag=ESTIMATE_TAG)[1] for n in (1, 2))
+        self.separator_tokens = counter.count(two) - counter.count(one) - self._probe
+
+    def scaffold_tokens(self, question: str = "") -> int:
+        """The prompt without its sources' blocks: system prompt, user template and the question."""
+        system, user = build_prompt(question, [self._PROBE], tag=ESTIMATE_TAG, frame=self.frame)
+        return self.counter.count(system) + self.counter.count(user) - self._probe
+
+    def block_text(self, source: SourceRef) -> str:
+        """The source's fenced block as build_prompt renders it, numbered [1] (see number_tokens)."""
+        return format_source(replace(source, number=1), ESTIMATE_TAG)
+
+    def number_tokens(self, n: int) -> int:
+        """What numbering n sources 1..n costs beyond numbering each of them [1] (0 up to 999):
+        the number appears twice per block, and digits tokenize in groups of three."""
+        extra, digits = 0, 1
+        while 10 ** (digits - 1) <= n:
+            count = min(n, 10 ** digits - 1) - 10 ** (digits - 1) + 1
+            extra += 2 * count * (self.counter.count("1" + "0" * (digits - 1)) - self.counter.count("1"))
+            digits += 1
+        return extra
+
+    def sources_tokens(self, block_tokens: list[int]) -> int:
+        """Tokens the sources add to the prompt, given each one's block_text count."""
+        n = len(block_tokens)
+        return sum(block_tokens) + self.separator_tokens * max(0, n - 1) + self.number_tokens(n)
+
+    def count_sources(self, sources: list[SourceRef], *, use_cache: bool = True) -> SourceTokens:
+        """Counts the sources' texts and blocks, through the on-disk count cache by default, so an
+        unchanged corpus is counted once ever."""
+        texts = [s.text for s in sources]
+        blocks = [self.block_text(s) for s in sources]
+        if use_cache:
+            from ragkit.tokens import CountCache
+
+            cache = CountCache()
+            try:
+                text_counts, block_counts = cache.count_many(self.counter, texts), cache.count_many(self.counter, blocks)
+            finally:
+                cache.close()
+        else:
+            text_counts, block_counts = self.counter.count_many(texts), self.counter.count_many(blocks)
+        return SourceTokens(len(sources), sum(text_counts), self.sources_tokens(block_counts))
 
 
 _CITE = re.compile(r"\[\s*(?:sources?\s*)?(\d+(?:\s*(?:,|;|and|-|–)\s*(?:sources?\s*)?\d+)*)\s*\]", re.I)

@@ -26,11 +26,14 @@ import json
 import os
 import shutil
 import sqlite3
+import stat
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ragkit.console import warn
 from ragkit.errors import IndexBusy, IndexError_
 
 FORMAT_VERSION = 1
@@ -39,6 +42,7 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 40
 HNSW_EF_SEARCH = 128           # recall@10 0.98 -> 0.99 vs 64 on real NQ questions, ~1 ms a query
 TOMBSTONE_REBUILD_FRACTION = 0.2
+UNREADABLE = "unreadable"      # the sha256 recorded for a file whose bytes could not be read
 
 
 def _crash_point(name: str) -> None:
@@ -138,6 +142,10 @@ class ChunkRow:
     title: str
 
 
+def damaged_message(index_dir: Path, what: str) -> str:
+    return f"the index at {index_dir} is damaged ({what}); rebuild it with `ragkit index <PATH> --rebuild`"
+
+
 def mismatch_message(index_dir: Path, have: dict, want: dict) -> str:
     diffs = [f"{k}: index has {have.get(k)!r}, requested {want.get(k)!r}" for k in sorted(set(have) | set(want))
              if have.get(k) != want.get(k)]
@@ -151,11 +159,33 @@ class EmbeddingCache:
 
     def __init__(self, path: Path, model: str, dim: int):
         self.path, self.model, self.dim = path, model, dim
-        self.db = sqlite3.connect(str(path), timeout=30)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS vectors (model TEXT, hash TEXT, vec BLOB, PRIMARY KEY(model, hash))")
-        self.db.commit()
+        try:
+            self.db = self._connect()
+        except sqlite3.DatabaseError as exc:  # only a cache: keep the damaged file for a look, start afresh
+            aside = self._move_aside()
+            warn(f"the embedding cache {path} is damaged ({exc}); moved it to {aside.name} and started a new one "
+                 f"(vectors it held are computed again)")
+            self.db = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), timeout=30)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("CREATE TABLE IF NOT EXISTS vectors (model TEXT, hash TEXT, vec BLOB, PRIMARY KEY(model, hash))")
+            db.commit()
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _move_aside(self) -> Path:
+        """Renames the cache to <name>.damaged (replacing an older one); called under the write lock."""
+        aside = self.path.with_name(self.path.name + ".damaged")
+        os.replace(self.path, aside)
+        for suffix in ("-wal", "-shm"):
+            Path(str(self.path) + suffix).unlink(missing_ok=True)
+        return aside
 
     def get_many(self, hashes: list[str]) -> dict:
         import numpy as np
@@ -218,16 +248,34 @@ class Generation:
     """A readable, complete generation of an index folder (what searches use)."""
 
     def __init__(self, index_dir: Path, name: str):
+        """Raises OSError, ValueError, KeyError, sqlite3.DatabaseError or RuntimeError (faiss) when
+        the generation's files are missing or damaged: `open_generation` turns them into one sentence."""
         import faiss
 
         self.index_dir, self.name = index_dir, name
         self.path = index_dir / name
         self.manifest = json.loads((self.path / "manifest.json").read_text())
-        self.db = sqlite3.connect(f"file:{self.path / 'chunks.sqlite'}?mode=ro", uri=True, check_same_thread=False)
-        self._db_lock = threading.Lock()
-        self.index = faiss.read_index(str(self.path / "index.faiss"))
         self.tombstones = int(self.manifest.get("tombstones", 0))
         self.kind = self.manifest["index_type"]
+        if "dim" not in self.manifest["settings"]:
+            raise KeyError("settings.dim")
+        self.db = sqlite3.connect(f"file:{self.path / 'chunks.sqlite'}?mode=ro", uri=True, check_same_thread=False)
+        self._db_lock = threading.Lock()
+        try:
+            self.db.execute("SELECT 1 FROM files LIMIT 1").fetchall()  # reads the header: garbage fails here
+            self.index = faiss.read_index(str(self.path / "index.faiss"))
+        except BaseException:
+            self.db.close()
+            raise
+
+    @contextmanager
+    def _reading(self):
+        """The chunk table under its lock; a page damaged after opening is one clear error, not a traceback."""
+        with self._db_lock:
+            try:
+                yield self.db
+            except sqlite3.DatabaseError as exc:
+                raise IndexError_(damaged_message(self.index_dir, f"{self.name}/chunks.sqlite: {exc}")) from None
 
     @property
     def settings(self) -> dict:
@@ -267,24 +315,24 @@ class Generation:
     def _dead(self, ids: set[int]) -> set[int]:
         if not ids:
             return set()
-        with self._db_lock:
+        with self._reading() as db:
             q = f"SELECT id FROM tombstones WHERE id IN ({','.join('?' * len(ids))})"
-            return {r[0] for r in self.db.execute(q, list(ids))}
+            return {r[0] for r in db.execute(q, list(ids))}
 
     def chunks(self, ids: list[int]) -> dict[int, ChunkRow]:
         out: dict[int, ChunkRow] = {}
-        with self._db_lock:
+        with self._reading() as db:
             for i in range(0, len(ids), 900):
                 part = ids[i:i + 900]
                 q = ("SELECT id, doc_id, source, position, start_char, end_char, text, tokens, title FROM chunks "
                      f"WHERE id IN ({','.join('?' * len(part))})")
-                for row in self.db.execute(q, part):
+                for row in db.execute(q, part):
                     out[row[0]] = ChunkRow(*row)
         return out
 
     def files(self) -> dict[str, FileRecord]:
-        with self._db_lock:
-            return {r[0]: FileRecord(*r) for r in self.db.execute(
+        with self._reading() as db:
+            return {r[0]: FileRecord(*r) for r in db.execute(
                 "SELECT rel, size, mtime_ns, sha256, chunks, skipped FROM files")}
 
     def close(self) -> None:
@@ -296,8 +344,8 @@ def read_current(index_dir: Path) -> str | None:
         return json.loads((index_dir / "CURRENT").read_text())["generation"]
     except FileNotFoundError:
         return None
-    except (ValueError, KeyError) as exc:
-        raise IndexError_(f"{index_dir / 'CURRENT'} is damaged ({exc}); rebuild with `ragkit index <PATH> --rebuild`") from None
+    except (ValueError, KeyError, TypeError, OSError) as exc:  # garbage, a list, a directory...
+        raise IndexError_(damaged_message(index_dir, f"CURRENT: {type(exc).__name__}: {exc}")) from None
 
 
 def open_generation(index_dir: Path) -> Generation | None:
@@ -308,15 +356,34 @@ def open_generation(index_dir: Path) -> Generation | None:
             return None
         try:
             gen = Generation(index_dir, name)
-        except (FileNotFoundError, sqlite3.OperationalError, RuntimeError):
+        except (OSError, sqlite3.DatabaseError, RuntimeError, ValueError, KeyError, TypeError) as exc:
             if read_current(index_dir) != name:
                 continue
-            raise IndexError_(f"the index at {index_dir} is damaged (generation {name} unreadable); "
-                              f"rebuild with `ragkit index <PATH> --rebuild`") from None
+            raise IndexError_(damaged_message(index_dir, f"generation {name} unreadable: {type(exc).__name__}: "
+                                                         f"{exc}")) from None
         if gen.manifest.get("format") != FORMAT_VERSION:
             raise IndexError_(f"the index at {index_dir} has format {gen.manifest.get('format')}, this ragkit "
                               f"reads {FORMAT_VERSION}; rebuild with `ragkit index <PATH> --rebuild`")
         return gen
+    raise IndexError_(f"the index at {index_dir} kept changing while opening it; try again")
+
+
+def current_settings(index_dir: Path) -> dict | None:
+    """The current generation's settings, read from its manifest without loading FAISS: what opening a
+    Corpus needs (stuffing and `ragkit plan` never search). None when there is no index yet."""
+    for _ in range(5):  # as in open_generation: CURRENT may move on between our reads
+        name = read_current(index_dir) if index_dir.is_dir() else None
+        if name is None:
+            return None
+        try:
+            return {**LEGACY_SETTINGS, **json.loads((index_dir / name / "manifest.json").read_text())["settings"]}
+        except FileNotFoundError:
+            if read_current(index_dir) != name:
+                continue
+        except (ValueError, KeyError):
+            pass
+        raise IndexError_(f"the index at {index_dir} is damaged (generation {name} unreadable); "
+                          f"rebuild with `ragkit index <PATH> --rebuild`")
     raise IndexError_(f"the index at {index_dir} kept changing while opening it; try again")
 
 
@@ -375,31 +442,44 @@ class Changes:
         return bool(self.added or self.changed or self.removed)
 
 
-def scan_changes(files, old: dict[str, FileRecord]) -> Changes:
-    """Stat first (size + mtime, like git); hash only files whose stat moved."""
+def _content_hash(path: Path, st: os.stat_result | None) -> str:
+    """sha256 of a regular file's bytes, or UNREADABLE (never opens a FIFO or device: it could block)."""
     from ragkit.loaders import file_sha256
 
+    if st is None or not stat.S_ISREG(st.st_mode):
+        return UNREADABLE
+    try:
+        return file_sha256(path)
+    except OSError:
+        return UNREADABLE
+
+
+def scan_changes(files, old: dict[str, FileRecord]) -> Changes:
+    """Stat first (size + mtime, like git); hash only files whose stat moved.
+
+    A file recorded as UNREADABLE is hashed again every run: reading can start to work with nothing
+    in its stat changing (chmod moves only ctime), and then it must be indexed. A file that cannot
+    even be stat'ed (dangling symlink, symlink loop) counts as changed, so it is loaded and warned about."""
     ch = Changes()
     seen = set()
     for sf in files:
         seen.add(sf.rel)
         try:
             st = sf.path.stat()
+            size, mtime = st.st_size, st.st_mtime_ns
         except OSError:
-            continue
+            st, size, mtime = None, -1, -1
         rec = old.get(sf.rel)
-        if rec and rec.size == st.st_size and rec.mtime_ns == st.st_mtime_ns:
+        if rec and st is not None and rec.sha256 != UNREADABLE and (rec.size, rec.mtime_ns) == (size, mtime):
             ch.unchanged += 1
             ch.unchanged_rels.add(sf.rel)
             continue
-        try:
-            digest = file_sha256(sf.path)
-        except OSError:
-            digest = "unreadable"
+        digest = _content_hash(sf.path, st)
         if rec and rec.sha256 == digest:
             ch.unchanged += 1
             ch.unchanged_rels.add(sf.rel)
-            ch.restat[sf.rel] = FileRecord(sf.rel, st.st_size, st.st_mtime_ns, digest, rec.chunks, rec.skipped)
+            if (rec.size, rec.mtime_ns) != (size, mtime):  # same content, new stat: refresh the row only
+                ch.restat[sf.rel] = FileRecord(sf.rel, size, mtime, digest, rec.chunks, rec.skipped)
             continue
         ch.hashes[sf.rel] = digest
         (ch.changed if rec else ch.added).append(sf)

@@ -15,13 +15,17 @@ A responder is `fn(request: ChatRequest) -> str | Reply | Fault`:
   * str    -> a normal answer; usage is counted by the server (see `count_words`)
   * Reply  -> a normal answer with explicit usage numbers / finish reason
   * Fault  -> Fault.rate_limited(retry_after_s=0), Fault.server_error(), Fault.status(401),
-              Fault.slow(delay_s, then="text"), Fault.malformed()
+              Fault.slow(delay_s, then="text"), Fault.malformed(), and faults that break a normal
+              answer on the wire: Fault.hang(), Fault.short_body(), Fault.cut_stream(end_marker=False),
+              Fault.reset(), Fault.bad_events() (see each for what it sends)
 `scripted(a, b, ...)` answers with a, then b, ..., repeating the last one forever.
 The responder runs on the server's threads: keep it thread-safe (it may be called concurrently).
 """
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import threading
 import time
 import uuid
@@ -70,18 +74,21 @@ class Reply:
     input_tokens: int | None = None
     output_tokens: int | None = None
     finish_reason: str = "stop"   # OpenAI spelling; mapped to Anthropic's "end_turn"/"max_tokens"
+    tool_input: dict | None = None   # Anthropic only: reply with a tool_use block (the request's forced tool)
 
 
 @dataclass(frozen=True)
 class Fault:
     """A failure the server should produce instead of an answer."""
 
-    kind: str                     # "status" | "slow" | "malformed"
+    kind: str                     # "status" | "slow" | "malformed" | "hang" | "short" | "cut" | "reset" | "bad_events"
     status: int = 500
     retry_after_s: float | None = None
     delay_s: float = 0.0
     then: Union[str, Reply, None] = None
     message: str = "simulated failure"
+    mid_stream: bool = False      # hang/reset: after the first piece of the answer instead of before any byte
+    end_marker: bool = False      # cut: the stream's end marker is sent before the clean close
 
     @classmethod
     def rate_limited(cls, retry_after_s: float = 0.0) -> "Fault":
@@ -102,6 +109,35 @@ class Fault:
     @classmethod
     def malformed(cls) -> "Fault":
         return cls("malformed")
+
+    # Faults on the wire: the answer `then` is rendered normally, then broken as it is sent.
+    @classmethod
+    def hang(cls, mid_stream: bool = False, then: Union[str, Reply] = "The answer is cut") -> "Fault":
+        """Sends nothing (or, mid_stream, the first piece of the answer) and holds the connection open."""
+        return cls("hang", mid_stream=mid_stream, then=then)
+
+    @classmethod
+    def short_body(cls, then: Union[str, Reply] = "The answer is complete") -> "Fault":
+        """Declares the full Content-Length, sends half the body (JSON or SSE), then closes cleanly."""
+        return cls("short", then=then)
+
+    @classmethod
+    def cut_stream(cls, then: Union[str, Reply] = "The answer is ", end_marker: bool = False) -> "Fault":
+        """Streams: all of `then`, then a clean close. Without end_marker no finish_reason/usage/[DONE]
+        (OpenAI) or content_block_stop/message_delta/message_stop (Anthropic); with it, everything but
+        [DONE]. A plain request gets `then` as a normal answer (its end is the Content-Length)."""
+        return cls("cut", then=then, end_marker=end_marker)
+
+    @classmethod
+    def reset(cls, mid_stream: bool = False, then: Union[str, Reply] = "The answer is cut") -> "Fault":
+        """A TCP reset (RST) before any byte, or mid_stream after the first piece of the answer."""
+        return cls("reset", mid_stream=mid_stream, then=then)
+
+    @classmethod
+    def bad_events(cls) -> "Fault":
+        """A stream of valid JSON in the wrong shape: Anthropic text deltas with no message_start;
+        OpenAI objects that are not chat.completion.chunk. A plain request gets a JSON object of neither."""
+        return cls("bad_events")
 
 
 Responder = Callable[[ChatRequest], Union[str, Reply, Fault]]
@@ -142,9 +178,17 @@ def _chunks(text: str, n: int = 3) -> list[str]:
     return [text[i:i + size] for i in range(0, len(text), size)]
 
 
+def _sse_bytes(data: str, event: str | None = None) -> bytes:
+    return ((f"event: {event}\n" if event else "") + f"data: {data}\n\n").encode()
+
+
+WIRE_FAULTS = ("hang", "short", "cut", "reset")
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: "_Server"
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms delayed-ACK stall each
 
     def log_message(self, *args: Any) -> None:  # keep test output quiet
         pass
@@ -164,18 +208,89 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_json(self, status: int, obj: dict, extra: dict | None = None) -> None:
         self._send(status, json.dumps(obj).encode(), extra=extra)
 
-    def _start_sse(self) -> None:
+    def _start_sse(self, content_length: int | None = None) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
+        if content_length is not None:
+            self.send_header("Content-Length", str(content_length))
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
 
     def _sse(self, data: str, event: str | None = None) -> None:
-        out = (f"event: {event}\n" if event else "") + f"data: {data}\n\n"
-        self.wfile.write(out.encode())
+        self.wfile.write(_sse_bytes(data, event))
         self.wfile.flush()
+
+    # ---- wire faults: a normal answer, broken as it is sent ----------------------------------
+    def _hold(self) -> None:
+        """Keeps the connection open, silent, until the client gives up or the server stops."""
+        self.server.stopping.wait()
+        self.close_connection = True
+
+    def _reset(self) -> None:
+        """Closes with a TCP RST instead of a FIN (SO_LINGER 0): the client sees 'connection reset'."""
+        self.wfile.flush()
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+        self.close_connection = True
+
+    def _deliver_json(self, obj: dict) -> None:
+        """Sends a plain answer, or breaks it per the request's wire fault."""
+        fault, body = self._wire_fault, json.dumps(obj).encode()
+        if fault is None or fault.kind == "cut":
+            self._send(200, body)
+            return
+        if fault.kind in ("hang", "reset") and not fault.mid_stream:
+            self._hold() if fault.kind == "hang" else self._reset()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))  # the full length, then only half of it
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+        {"hang": self._hold, "reset": self._reset}.get(fault.kind, lambda: None)()
+
+    def _deliver_stream(self, events: list[tuple[str, str | None, str]]) -> None:
+        """Sends (data, event name, role) SSE events; role is head | text | end | done. A wire fault
+        decides how far it gets: see Fault.hang/short_body/cut_stream/reset."""
+        fault = self._wire_fault
+        if fault is not None and fault.kind in ("hang", "reset") and not fault.mid_stream:
+            self._hold() if fault.kind == "hang" else self._reset()
+            return
+        if fault is not None and fault.kind == "short":
+            wire = b"".join(_sse_bytes(data, event) for data, event, _role in events)
+            self._start_sse(content_length=len(wire))
+            self.wfile.write(wire[: len(wire) // 2])
+            self.wfile.flush()
+            return
+        if fault is not None and fault.kind == "cut":
+            keep = ("head", "text", "end") if fault.end_marker else ("head", "text")
+            events = [e for e in events if e[2] in keep]
+        elif fault is not None:  # hang / reset mid-stream: after the first piece of the answer
+            first_text = next(i for i, e in enumerate(events) if e[2] == "text")
+            events = events[: first_text + 1]
+        self._start_sse()
+        for data, event, _role in events:
+            self._sse(data, event)
+        if fault is not None and fault.kind in ("hang", "reset"):
+            self._hold() if fault.kind == "hang" else self._reset()
+
+    def _bad_events(self, request: ChatRequest, api: str) -> None:
+        if not request.stream:
+            self._send_json(200, {"unexpected": "neither a chat completion nor a message"})
+            return
+        self._start_sse()
+        if api == "anthropic":  # text deltas and a stop, but no message_start to hang them on
+            for name, obj in (("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "The"}}),
+                              ("message_stop", {})):
+                self._sse(json.dumps({"type": name, **obj}), event=name)
+        else:
+            self._sse(json.dumps({"unexpected": "not a chat.completion.chunk"}))
+            self._sse("[DONE]")
 
     # ---- routing --------------------------------------------------------------------------
     def do_GET(self) -> None:
@@ -211,11 +326,17 @@ class _Handler(BaseHTTPRequestHandler):
             outcome = self.server.responder(request)
         except Exception as exc:  # a broken responder is a 500, visible in the test
             outcome = Fault.status(500, f"responder raised {exc!r}")
+        self._wire_fault = None
         if isinstance(outcome, Fault) and outcome.kind == "slow":
             # Interruptible sleep so stopping the server never waits out a long delay.
             if self.server.stopping.wait(outcome.delay_s):
                 return None
             outcome = outcome.then if outcome.then is not None else "slow answer"
+        if isinstance(outcome, Fault) and outcome.kind == "bad_events":
+            self._bad_events(request, api)
+            return None
+        if isinstance(outcome, Fault) and outcome.kind in WIRE_FAULTS:
+            self._wire_fault, outcome = outcome, outcome.then
         if isinstance(outcome, Fault):
             if outcome.kind == "malformed":
                 if request.stream:  # a stream whose first event is cut-off JSON
@@ -246,7 +367,7 @@ class _Handler(BaseHTTPRequestHandler):
             text=outcome.text,
             input_tokens=request.input_words if outcome.input_tokens is None else outcome.input_tokens,
             output_tokens=count_words(outcome.text) if outcome.output_tokens is None else outcome.output_tokens,
-            finish_reason=outcome.finish_reason,
+            finish_reason=outcome.finish_reason, tool_input=outcome.tool_input,
         )
 
     # ---- OpenAI Chat Completions -----------------------------------------------------------
@@ -268,28 +389,27 @@ class _Handler(BaseHTTPRequestHandler):
         usage = {"prompt_tokens": reply.input_tokens, "completion_tokens": reply.output_tokens,
                  "total_tokens": reply.input_tokens + reply.output_tokens}
         if not request.stream:
-            self._send_json(200, {
+            self._deliver_json({
                 "id": cid, "object": "chat.completion", "created": created, "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
                              "finish_reason": reply.finish_reason, "logprobs": None}],
                 "usage": usage,
             })
             return
-        self._start_sse()
 
         def chunk(delta: dict, finish: str | None) -> str:
             return json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
                                "model": model,
                                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
 
-        self._sse(chunk({"role": "assistant", "content": ""}, None))
-        for piece in _chunks(reply.text):
-            self._sse(chunk({"content": piece}, None))
-        self._sse(chunk({}, reply.finish_reason))
+        events = [(chunk({"role": "assistant", "content": ""}, None), None, "head")]
+        events += [(chunk({"content": piece}, None), None, "text") for piece in _chunks(reply.text)]
+        events.append((chunk({}, reply.finish_reason), None, "end"))
         if (body.get("stream_options") or {}).get("include_usage"):
-            self._sse(json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
-                                  "model": model, "choices": [], "usage": usage}))
-        self._sse("[DONE]")
+            events.append((json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
+                                       "model": model, "choices": [], "usage": usage}), None, "end"))
+        events.append(("[DONE]", None, "done"))
+        self._deliver_stream(events)
 
     # ---- Anthropic Messages -----------------------------------------------------------------
     def _anthropic_request(self, api: str, path: str, body: dict, headers: dict) -> ChatRequest:
@@ -313,28 +433,38 @@ class _Handler(BaseHTTPRequestHandler):
             return
         mid, model = f"msg_{uuid.uuid4().hex[:12]}", request.model
         stop = {"stop": "end_turn", "length": "max_tokens"}.get(reply.finish_reason, reply.finish_reason)
+        content = [{"type": "text", "text": reply.text}]
+        if reply.tool_input is not None:
+            tool = (request.body.get("tool_choice") or {}).get("name", "tool")
+            content = [{"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:12]}", "name": tool,
+                        "input": reply.tool_input}]
+            stop = "tool_use"
         if not request.stream:
-            self._send_json(200, {
+            self._deliver_json({
                 "id": mid, "type": "message", "role": "assistant", "model": model,
-                "content": [{"type": "text", "text": reply.text}],
+                "content": content,
                 "stop_reason": stop, "stop_sequence": None,
                 "usage": {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens},
             })
             return
-        self._start_sse()
-        ev = lambda name, obj: self._sse(json.dumps({"type": name, **obj}), event=name)  # noqa: E731
-        ev("message_start", {"message": {
-            "id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
-            "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": reply.input_tokens, "output_tokens": 1}}})
-        ev("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
-        ev("ping", {})
-        for piece in _chunks(reply.text):
-            ev("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": piece}})
-        ev("content_block_stop", {"index": 0})
-        ev("message_delta", {"delta": {"stop_reason": stop, "stop_sequence": None},
-                             "usage": {"output_tokens": reply.output_tokens}})
-        ev("message_stop", {})
+        ev = lambda name, obj, role: (json.dumps({"type": name, **obj}), name, role)  # noqa: E731
+        events = [
+            ev("message_start", {"message": {
+                "id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
+                "stop_reason": None, "stop_sequence": None,
+                "usage": {"input_tokens": reply.input_tokens, "output_tokens": 1}}}, "head"),
+            ev("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}, "head"),
+            ev("ping", {}, "head"),
+        ]
+        events += [ev("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": piece}}, "text")
+                   for piece in _chunks(reply.text)]
+        events += [
+            ev("content_block_stop", {"index": 0}, "end"),
+            ev("message_delta", {"delta": {"stop_reason": stop, "stop_sequence": None},
+                                 "usage": {"output_tokens": reply.output_tokens}}, "end"),
+            ev("message_stop", {}, "end"),
+        ]
+        self._deliver_stream(events)
 
 
 class _Server(ThreadingHTTPServer):
@@ -348,6 +478,13 @@ class _Server(ThreadingHTTPServer):
         self.requests: list[ChatRequest] = []
         self.stopping = threading.Event()
         self._lock = threading.Lock()
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that hangs up (timeouts, fault tests) is expected: no traceback on stderr."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
     def record(self, request: ChatRequest) -> None:
         with self._lock:

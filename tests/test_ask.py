@@ -180,9 +180,18 @@ def test_a_failed_call_prints_one_line_and_records_nothing(corpus, monkeypatch):
     assert Ledger().entries() == []
 
 
-def test_missing_key_fails_before_any_work(corpus):
-    code, out, err = run(["ask", str(corpus), "anything?", "-m", "claude-3.5-sonnet"])
-    assert code == 1 and "ANTHROPIC_API_KEY is not set" in err and "Traceback" not in err
+def test_missing_key_fails_before_any_work(corpus, tiny_model):
+    """A question that needs the index (the corpus is above tiny-ctx's limit) stops at the missing key
+    before any embedding: no index folder is created, neither the default one nor -d's."""
+    other = corpus.parent / "elsewhere"
+    for args in ([], ["-d", str(other)]):
+        code, out, err = run(["ask", str(corpus), "anything?", "-m", "tiny-ctx", *args])
+        assert code == 1 and "OPENAI_API_KEY is not set" in err and "Traceback" not in err
+        assert [p.name for p in corpus.iterdir()] == ["passages.jsonl"] and not other.exists()
+    # The work that was skipped is real: without the key check, this question builds the index.
+    code, out, err = run(["ask", str(corpus), "anything?", "-m", "tiny-ctx", "--dry-run", "--json"])
+    assert code == 0, err
+    assert json.loads(out)["strategy"] == "retrieve" and (corpus / ".ragkit").is_dir()
 
 
 def test_dry_run_prints_plan_prompt_and_cost_without_calling_a_model(corpus):

@@ -42,11 +42,11 @@ def test_fence_is_deterministic_and_depends_on_content():
 
 
 def test_packed_chunks_keep_their_spans():
-    chunk = PackedChunk("big.md", "big.md", 120, 480, "some text", 0.83, 5)
+    chunk = PackedChunk("big.md", "big.md", 120, 480, "some text", score=0.83, tokens=5)
     [src] = as_sources([chunk])
     assert (src.number, src.start_char, src.end_char, src.score, src.tokens) == (1, 120, 480, 0.83, 5)
     assert src.span == "big.md chars 120-480"
-    assert SourceRef(2, "c.jsonl#p1", "c.jsonl", 0, 33, "t").span == "c.jsonl#p1 chars 0-33"
+    assert SourceRef("c.jsonl#p1", "c.jsonl", 0, 33, "t", number=2).span == "c.jsonl#p1 chars 0-33"
 
 
 def test_cited_numbers():

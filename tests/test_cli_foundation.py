@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ragkit.budget import PER_DOCUMENT_TOKENS, plan
+from ragkit.budget import plan
 from ragkit.tokens import get_encoding
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,21 +44,23 @@ def test_count_for_claude_is_marked_estimate_with_margin():
 
 
 def test_plan_stuff_and_retrieve_on_both_sides_of_the_boundary(tmp_path):
-    # One file whose size puts it exactly at the budget, then one token over.
+    # One file whose fenced block is exactly the budget, then one token over.
     enc = get_encoding("o200k_base")
-    budget = plan("gpt-4o", corpus_tokens=0, question="q?").budget_tokens - PER_DOCUMENT_TOKENS
-    words = ("alpha " * (budget + 50)).strip()
-    ids = enc.encode_ordinary(words)
+    budget = plan("gpt-4o", corpus_tokens=0, question="q?").budget_tokens
+    ids = enc.encode_ordinary(("alpha " * (budget + 50)).strip())
     doc = tmp_path / "doc.txt"
-    doc.write_text(enc.decode(ids[:budget]))
-    assert len(enc.encode_ordinary(doc.read_text())) == budget
-    at = json.loads(run("plan", str(tmp_path), "-m", "gpt-4o", "-q", "q?", "--json").stdout)
-    doc.write_text(enc.decode(ids[:budget + 1]))
-    over = json.loads(run("plan", str(tmp_path), "-m", "gpt-4o", "-q", "q?", "--json").stdout)
+    doc.write_text(enc.decode(ids[:100]))
+    fence = json.loads(run("plan", str(tmp_path), "-m", "gpt-4o", "--question", "q?", "--json").stdout)
+    fence = fence["stuffed_tokens"] - fence["corpus_tokens"]
+    doc.write_text(enc.decode(ids[:budget - fence]))
+    at = json.loads(run("plan", str(tmp_path), "-m", "gpt-4o", "--question", "q?", "--json").stdout)
+    doc.write_text(enc.decode(ids[:budget - fence + 1]))
+    over = json.loads(run("plan", str(tmp_path), "-m", "gpt-4o", "--question", "q?", "--json").stdout)
     assert (at["strategy"], over["strategy"]) == ("stuff", "retrieve")
     for key in ("corpus_tokens", "practical_limit_tokens", "budget_tokens", "reason", "estimated_cost_usd"):
         assert key in at
-    assert at["corpus_tokens"] == budget and over["corpus_tokens"] == budget + 1
+    assert at["budget_tokens"] == budget and at["stuffed_tokens"] == budget and over["stuffed_tokens"] == budget + 1
+    assert at["corpus_tokens"] == budget - fence
 
 
 def test_plan_on_bundled_corpora():

@@ -85,3 +85,25 @@ def test_help_has_examples():
     for cmd in ("index", "search"):
         res = CliRunner().invoke(main, [cmd, "--help"])
         assert res.exit_code == 0 and "Examples:" in res.output and "ragkit " + cmd in res.output
+
+
+def test_no_index_hint_names_the_index_dir_that_was_asked_for(docs, tmp_path):
+    other = tmp_path / "other-index"
+    res = CliRunner().invoke(main, ["search", str(docs), "anything", "--index-dir", str(other)])
+    assert res.exit_code == 1 and f"run `ragkit index {docs} --index-dir {other}` first" in res.stderr
+    res = CliRunner().invoke(main, ["search", str(docs), "anything"])
+    assert res.exit_code == 1 and f"run `ragkit index {docs}` first" in res.stderr  # the default needs no option
+
+
+def test_search_text_shows_each_hits_title_on_its_line(docs):
+    (docs / "records.jsonl").write_text(
+        json.dumps({"id": "r1", "title": "Bread", "text": "Bread is baked from flour, water and yeast."}) + "\n"
+        + json.dumps({"id": "r2", "title": "Rye\nforged line", "text": "Rye bread is dense and dark."}) + "\n")
+    runner = CliRunner()
+    assert runner.invoke(main, ["index", str(docs), "-q"]).exit_code == 0
+    res = runner.invoke(main, ["search", str(docs), "bread flour yeast", "-k", "4"])
+    assert res.exit_code == 0, res.output
+    heads = [line for line in res.output.splitlines() if line[:1].isdigit()]
+    assert heads[0].startswith("1. ") and heads[0].endswith("records.jsonl#r1  [0:43] — Bread")
+    assert any(h.endswith("— Rye forged line") for h in heads)  # a title is data: kept on its hit's line
+    assert len(res.output.splitlines()) == 2 * len(heads)

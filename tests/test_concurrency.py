@@ -114,7 +114,7 @@ def test_lock_holder_is_never_shown_half_written(tmp_path):
 
 def _cli_ask(corpus: Path, base_url: str, question: str, env: dict) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "ragkit.cli", "ask", str(corpus), question, "-m", "tiny-ctx",
-                             "-u", base_url, "--json", "-n", "100"],
+                             "-u", base_url, "--json", "--answer-tokens", "100"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 

@@ -187,7 +187,7 @@ def test_wheel_ships_the_default_eval_data_and_runs_eval_outside_the_repo(tmp_pa
     assert Path(where.strip()).is_relative_to(site)
     with LLMServer(responder=lambda req: "blue") as srv:  # a real HTTP endpoint; no key needed on loopback
         proc = subprocess.run([sys.executable, "-m", "ragkit.cli", "eval", "needle", "--base-url",
-                               srv.openai_base_url, "-l", "500", "-d", "0", "-n", "1", "--no-progress",
+                               srv.openai_base_url, "-l", "500", "--depths", "0", "-n", "1", "--no-progress",
                                "--cache", str(tmp_path / "c.sqlite"), "--json"],
                               cwd=work, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr

@@ -74,9 +74,9 @@ def test_report_recovers_the_simulated_readers_u_shape_decline_and_limit(tmp_pat
     out, overrides = tmp_path / "run", tmp_path / "ragkit.toml"
     with LLMServer(responder=simulated_reader()) as srv:
         data = invoke("eval", "needle", "-m", "gpt-4o-mini", "--base-url", srv.openai_base_url,
-                      "-l", "500,1k,2k,4k", "-d", "0,50,100", "-n", "1", "-s", "stuff,retrieve",
+                      "-l", "500,1k,2k,4k", "--depths", "0,50,100", "-n", "1", "-s", "stuff,retrieve",
                       "--retrieve-budget", "400", "--cache", str(tmp_path / "cache.sqlite"), "-o", str(out),
-                      "--save-limit", "--overrides", str(overrides), "--json")
+                      "--save-limit", "--force", "--overrides", str(overrides), "--json")  # n=3 per length: not significant
         assert len(srv.requests) == 4 * 3 * 2  # nothing answered twice within a run
     summary = data["summary"]
     stuff = summary["strategies"]["stuff"]
@@ -125,12 +125,12 @@ def test_report_rerenders_from_results_without_calling_a_model(tmp_path):
     out = tmp_path / "run"
     with LLMServer(responder=simulated_reader()) as srv:
         first = invoke("eval", "needle", "-m", "gpt-4o-mini", "--base-url", srv.openai_base_url, "-l", "500,2k",
-                       "-d", "0,50", "-n", "1", "--cache", str(tmp_path / "c.sqlite"), "-o", str(out), "--json")
+                       "--depths", "0,50", "-n", "1", "--cache", str(tmp_path / "c.sqlite"), "-o", str(out), "--json")
         made = len(srv.requests)
         (out / "report.md").unlink()
         again = invoke("eval", "report", str(out), "--json")
         rerun = invoke("eval", "needle", "-m", "gpt-4o-mini", "--base-url", srv.openai_base_url, "-l", "500,2k",
-                       "-d", "0,50", "-n", "1", "--cache", str(tmp_path / "c.sqlite"), "-o", str(tmp_path / "b"),
+                       "--depths", "0,50", "-n", "1", "--cache", str(tmp_path / "c.sqlite"), "-o", str(tmp_path / "b"),
                        "--json")
         assert len(srv.requests) == made == 4  # re-rendering and re-running cost nothing
     assert again["summary"]["strategies"] == first["summary"]["strategies"] == rerun["summary"]["strategies"]
@@ -141,7 +141,7 @@ def test_report_rerenders_from_results_without_calling_a_model(tmp_path):
 def test_max_cost_refuses_before_any_call(tmp_path):
     with LLMServer(responder=simulated_reader()) as srv:
         result = CliRunner().invoke(main, ["eval", "needle", "-m", "gpt-4o", "--base-url", srv.openai_base_url,
-                                           "-l", "30k", "-d", "0,50,100", "-n", "2", "--max-cost", "0.05",
+                                           "-l", "30k", "--depths", "0,50,100", "-n", "2", "--max-cost", "0.05",
                                            "-s", "stuff,retrieve",
                                            "--cache", str(tmp_path / "c.sqlite"), "-o", str(tmp_path / "o")])
         assert result.exit_code == 1
@@ -159,7 +159,7 @@ def test_failed_calls_are_unscored_and_retried_on_resume(tmp_path):
             return Fault.status(400, "bad request")  # not retried by the SDK
         return reader(req)
 
-    args = ["eval", "needle", "-m", "gpt-4o-mini", "-l", "500", "-d", "0,100", "-n", "4",
+    args = ["eval", "needle", "-m", "gpt-4o-mini", "-l", "500", "--depths", "0,100", "-n", "4",
             "--cache", str(tmp_path / "c.sqlite"), "-o", str(tmp_path / "o"), "--json"]
     with LLMServer(responder=flaky) as srv:
         first = invoke(*args, "--base-url", srv.openai_base_url)
@@ -193,7 +193,7 @@ def test_kill_9_and_resume_pays_no_call_twice_and_loses_nothing(tmp_path):
 
     out, cache = tmp_path / "run", tmp_path / "cache.sqlite"
     args = [sys.executable, "-c", "from ragkit.cli import main; main()", "eval", "needle", "-m", "gpt-4o-mini",
-            "-l", "500,1k", "-d", "0,25,50,75,100", "-n", "2", "--concurrency", "2", "--cache", str(cache),
+            "-l", "500,1k", "--depths", "0,25,50,75,100", "-n", "2", "--concurrency", "2", "--cache", str(cache),
             "-o", str(out), "--no-progress"]
     total = 2 * 5 * 2
     with LLMServer(responder=slow_reader) as srv:
@@ -323,7 +323,7 @@ def test_bundled_and_custom_suites_load(tmp_path):
 def test_a_smaller_rerun_into_the_same_folder_keeps_earlier_results(tmp_path):
     out, cache = tmp_path / "o", str(tmp_path / "c.sqlite")
     with LLMServer(responder=simulated_reader()) as srv:
-        base = ["eval", "needle", "-m", "gpt-4o-mini", "--base-url", srv.openai_base_url, "-d", "0,50", "-n", "1",
+        base = ["eval", "needle", "-m", "gpt-4o-mini", "--base-url", srv.openai_base_url, "--depths", "0,50", "-n", "1",
                 "--cache", cache, "-o", str(out), "--json"]
         invoke(*base, "-l", "500,2k")
         data = invoke(*base, "-l", "2k", "-s", "stuff,retrieve", "--retrieve-budget", "300")
@@ -340,7 +340,7 @@ def test_identical_prompts_in_a_grid_are_paid_once(tmp_path):
     # depth 0.5% of 500 tokens backs off to the same sentence boundary as depth 0: the same prompt
     with LLMServer(responder=simulated_reader()) as srv:
         data = invoke("eval", "needle", "-m", "gpt-4o-mini", "--base-url", srv.openai_base_url, "-l", "500",
-                      "-d", "0,0.5", "-n", "1", "--concurrency", "4", "--cache", str(tmp_path / "c.sqlite"),
+                      "--depths", "0,0.5", "-n", "1", "--concurrency", "4", "--cache", str(tmp_path / "c.sqlite"),
                       "-o", str(tmp_path / "o"), "--json")
         assert len(srv.requests) == 1
     lines = [json.loads(x) for x in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]

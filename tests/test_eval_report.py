@@ -5,11 +5,17 @@ import json
 
 import pytest
 
+from ragkit.evals.records import EvalRecord
 from ragkit.evals.report import measured_limit, render_report, summarize, wilson
 
 
-def records(acc: dict, strategy: str = "stuff", n: int = 10, failed: int = 0) -> list[dict]:
+def records(acc: dict, strategy: str = "stuff", n: int = 10, failed: int = 0) -> list[EvalRecord]:
     """acc: {length: accuracy} -> n scored records per length (+ failed ones), depth 50."""
+    return [EvalRecord.from_dict(d) for d in raw_records(acc, strategy, n, failed)]
+
+
+def raw_records(acc: dict, strategy: str = "stuff", n: int = 10, failed: int = 0) -> list[dict]:
+    """The same as JSON objects with only some of a record's fields, like a hand-written or old log."""
     out = []
     for length, a in acc.items():
         hits = round(a * n)
@@ -60,7 +66,7 @@ def test_wilson_interval():
 
 
 def test_render_report_from_a_log(tmp_path):
-    rs = records({1000: 1.0, 2000: 0.5})
+    rs = raw_records({1000: 1.0, 2000: 0.5})
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rs) + '{"cut sho')
     data = render_report(tmp_path, floor=0.4)
     assert data["limit"]["length"] == 2000 and data["limit"]["floor_rule"] == "absolute (--floor)"

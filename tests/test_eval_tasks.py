@@ -2,12 +2,13 @@
 document rendering with the gold passage at its position, key-value records around the gold key."""
 from __future__ import annotations
 
+import random
 import re
 
 import pytest
 
 from ragkit.evals.scoring import normalize_answer
-from ragkit.evals.tasks import KVTask, Needle, NeedleTask, QATask, sentence_boundaries
+from ragkit.evals.tasks import KVTask, Needle, NeedleTask, QATask, _has_answer, sentence_boundaries
 from ragkit.tokens import counter_for
 
 COUNTER = counter_for("gpt-4o-mini")  # o200k, the model's own tokenizer
@@ -89,19 +90,30 @@ def test_qa_by_tokens_pads_with_distractors_to_the_length():
 
 
 def test_qa_hard_distractors_come_from_the_search_and_skip_answers():
-    calls = []
+    calls, returned = [], []
 
     def search(question, k):
+        """A retriever whose ranking is known and unlike the corpus order: the gold passage and one that
+        holds the answer first (both must be skipped), then a seeded shuffle."""
         calls.append((question, k))
-        return [p["id"] for p in task.passages[:k]]
+        q = next(q for q in task.questions if q["question"] == question)
+        answering = next(p["id"] for p in task.passages
+                         if p["id"] != q["passage_id"] and _has_answer(p["text"], q["answers"]))
+        rest = [p["id"] for p in task.passages if p["id"] not in (q["passage_id"], answering)]
+        random.Random(7).shuffle(rest)
+        returned[:] = [q["passage_id"], answering, *rest][:k]
+        return list(returned)
 
     task = QATask(distractors="hard", search=search)
     s = task.make_sample(COUNTER, 10, 0, 0)
     assert calls and calls[0][0] == s.question
+    by_unit = {QATask.unit(p): p["id"] for p in task.passages}
+    distractor_ids = [by_unit[u] for u in s.units[1:]]
+    assert s.meta["gold_passage_id"] not in distractor_ids and returned[1] not in distractor_ids
+    expected = [pid for pid in returned[2:] if not _has_answer(task.by_id[pid]["text"], s.answers)][:9]
+    assert distractor_ids == expected  # the retriever's best, kept in its rank order
     ids = [p["id"] for p in task.passages]
-    distractor_ids = [ids[[QATask.unit(p) for p in task.passages].index(u)] for u in s.units[1:]]
-    assert s.meta["gold_passage_id"] not in distractor_ids
-    assert distractor_ids == sorted(distractor_ids, key=ids.index)  # kept in the retriever's rank order
+    assert distractor_ids != sorted(distractor_ids, key=ids.index)  # (so corpus order would not pass)
 
 
 @pytest.mark.parametrize("depth", [0, 50, 100])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ragkit.budget import PER_DOCUMENT_TOKENS, plan
+from ragkit.budget import plan
 from ragkit.costs import cost_usd, volume_cost
 from ragkit.errors import ConfigError, InputError, UnknownModelError
 from ragkit.models import get_model, list_models, save_limit_override
@@ -138,10 +138,15 @@ def test_plan_boundary_is_where_the_reserve_puts_it():
 
 
 def test_plan_counts_question_and_document_framing():
+    # The reserve is ragkit's answer prompt as rendered (not a constant); the fences are the caller's count.
+    from ragkit.prompt import Framing
+
     q = "who wrote the book the origin of species"
-    p = plan("gpt-4o", corpus_tokens=1000, question=q, documents=3)
-    assert p.question_tokens == counter_for("gpt-4o").count(q)
-    assert p.context_tokens == 1000 + 3 * PER_DOCUMENT_TOKENS
+    framing = Framing(counter_for("gpt-4o"))
+    p = plan("gpt-4o", corpus_tokens=1000, framing_tokens=75, question=q, documents=3)
+    assert p.instructions_tokens == framing.scaffold_tokens("") > 100
+    assert p.question_tokens == framing.scaffold_tokens(q) - framing.scaffold_tokens("") >= counter_for("gpt-4o").count(q)
+    assert p.context_tokens == p.stuffed_tokens == 1075
 
 
 def test_estimated_counts_are_planned_with_the_margin():

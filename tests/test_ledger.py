@@ -2,15 +2,23 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import queue
+import shutil
 import sqlite3
+import threading
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from llm_server import LLMServer, Reply
 
 from ragkit.cli import main
 from ragkit.errors import InputError
-from ragkit.ledger import MIGRATIONS, Ledger, LedgerEntry, ledger_path, m001_initial, migrate, parse_since, question_hash
+from ragkit.ledger import (MIGRATIONS, Ledger, LedgerEntry, LedgerError, ledger_path, m001_initial, migrate,
+                           parse_since, question_hash)
+from ragkit.models import get_model
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 
@@ -109,3 +117,132 @@ def test_costs_command(tmp_path, monkeypatch):
     assert data["projected_monthly_usd"] == pytest.approx(0.30 / data["rate_days"] * 30)
     bad = runner.invoke(main, ["costs", "--since", "soon"])
     assert bad.exit_code == 1 and "Error:" in bad.output and "Traceback" not in bad.output
+
+
+# ---- concurrent first use and damaged files ---------------------------------------------------------
+WRITERS = 8
+
+
+def _record_one(barrier, errors) -> None:
+    """A process (or thread) that opens the ledger under RAGKIT_HOME and writes one row, all at once."""
+    try:
+        barrier.wait(30)
+        Ledger().record(entry(ts=""))
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        errors.put(f"{type(exc).__name__}: {exc}")
+
+
+@pytest.mark.parametrize("kind", ["processes", "threads"])
+def test_a_fresh_ledger_under_concurrent_writers_keeps_every_row(tmp_path, monkeypatch, kind):
+    fork = multiprocessing.get_context("fork")
+    for attempt in range(6):  # the race is a matter of timing: several fresh ledgers
+        home = tmp_path / f"home{attempt}"
+        monkeypatch.setenv("RAGKIT_HOME", str(home))
+        if kind == "processes":
+            barrier, errors, start = fork.Barrier(WRITERS), fork.Queue(), fork.Process
+        else:
+            barrier, errors, start = threading.Barrier(WRITERS), queue.Queue(), threading.Thread
+        writers = [start(target=_record_one, args=(barrier, errors)) for _ in range(WRITERS)]
+        for w in writers:
+            w.start()
+        for w in writers:
+            w.join(60)
+        failures = []
+        while not errors.empty():
+            failures.append(errors.get(timeout=5))
+        assert failures == [] and not any(w.is_alive() for w in writers)
+        assert len(Ledger(home / "ledger.sqlite").entries()) == WRITERS
+
+
+def test_a_garbage_ledger_file_is_one_clear_sentence_and_left_in_place(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAGKIT_HOME", str(tmp_path))
+    junk = b"this is not a database, it is a shopping list\n" * 100
+    (tmp_path / "ledger.sqlite").write_bytes(junk)
+    result = CliRunner().invoke(main, ["costs"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("Error: ") and "is not a ragkit ledger" in line
+    assert f"mv {tmp_path / 'ledger.sqlite'} " in line
+    assert (tmp_path / "ledger.sqlite").read_bytes() == junk          # never deleted or rewritten
+    with pytest.raises(LedgerError, match="not a ragkit ledger"):
+        Ledger().record(entry())
+
+
+def test_another_programs_sqlite_file_is_not_taken_for_a_ledger(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE calls (phone TEXT)")
+    db.commit()
+    db.close()
+    with pytest.raises(LedgerError, match="not a ragkit ledger"):
+        Ledger(path).entries()
+    db = sqlite3.connect(path)
+    assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["calls"]  # untouched
+    db.close()
+
+
+# ---- every paid call reaches the ledger: ask and eval, through the real SDK to a local server ------------
+SAMPLE = Path(__file__).resolve().parents[1] / "corpora" / "nq-wiki-sample"
+
+
+@pytest.fixture
+def sample_corpus(tmp_path) -> Path:
+    dest = tmp_path / "docs"
+    dest.mkdir()
+    shutil.copy(SAMPLE / "passages.jsonl", dest / "passages.jsonl")
+    return dest
+
+
+def test_ask_returns_the_answer_it_paid_for_when_the_ledger_is_garbage(tmp_path, monkeypatch, sample_corpus):
+    monkeypatch.setenv("RAGKIT_HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "ledger.sqlite").write_bytes(b"\x00garbage" * 512)
+    with LLMServer(responder=lambda req: Reply("Charles Darwin [1].", input_tokens=900, output_tokens=7)) as srv:
+        result = CliRunner().invoke(main, ["ask", str(sample_corpus), "who wrote the origin of species",
+                                           "-m", "gpt-4o-mini", "-u", srv.openai_base_url, "--json"])
+        assert len(srv.requests) == 1
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["answer"] == "Charles Darwin [1]."
+    [warning] = result.stderr.strip().splitlines()
+    assert "is not a ragkit ledger" in warning and "mv " in warning and "Traceback" not in result.stderr
+    assert (tmp_path / "home" / "ledger.sqlite").read_bytes() == b"\x00garbage" * 512
+
+
+def test_costs_by_task_shows_ask_and_eval_calls_with_their_cost(tmp_path, sample_corpus):
+    runner = CliRunner()
+    with LLMServer(responder=lambda req: Reply("Charles Darwin [1].", input_tokens=900, output_tokens=7)) as srv:
+        asked = runner.invoke(main, ["ask", str(sample_corpus), "who wrote the origin of species", "-m", "gpt-4o-mini",
+                                     "-u", srv.openai_base_url, "--json"])
+        assert asked.exit_code == 0, asked.output
+        labelled = runner.invoke(main, ["ask", str(sample_corpus), "who wrote it", "-m", "gpt-4o-mini",
+                                        "-u", srv.openai_base_url, "--task", "support-bot"])
+        assert labelled.exit_code == 0, labelled.output
+        eval_args = ["eval", "needle", "-m", "gpt-4o-mini", "--base-url", srv.openai_base_url,
+                     "-l", "500", "--depths", "0,50,100", "-n", "1", "--cache", str(tmp_path / "c.sqlite"),
+                     "-o", str(tmp_path / "run"), "--json", "--no-progress"]
+        evaled = runner.invoke(main, eval_args)
+        assert evaled.exit_code == 0, evaled.output
+        again = runner.invoke(main, eval_args)  # answered from the cache: nothing paid, nothing recorded
+        assert again.exit_code == 0, again.output
+        assert len(srv.requests) == 2 + 3
+    run = json.loads(evaled.stdout[evaled.stdout.index("{"):])["run"]
+    assert run["calls_made"] == 3 and run["cost_usd"] > 0
+
+    data = json.loads(runner.invoke(main, ["costs", "--by", "task", "--json"]).output)
+    groups = {g["key"]: g for g in data["groups"]}
+    assert set(groups) == {"ask", "support-bot", "eval:needle"}
+    spec = get_model("gpt-4o-mini")
+    per_call = (900 * spec.input_usd_per_mtok + 7 * spec.output_usd_per_mtok) / 1e6
+    assert groups["ask"]["calls"] == 1 and groups["ask"]["cost_usd"] == pytest.approx(per_call)
+    assert groups["eval:needle"]["calls"] == 3 and groups["eval:needle"]["input_tokens"] == 3 * 900
+    assert groups["eval:needle"]["cost_usd"] == pytest.approx(3 * per_call)
+    assert run["cost_usd"] == pytest.approx(3 * per_call, abs=1e-6)  # what the eval said it paid
+    assert groups["eval:needle"]["mean_cost_usd"] == pytest.approx(per_call)
+    assert groups["eval:needle"]["p50_latency_s"] > 0
+    rows = [e for e in Ledger().entries() if e.task == "eval:needle"]
+    assert {e.strategy for e in rows} == {"stuff"} and all(e.question_sha256 for e in rows)
+
+    text = runner.invoke(main, ["costs", "--by", "task"]).output
+    assert "5 calls" in text and "USD/call" in text and "p50 s" in text
+    [eval_line] = [line for line in text.splitlines() if line.startswith("eval:needle")]
+    assert eval_line.split()[1] == "3" and float(eval_line.split()[4]) == pytest.approx(3 * per_call, abs=1e-6)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tracemalloc
 
@@ -94,21 +93,81 @@ def test_single_file_is_a_corpus(corpus_dir):
     assert list(docs) == ["notes.txt"]
 
 
-def test_binary_empty_unreadable_are_skipped_with_one_warning_each(tmp_path, caplog):
+def test_binary_empty_unreadable_are_skipped_with_one_warning_each(tmp_path, capsys):
     (tmp_path / "img.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "blank.md").write_text("  \n\n\t\n")
     (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
     os.symlink(tmp_path / "missing-target.txt", tmp_path / "dangling.txt")
     (tmp_path / "ok.txt").write_text("fine")
-    with caplog.at_level(logging.WARNING, logger="ragkit"):
-        docs = load_documents(tmp_path)
+    docs = load_documents(tmp_path)
     assert [d.id for d in docs] == ["ok.txt"]
-    lines = [r.getMessage() for r in caplog.records]
+    lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 5, lines
+    assert all(line.startswith("ragkit: warning: skipped ") for line in lines), lines
     for name in ("img.png", "empty.txt", "blank.md", "broken.pdf", "dangling.txt"):
         assert sum(name in line for line in lines) == 1, (name, lines)
     assert any("binary" in line for line in lines if "img.png" in line)
+
+
+def test_special_files_are_skipped_with_a_warning_not_read(tmp_path):
+    """A FIFO would block a reader forever: it is skipped (and never opened) like any unreadable file."""
+    os.mkfifo(tmp_path / "pipe.txt")
+    (tmp_path / "ok.txt").write_text("fine")
+    docs, skipped = _collect(tmp_path)
+    assert list(docs) == ["ok.txt"] and skipped == {"pipe.txt": "not a regular file"}
+
+
+def test_truncated_or_corrupt_gzip_jsonl_is_skipped_whole_with_one_warning(tmp_path):
+    import gzip
+
+    lines = "".join(json.dumps({"id": i, "text": f"record {i} " + "words " * 50}) + "\n" for i in range(400))
+    good = gzip.compress(lines.encode())
+    (tmp_path / "good.jsonl.gz").write_bytes(good)
+    (tmp_path / "truncated.jsonl.gz").write_bytes(good[:len(good) // 2])            # EOFError
+    corrupt = bytearray(good)
+    corrupt[len(good) // 2:len(good) // 2 + 64] = b"\xff" * 64
+    (tmp_path / "corrupt.jsonl.gz").write_bytes(bytes(corrupt))                     # zlib.error / CRC
+    (tmp_path / "plain.jsonl.gz").write_bytes(lines.encode())                        # not gzip at all
+    docs, skipped = _collect(tmp_path)
+    assert {d.split("#")[0] for d in docs} == {"good.jsonl.gz"} and len(docs) == 400  # nothing from a damaged file
+    assert set(skipped) == {"truncated.jsonl.gz", "corrupt.jsonl.gz", "plain.jsonl.gz"}
+    assert all(reason.startswith("damaged gzip file") for reason in skipped.values()), skipped
+
+
+def test_deeply_nested_json_line_is_skipped_naming_file_and_line(tmp_path):
+    (tmp_path / "deep.jsonl").write_text(json.dumps({"text": "first"}) + "\n" + "[" * 100_000 + "\n"
+                                         + json.dumps({"text": "third"}) + "\n")
+    docs, skipped = _collect(tmp_path)
+    assert [d.text for d in docs.values()] == ["first", "third"]
+    assert "line 2" in skipped["deep.jsonl"] and "nested too deeply" in skipped["deep.jsonl"]
+
+
+UNICODE_FILES = [
+    ("utf16-bom.txt", "Grüße aus Köln, text in UTF-16".encode("utf-16"), "utf-16"),
+    ("utf16be-bom.txt", b"\xfe\xff" + "Grüße aus Köln, big endian".encode("utf-16-be"), "utf-16"),
+    ("utf16le.txt", "Grüße aus Köln, no byte-order mark".encode("utf-16-le"), "utf-16-le"),
+    ("utf16be.txt", "Grüße aus Köln, no mark, big endian".encode("utf-16-be"), "utf-16-be"),
+    ("utf32-bom.txt", "Grüße aus Köln in UTF-32".encode("utf-32"), "utf-32"),
+    ("utf8-bom.txt", "\ufeffGrüße aus Köln with a UTF-8 mark".encode(), "utf-8-sig"),
+]
+
+
+@pytest.mark.parametrize("name, data, encoding", UNICODE_FILES, ids=[case[0] for case in UNICODE_FILES])
+def test_unicode_text_with_and_without_bom_is_decoded_not_called_binary(tmp_path, name, data, encoding):
+    (tmp_path / name).write_bytes(data)
+    docs, skipped = _collect(tmp_path)
+    assert skipped == {} and docs[name].text.startswith("Grüße aus Köln") and "\ufeff" not in docs[name].text
+    assert docs[name].meta["encoding"] == encoding
+
+
+def test_binary_with_the_utf16_nul_pattern_is_still_binary(tmp_path):
+    import array
+
+    (tmp_path / "samples.txt").write_bytes(array.array("h", [(i * 37) % 200 + 1 for i in range(4000)]).tobytes())
+    (tmp_path / "ok.txt").write_text("fine")
+    _, skipped = _collect(tmp_path)
+    assert skipped == {"samples.txt": "binary file"}
 
 
 def test_non_utf8_fallbacks(tmp_path):

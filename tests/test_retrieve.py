@@ -15,7 +15,7 @@ from ragkit.tokens import counter_for  # noqa: E402
 
 
 def _hit(doc, start, end, text, score, pos=0):
-    return Hit(doc, doc + ".md", start, end, text, score, pos)
+    return Hit(doc, doc + ".md", start, end, text, score=score, position=pos)
 
 
 def _random_hits(rng, n=40):

@@ -190,6 +190,42 @@ def test_kill9_during_build_keeps_old_index_and_rerun_completes(docs, point):
     assert leftovers == []
 
 
+def test_kill9_after_the_first_cache_commit_of_a_small_build_keeps_that_work(tmp_path):
+    """A build of fewer than 512 new chunks commits its vectors to the embedding cache as it goes:
+    killed right after the first commit, the rerun embeds only what that commit did not hold."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    rows = [json.loads(line) for line in open(ROOT / "corpora" / "nq-wiki" / "passages.jsonl")][:60]
+    for i in range(0, 60, 10):
+        (folder / f"part{i}.txt").write_text("\n\n".join(r["text"] for r in rows[i:i + 10]))
+    proc = _run_index(folder, crash_at="after_embed_group")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert store.read_current(folder / ".ragkit") is None  # killed before any generation was published
+    cache = store.EmbeddingCache(folder / ".ragkit" / "embcache.sqlite", "all-MiniLM-L6-v2", 384)
+    (committed,) = cache.db.execute("SELECT COUNT(*) FROM vectors").fetchone()
+    cache.close()
+
+    report = Corpus.open(folder, **SMALL).index()
+    assert report.chunks_total < 512
+    assert 0 < committed < report.chunks_total  # committed before the build's end, not all at once
+    assert report.chunks_from_cache == committed
+    assert report.chunks_embedded == report.chunks_total - committed
+
+
+def test_a_file_recorded_unreadable_is_hashed_again_though_its_stat_is_unchanged(tmp_path):
+    """The record a permission-denied file leaves (sha256 'unreadable'); chmod changes neither size nor
+    mtime, so the stat shortcut alone would call the now readable file unchanged forever."""
+    from ragkit.loaders import SourceFile
+
+    path = tmp_path / "secret.txt"
+    path.write_text("readable now")
+    st = path.stat()
+    old = {"secret.txt": store.FileRecord("secret.txt", st.st_size, st.st_mtime_ns, "unreadable", 0,
+                                          "unreadable (Permission denied)")}
+    ch = store.scan_changes([SourceFile(path, "secret.txt")], old)
+    assert [sf.rel for sf in ch.changed] == ["secret.txt"] and ch.unchanged == 0
+
+
 @pytest.mark.slow
 def test_kill9_at_random_moments(tmp_path):
     """External kill -9 at random times during a longer build; every time the old index stays correct."""

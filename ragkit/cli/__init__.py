@@ -5,7 +5,9 @@ import sys
 
 import click
 
+from ragkit.console import safe_path
 from ragkit.errors import RagkitError
+from ragkit.redact import redact
 
 
 class _Group(click.Group):
@@ -15,7 +17,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except RagkitError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {safe_path(redact(str(exc)))}", err=True)   # one line, even with a file name in it
             sys.exit(1)
 
 

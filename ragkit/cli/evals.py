@@ -42,11 +42,15 @@ def _strategies(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
+_FORCE_OPTION = click.option("--force", is_flag=True,
+                             help="With --save-limit: save even when the drop below the floor is not significant.")
+
+
 def common_options(fn):
     """Options every task command shares."""
     options = [
         MODEL_OPTION,
-        click.option("-d", "--depths", default=None,
+        click.option("--depths", default=None,  # no short flag: -d is --index-dir everywhere
                      help="Depths in percent (0 = start, 100 = end), e.g. 0,25,50,75,100."),
         click.option("-n", "--samples", default=3, show_default=True, type=int, help="Samples per grid cell."),
         click.option("-s", "--strategy", "strategy", default="stuff", show_default=True,
@@ -59,7 +63,7 @@ def common_options(fn):
         click.option("--max-tokens", default=64, show_default=True, type=int, help="Answer tokens per call."),
         click.option("--concurrency", type=int, default=None,
                      help="Parallel calls (default: local 1, anthropic 4, openai 8)."),
-        click.option("--base-url", default=None, help="OpenAI/Anthropic-compatible endpoint to call instead."),
+        click.option("-u", "--base-url", default=None, help="OpenAI/Anthropic-compatible endpoint to call instead."),
         click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default=None,
                      help="Response cache (SQLite). Default ~/.cache/ragkit/eval-cache.sqlite or $RAGKIT_EVAL_CACHE."),
         click.option("--retrieve-budget", type=int, default=None,
@@ -69,9 +73,10 @@ def common_options(fn):
                      help="Absolute accuracy floor for the limit (default: 90% of the shortest length's)."),
         click.option("--save-limit", is_flag=True,
                      help="Write the measured limit into your model overrides (used by `ragkit plan`)."),
+        _FORCE_OPTION,
         click.option("--overrides", type=click.Path(dir_okay=False), default=None,
                      help="Overrides file for --save-limit (default: your user models.toml)."),
-        click.option("--no-progress", is_flag=True, help="No progress bar."),
+        click.option("-q", "--quiet", "--no-progress", "no_progress", is_flag=True, help="No progress bar."),
         click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON."),
     ]
     for option in reversed(options):
@@ -80,7 +85,7 @@ def common_options(fn):
 
 
 def _run(task_name: str, task_options: dict, *, model, lengths, depths, samples, strategy, max_cost, out,
-         max_tokens, concurrency, base_url, cache_path, retrieve_budget, seed, floor, save_limit, overrides,
+         max_tokens, concurrency, base_url, cache_path, retrieve_budget, seed, floor, save_limit, force, overrides,
          no_progress, as_json):
     from ragkit.evals.cache import ResponseCache
     from ragkit.evals.report import render_report
@@ -99,38 +104,47 @@ def _run(task_name: str, task_options: dict, *, model, lengths, depths, samples,
                       max_cost_usd=max_cost, concurrency=concurrency, progress=not no_progress and not as_json,
                       echo=echo, render=False)
     summary = render_report(out_dir, floor=floor)
-    _finish(out_dir, summary, result.to_dict(), floor=floor, save_limit=save_limit, overrides=overrides,
-            as_json=as_json)
+    _finish(out_dir, summary, result.to_dict(), floor=floor, save_limit=save_limit, force=force,
+            overrides=overrides, as_json=as_json)
 
 
-def _finish(out_dir: Path, summary: dict, run: dict | None, *, floor, save_limit, overrides, as_json) -> None:
-    saved = None
-    if save_limit:
+def _finish(out_dir: Path, summary: dict, run: dict | None, *, floor, save_limit, force=False, overrides,
+            as_json) -> None:
+    def save() -> dict | None:
+        if not save_limit:
+            return None
         from ragkit.evals.report import save_measured_limit
 
-        path, tokens, source = save_measured_limit(out_dir, floor=floor, path=Path(overrides) if overrides else None)
-        saved = {"path": str(path), "practical_limit_tokens": tokens, "limit_source": source}
+        path, tokens, source = save_measured_limit(out_dir, floor=floor, force=force,
+                                                   path=Path(overrides) if overrides else None)
+        return {"path": str(path), "practical_limit_tokens": tokens, "limit_source": source}
+
     if as_json:
-        _echo_json({"out_dir": str(out_dir), "run": run, "summary": summary, "saved_limit": saved})
+        _echo_json({"out_dir": str(out_dir), "run": run, "summary": summary, "saved_limit": save()})
         return
+    from ragkit.evals.records import plural
+
     limit = summary.get("limit") or {}
     if run:
-        click.echo(f"{run['calls_made']} calls made, {run['failed']} failed, ${run['cost_usd']:.4f} paid, "
+        click.echo(f"{plural(run['calls_made'], 'call')} made, {run['failed']} failed, ${run['cost_usd']:.4f} paid, "
                    f"{run['wall_s']:.1f} s.")
     for strategy, s in summary["strategies"].items():
         acc = s["overall"]["accuracy"]
-        click.echo(f"{strategy}: accuracy {'-' if acc is None else f'{acc:.2f}'} over {s['overall']['n']} scored calls")
+        click.echo(f"{strategy}: accuracy {'-' if acc is None else f'{acc:.2f}'} over "
+                   f"{plural(s['overall']['n'], 'scored call')}")
     if limit.get("length") is not None:
-        click.echo(f"Measured practical limit: {limit['length']:,} {limit['length_unit']} "
-                   f"(floor {limit['floor']:.2f}, {limit['floor_rule']}).")
+        # One number: the planner's (the prompt as the model counted it); documents for paper-style QA runs.
+        size = (f"{limit['practical_limit_tokens']:,} tokens" if limit.get("practical_limit_tokens")
+                else plural(limit["length"], "document"))
+        click.echo(f"Measured practical limit: {size} (floor {limit['floor']:.2f}, {limit['floor_rule']}).")
     elif limit:
         click.echo(f"No tested length stays above the floor {limit['floor']:.2f}.")
     if limit.get("retrieve_overtakes_at") is not None:
         click.echo(f"Retrieve overtakes stuff at {limit['retrieve_overtakes_at']:,} {limit['length_unit']}.")
     click.echo(f"Report: {out_dir / 'report.md'}")
+    saved = save()  # after the summary: a refusal still shows what was measured
     if saved:
-        click.echo(f"Saved practical limit {saved['practical_limit_tokens']:,} tokens to {saved['path']} "
-                   f"({saved['limit_source']}).")
+        click.echo(f"Saved it to {saved['path']}; `ragkit models` marks it measured.")
 
 
 def _needles(needle, question, answer):
@@ -145,7 +159,7 @@ def _needles(needle, question, answer):
     return tuple(Needle(n, q, (a,)) for n, q, a in zip(needle, question, answer))
 
 
-@click.group("eval")
+@click.group("eval", short_help="Measure accuracy by context length and position.")
 def eval_group():
     """Measure accuracy by context length and position (lost in the middle) on your model and data.
 
@@ -159,7 +173,7 @@ def eval_group():
     """
 
 
-@eval_group.command("needle")
+@eval_group.command("needle", short_help="Needle in a haystack at token lengths and depths.")
 @common_options
 @click.option("-l", "--lengths", default="2k,8k,32k", show_default=True, help="Context lengths in tokens.")
 @click.option("--corpus", type=click.Path(exists=True), default=None,
@@ -174,8 +188,8 @@ def needle_cmd(lengths, depths, corpus, n_needles, needle, question, answer, **k
 
     \b
     Examples:
-      ragkit eval needle -m gpt-4o-mini -l 2k,8k,32k -d 0,25,50,75,100 -n 3
-      ragkit eval needle -m local -l 500,1k,2k -d 0,50,100 -n 2 -s stuff,retrieve
+      ragkit eval needle -m gpt-4o-mini -l 2k,8k,32k --depths 0,25,50,75,100 -n 3
+      ragkit eval needle -m local -l 500,1k,2k --depths 0,50,100 -n 2 -s stuff,retrieve
       ragkit eval needle -m gpt-4o --corpus docs/ --needle "The build server is named Orca." \\
           --question "What is the build server named?" --answer Orca --save-limit
     """
@@ -183,7 +197,7 @@ def needle_cmd(lengths, depths, corpus, n_needles, needle, question, answer, **k
     _run("needle", options, lengths=parse_sizes(lengths), depths=parse_numbers(depths or "0,25,50,75,100"), **kw)
 
 
-@eval_group.command("qa")
+@eval_group.command("qa", short_help="Multi-document QA: gold passage among distractors.")
 @common_options
 @click.option("--docs", default="10,20,30", show_default=True,
               help="Documents per prompt (the paper's setting); --depths are then ignored for --positions.")
@@ -202,7 +216,7 @@ def qa_cmd(docs, positions, lengths, depths, distractors, corpus, questions, **k
     \b
     Examples:
       ragkit eval qa -m gpt-4o-mini --docs 10,20,30 --positions 0,4,9,14,19,24,29 -n 5
-      ragkit eval qa -m gpt-4o-mini -l 2k,8k,16k -d 0,50,100 -s stuff,retrieve --distractors random
+      ragkit eval qa -m gpt-4o-mini -l 2k,8k,16k --depths 0,50,100 -s stuff,retrieve --distractors random
     """
     options = {"corpus": corpus, "questions": questions, "distractors": distractors, "by_tokens": bool(lengths)}
     if lengths:
@@ -212,7 +226,7 @@ def qa_cmd(docs, positions, lengths, depths, distractors, corpus, questions, **k
     _run("qa", options, lengths=sizes, depths=where, **kw)
 
 
-@eval_group.command("kv")
+@eval_group.command("kv", short_help="Key-value retrieval: one UUID key in a JSON object.")
 @common_options
 @click.option("-l", "--lengths", default="2k,4k,8k", show_default=True, help="Context lengths in tokens.")
 @click.option("--source", type=click.Choice(["bundled", "generated"]), default="bundled", show_default=True,
@@ -222,36 +236,38 @@ def kv_cmd(lengths, depths, source, **kw):
 
     \b
     Examples:
-      ragkit eval kv -m gpt-4o-mini -l 2k,4k,8k -d 0,25,50,75,100
+      ragkit eval kv -m gpt-4o-mini -l 2k,4k,8k --depths 0,25,50,75,100
     """
     _run("kv", {"source": source}, lengths=parse_sizes(lengths), depths=parse_numbers(depths or "0,25,50,75,100"),
          **kw)
 
 
-@eval_group.command("report")
+@eval_group.command("report", short_help="Re-render a run's report; calls no model.")
 @click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--floor", type=float, default=None,
               help="Absolute accuracy floor for the limit (default: 90% of the shortest length's).")
 @click.option("--save-limit", is_flag=True, help="Write the measured limit into your model overrides.")
+@_FORCE_OPTION
 @click.option("--overrides", type=click.Path(dir_okay=False), default=None,
               help="Overrides file for --save-limit (default: your user models.toml).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def report_cmd(out_dir, floor, save_limit, overrides, as_json):
+def report_cmd(out_dir, floor, save_limit, force, overrides, as_json):
     """Re-render a run's report (tables, plots, limit) from its results.jsonl; calls no model.
 
     \b
     Examples:
       ragkit eval report ragkit-evals/needle-gpt-4o-mini
-      ragkit eval report evals/reports/needle-local --floor 0.5 --json
+      ragkit eval report evals/reports/needle-qwen2.5-coder-0.5b-local --floor 0.5 --json
     """
     from ragkit.evals.report import render_report
 
     out = Path(out_dir)
     summary = render_report(out, floor=floor)
-    _finish(out, summary, None, floor=floor, save_limit=save_limit, overrides=overrides, as_json=as_json)
+    _finish(out, summary, None, floor=floor, save_limit=save_limit, force=force, overrides=overrides,
+            as_json=as_json)
 
 
-@eval_group.command("suite")
+@eval_group.command("suite", short_help="Run an eval suite (TOML file or bundled name).")
 @click.argument("suite")
 @MODEL_OPTION
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
@@ -259,10 +275,10 @@ def report_cmd(out_dir, floor, save_limit, overrides, as_json):
 @click.option("--max-cost", default=5.0, show_default=True, type=float, help="USD cap for the whole suite.")
 @click.option("-n", "--samples", type=int, default=None, help="Override the suite's samples per cell.")
 @click.option("--concurrency", type=int, default=None, help="Parallel calls (default by provider).")
-@click.option("--base-url", default=None, help="OpenAI/Anthropic-compatible endpoint to call instead.")
+@click.option("-u", "--base-url", default=None, help="OpenAI/Anthropic-compatible endpoint to call instead.")
 @click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default=None, help="Response cache (SQLite).")
 @click.option("--list", "list_only", is_flag=True, help="Show the suite's runs and exit.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("-q", "--quiet", "--no-progress", "no_progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON.")
 def suite_cmd(suite, model, out, max_cost, samples, concurrency, base_url, cache_path, list_only, no_progress,
               as_json):
@@ -288,8 +304,7 @@ def suite_cmd(suite, model, out, max_cost, samples, concurrency, base_url, cache
             return
         click.echo(f"{s.name}: {s.description}")
         for r in s.runs:
-            click.echo(f"  {r.name}: {r.task} lengths={list(r.lengths)} depths={list(r.depths)} "
-                       f"samples={samples or r.samples} strategies={','.join(r.strategies)} options={r.options}")
+            click.echo(f"  {r.describe(samples)}")
         return
     spec = get_model(model)
     root = Path(out) if out else Path("ragkit-evals") / f"{s.name}-{spec.id}"

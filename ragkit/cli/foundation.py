@@ -6,6 +6,7 @@ import json
 import click
 
 from ragkit import config
+from ragkit.cli.index import INDEX_DIR_OPTION
 
 # The one -m option of every command: the default (and $RAGKIT_MODEL) come from ragkit.config.
 MODEL_OPTION = click.option("-m", "--model", default=config.default_model,
@@ -34,7 +35,7 @@ def _console():
     return console if console.is_terminal else Console(width=120)
 
 
-@click.command()
+@click.command(short_help="List models: limits, prices, latency, tokenizer.")
 @click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
 def models(as_json):
     """List models: context window, practical limit, prices, latency, tokenizer.
@@ -43,7 +44,7 @@ def models(as_json):
     Examples:
       ragkit models
       ragkit models --json
-    A limit marked * is a documented default, not a measurement; override it in ./ragkit.toml.
+    A figure marked * is a documented default, not a measurement; override it in ./ragkit.toml.
     """
     from ragkit.models import list_models
 
@@ -59,7 +60,7 @@ def models(as_json):
                       ("tokens", "left")]:
         table.add_column(col, justify=just, no_wrap=True)
     for s in specs:
-        star = "" if s.limit_source.startswith(("article", "measured")) else "*"
+        star, latency_star = ("*" if default else "" for default in (s.limit_is_default, s.latency_is_default))
         practical = f"{_k(s.practical_limit_tokens)}{star}"
         if s.practical_low_tokens != s.practical_high_tokens:
             practical += f" ({_k(s.practical_low_tokens)[:-1]}-{_k(s.practical_high_tokens)})"
@@ -68,20 +69,20 @@ def models(as_json):
         enc = s.encoding.removesuffix("_base")
         tokens = enc if s.exact_tokens else f"~{enc} +{s.token_margin:.0%}"
         table.add_row(s.id, _k(s.context_window_tokens), practical, _k(s.max_output_tokens),
-                      f"{s.input_usd_per_mtok:.2f}", f"{s.output_usd_per_mtok:.2f}", f"{s.ttft_s:g}s",
-                      f"{s.tokens_per_s:g}", tokens)
+                      f"{s.input_usd_per_mtok:.2f}", f"{s.output_usd_per_mtok:.2f}", f"{s.ttft_s:g}s{latency_star}",
+                      f"{s.tokens_per_s:g}{latency_star}", tokens)
     console = _console()
     console.print(table)
     console.print("* a documented default, not a measurement (`ragkit models --json` gives each reason); "
                   "~ counts are estimates, planned with the margin shown.")
 
 
-@click.command()
+@click.command(short_help="Count a file or folder in a model's tokens.")
 @click.argument("path", type=click.Path())
 @MODEL_OPTION
-@click.option("--include", multiple=True, help="Only files matching this glob (repeatable).")
-@click.option("--exclude", multiple=True, help="Skip files matching this glob (repeatable).")
-@click.option("--text-field", default="text", show_default=True, help="JSON Lines field holding the text.")
+@click.option("-i", "--include", multiple=True, help="Only files matching this glob (repeatable).")
+@click.option("-x", "--exclude", multiple=True, help="Skip files matching this glob (repeatable).")
+@click.option("-f", "--text-field", default="text", show_default=True, help="JSON Lines field holding the text.")
 @click.option("--no-cache", is_flag=True, help="Recount every document (ignore the content-hash cache).")
 @click.option("--exact", is_flag=True, help="Ask the model's count-tokens API (Anthropic; needs the key): one call per file.")
 @click.option("-u", "--base-url", default=None, help="API endpoint for --exact (else the registry's / the SDK's).")
@@ -103,14 +104,17 @@ def count(path, model, include, exclude, text_field, no_cache, exact, base_url, 
     if as_json:
         _echo_json(result.to_dict())
         return
+    from rich.markup import escape
     from rich.table import Table
+
+    from ragkit.console import safe_path
 
     table = Table(show_footer=True, title=f"{result.path} in {result.model} tokens", title_justify="left")
     table.add_column("file", footer="total")
     table.add_column("documents", justify="right", footer=f"{result.documents:,}")
     table.add_column("tokens", justify="right", footer=f"{result.tokens:,}")
     for f in result.files:
-        table.add_row(f.source, f"{f.documents:,}", f"{f.tokens:,}")
+        table.add_row(escape(safe_path(f.source)), f"{f.documents:,}", f"{f.tokens:,}")  # a name is not markup
     console = _console()
     console.print(table)
     if exact:
@@ -122,52 +126,67 @@ def count(path, model, include, exclude, text_field, no_cache, exact, base_url, 
                       f"The planner adds a {result.margin:.0%} margin: {result.planning_tokens:,} tokens.")
 
 
-@click.command()
+@click.command(short_help="Decide stuff or retrieve, say why and the cost.")
 @click.argument("path", type=click.Path(), required=False)
 @MODEL_OPTION
-@click.option("-q", "--question", default="", help="The question (its tokens are reserved).")
+@click.option("--question", default="", help="The question (its tokens are reserved).")
 @click.option("--answer-tokens", type=int, default=None, help="Tokens reserved for the answer [default: 1024, or the model's max output].")
+@click.option("-s", "--strategy", type=click.Choice(["stuff", "retrieve"]), default=None,
+              help="Plan a forced strategy, as `ragkit ask -s` would (default: the planner decides).")
 @click.option("--corpus-tokens", type=int, default=None, help="Plan for this many tokens instead of reading PATH.")
-@click.option("--include", multiple=True, help="Only files matching this glob (repeatable).")
-@click.option("--exclude", multiple=True, help="Skip files matching this glob (repeatable).")
-@click.option("--text-field", default="text", show_default=True, help="JSON Lines field holding the text.")
+@click.option("-i", "--include", multiple=True, help="Only files matching this glob (repeatable).")
+@click.option("-x", "--exclude", multiple=True, help="Skip files matching this glob (repeatable).")
+@click.option("-f", "--text-field", default=None, help="JSON Lines field holding the text [default: text, or the index's].")
+@INDEX_DIR_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan(path, model, question, answer_tokens, corpus_tokens, include, exclude, text_field, as_json):
+def plan(path, model, question, answer_tokens, strategy, corpus_tokens, include, exclude, text_field, index_dir,
+         as_json):
     """Decide stuff or retrieve for a corpus and model, say why and what a query costs.
+
+    The plan is the one `ragkit ask` follows: the documents are read and counted in their source
+    fences exactly as ask sends them.
 
     \b
     Examples:
-      ragkit plan corpora/nq-wiki --model gpt-4o -q "who wrote On the Origin of Species?"
+      ragkit plan corpora/nq-wiki --model gpt-4o --question "who wrote On the Origin of Species?"
       ragkit plan --corpus-tokens 120000 -m claude-3.5-sonnet --json
     """
-    from ragkit.budget import plan as make_plan
     from ragkit.errors import InputError
 
-    documents = 0
-    if corpus_tokens is None:
-        if path is None:
-            raise InputError("give a PATH to a file or folder, or --corpus-tokens N.")
-        from ragkit.counting import count_path
+    if corpus_tokens is not None:
+        from ragkit.budget import plan as make_plan
 
-        counted = count_path(path, model, include=include, exclude=exclude, text_field=text_field)
-        corpus_tokens, documents = counted.tokens, counted.documents
-    p = make_plan(model, corpus_tokens=corpus_tokens, question=question, answer_tokens=answer_tokens,
-                  documents=documents)
+        p = make_plan(model, corpus_tokens=corpus_tokens, question=question, answer_tokens=answer_tokens,
+                      strategy=strategy)
+    elif path is None:
+        raise InputError("give a PATH to a file or folder, or --corpus-tokens N.")
+    else:
+        from ragkit.answer import Session
+        from ragkit.corpus import Corpus
+
+        corpus = Corpus.open(path, index_dir=index_dir, include=include, exclude=exclude, text_field=text_field)
+        with Session(path, model=model, corpus=corpus, ledger=False) as session:
+            p = session.plan(question, answer_tokens=answer_tokens, strategy=strategy)
+    if p.warning:
+        from ragkit.console import warn
+
+        warn(p.warning)
     if as_json:
         _echo_json(p.to_dict())
         return
     est = "" if p.exact else f" (estimated, {p.encoding} + margin)"
-    click.echo(f"strategy:        {p.strategy}")
-    click.echo(f"corpus:          {p.corpus_tokens:,} tokens in {p.documents:,} documents{est}")
+    click.echo(f"strategy:        {p.strategy}{' (forced)' if p.forced else ''}")
+    docs = f" in {p.documents:,} documents, {p.stuffed_tokens:,} in their source fences" if p.documents else ""
+    click.echo(f"corpus:          {p.corpus_tokens:,} tokens{docs}{est}")
     click.echo(f"practical limit: {p.practical_limit_tokens:,} tokens ({p.limit_source})")
     click.echo(f"reserve:         {p.reserve_tokens:,} = instructions {p.instructions_tokens:,} + question "
                f"{p.question_tokens:,} + answer {p.answer_tokens:,}")
     click.echo(f"context budget:  {p.budget_tokens:,} tokens")
-    click.echo(f"per query:       ~{p.estimated_input_tokens:,} input tokens, at most ${p.estimated_cost_usd:.4f}")
+    click.echo(f"per query:       at most {p.estimated_input_tokens:,} input tokens and ${p.estimated_cost_usd:.4f}")
     click.echo(f"why:             {p.reason}")
 
 
-@click.command()
+@click.command(short_help="Cost per day and month of a token volume.")
 @MODEL_OPTION
 @click.option("--tokens-per-day", type=int, required=True, help="Total tokens per day (input + output).")
 @click.option("--input-share", type=float, default=0.75, show_default=True, help="Fraction of tokens that are input.")

@@ -14,7 +14,7 @@ def _hit_dict(h) -> dict:
             "span": [h.start_char, h.end_char], "position": h.position, "text": h.text}
 
 
-_index_dir = click.option("-d", "--index-dir", type=click.Path(file_okay=False),
+INDEX_DIR_OPTION = click.option("-d", "--index-dir", type=click.Path(file_okay=False),
                           help="Index folder (default: PATH/.ragkit/).")
 _embed_model = click.option("-e", "--embed-model", envvar="RAGKIT_EMBED_MODEL", default=None,
                             help="sentence-transformers model name or path (default all-MiniLM-L6-v2, bundled; "
@@ -26,9 +26,9 @@ embed_backend_option = click.option(
                        "an existing index keeps its own, and queries use the index's).")
 
 
-@click.command("index")
+@click.command("index", short_help="Build or update the search index of a file or folder.")
 @click.argument("path", type=click.Path(exists=True))
-@_index_dir
+@INDEX_DIR_OPTION
 @_embed_model
 @embed_backend_option
 @click.option("-i", "--include", multiple=True, help="Glob of files to index (repeatable), e.g. '*.md'.")
@@ -37,7 +37,7 @@ embed_backend_option = click.option(
 @click.option("--chunk-tokens", type=int, default=None, help="Max chunk size in the embedder's word pieces (default 240).")
 @click.option("--overlap-tokens", type=int, default=None, help="Overlap between chunks in word pieces (default 32).")
 @click.option("--rebuild", is_flag=True, help="Discard the index and embed everything again (after changing settings).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("-q", "--quiet", "--no-progress", "quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def index_cmd(path, index_dir, embed_model, embed_backend, include, exclude, text_field, chunk_tokens, overlap_tokens, rebuild,
               quiet, as_json):
@@ -54,21 +54,20 @@ def index_cmd(path, index_dir, embed_model, embed_backend, include, exclude, tex
     corpus = Corpus.open(path, index_dir=index_dir, embed_model=embed_model, chunk_tokens=chunk_tokens,
                          overlap_tokens=overlap_tokens, text_field=text_field, include=include, exclude=exclude,
                          rebuild=rebuild, embed_backend=embed_backend)
-    on_skip = lambda rel, reason: click.echo(f"warning: skipped {rel}: {reason}", err=True)  # noqa: E731
-    report = corpus.index(progress=not quiet and not as_json, rebuild=rebuild, on_skip=on_skip)
+    report = corpus.index(progress=not quiet and not as_json, rebuild=rebuild)  # skips: one warning line each
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
         click.echo(report.summary())
 
 
-@click.command("search")
+@click.command("search", short_help="Search an index: the chunks nearest a query.")
 @click.argument("path", type=click.Path(exists=True))
 @click.argument("query", required=False)
 @click.option("-k", "--top-k", "k", type=int, default=5, show_default=True, help="Hits per query.")
 @click.option("-Q", "--queries", type=click.File("r"), default=None,
               help="File with one query per line ('-' = stdin); prints JSON Lines, one line per query.")
-@_index_dir
+@INDEX_DIR_OPTION
 @_embed_model
 @embed_backend_option
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
@@ -81,6 +80,7 @@ def search_cmd(path, query, k, queries, index_dir, embed_model, embed_backend, a
       ragkit search docs/ "rotate key" -k 10 --json
       ragkit search corpora/nq-wiki --queries questions.txt > hits.jsonl
     """
+    from ragkit.console import safe_path
     from ragkit.corpus import Corpus
     from ragkit.errors import InputError
 
@@ -101,7 +101,8 @@ def search_cmd(path, query, k, queries, index_dir, embed_model, embed_backend, a
     if not hits:
         click.echo("no hits")
     for n, h in enumerate(hits, 1):
-        click.echo(f"{n}. {h.score:.3f}  {h.doc_id}  [{h.start_char}:{h.end_char}]")
+        title = f" — {safe_path(h.title)}" if h.title else ""  # as `ask` lists its sources
+        click.echo(f"{n}. {h.score:.3f}  {safe_path(h.doc_id)}  [{h.start_char}:{h.end_char}]{title}")
         snippet = " ".join(h.text.split())
         click.echo("   " + (snippet[:300] + ("…" if len(snippet) > 300 else "")))
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ragkit.errors import InputError
+from ragkit.evals.records import EvalRecord, latest_by_call, plural, read, read_meta, results_path
 
 Z95 = 1.96
 RELATIVE_FLOOR = 0.9  # default floor: 90% of the accuracy at the shortest length
@@ -46,8 +47,24 @@ class Limit:
     def drop_significant(self) -> bool:
         return self.first_below_high is not None and self.first_below_high < self.floor
 
+    @property
+    def practical_limit_tokens(self) -> int | None:
+        """The limit in the planner's terms: the prompt as the model counted it at `length` (else `length`)."""
+        if self.length is None or self.length_unit != "tokens":
+            return None
+        return self.prompt_tokens or self.length
+
+    def insignificant_drop(self) -> str | None:
+        """Why the first drop below the floor may be noise (None when it is significant or there is none)."""
+        if self.first_below is None or self.drop_significant:
+            return None
+        return (f"at {_fmt_len(self.first_below, self.length_unit)} accuracy is {100 * self.first_below_accuracy:.0f}%, "
+                f"but its 95% interval reaches {100 * self.first_below_high:.0f}% (n={self.first_below_n}): "
+                "the drop is not significant at this sample size")
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "drop_significant": self.drop_significant}
+        return {**asdict(self), "drop_significant": self.drop_significant,
+                "practical_limit_tokens": self.practical_limit_tokens}
 
 
 def wilson(successes: float, n: int) -> tuple[float, float]:
@@ -60,46 +77,43 @@ def wilson(successes: float, n: int) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def cell(records: Sequence[dict]) -> Cell:
-    scored = [r["score"] for r in records if r["status"] == "ok" and r["score"] is not None]
-    failed = sum(1 for r in records if r["status"] != "ok")
+def cell(records: Sequence[EvalRecord]) -> Cell:
+    scored = [r.score for r in records if r.ok and r.score is not None]
+    failed = sum(1 for r in records if not r.ok)
     if not scored:
         return Cell(0, None, None, None, failed)
     lo, hi = wilson(sum(scored), len(scored))
     return Cell(len(scored), sum(scored) / len(scored), lo, hi, failed)
 
 
-def load_run(out_dir: Path | str) -> tuple[dict, list[dict]]:
-    from ragkit.evals.runner import latest_by_call, read_results
-
+def load_run(out_dir: Path | str) -> tuple[dict, list[EvalRecord]]:
+    """The run's metadata and one record per call."""
     out = Path(out_dir)
-    if not (out / "results.jsonl").exists():
+    if not results_path(out).exists():
         raise InputError(f"{out} has no results.jsonl: run `ragkit eval needle|qa|kv ... --out {out}` first")
-    meta = json.loads((out / "run.json").read_text(encoding="utf-8")) if (out / "run.json").exists() else {}
-    records = list(latest_by_call(read_results(out / "results.jsonl")).values())
-    return meta, records
+    return read_meta(out), list(latest_by_call(read(out)).values())
 
 
-def _axis(records: Sequence[dict], name: str) -> list:
-    return sorted({r[name] for r in records})
+def _axis(records: Sequence[EvalRecord], name: str) -> list:
+    return sorted({getattr(r, name) for r in records})
 
 
-def summarize(records: Sequence[dict]) -> dict:
+def summarize(records: Sequence[EvalRecord]) -> dict:
     """{strategy: {"by_length": {L: Cell}, "by_depth": {D: Cell}, "cells": {(L, D): Cell}, "overall": Cell}}"""
     out = {}
-    for strategy in sorted({r["strategy"] for r in records}, key=lambda s: (s != "stuff", s)):
-        rs = [r for r in records if r["strategy"] == strategy]
+    for strategy in sorted({r.strategy for r in records}, key=lambda s: (s != "stuff", s)):
+        rs = [r for r in records if r.strategy == strategy]
         out[strategy] = {
-            "by_length": {L: cell([r for r in rs if r["length"] == L]) for L in _axis(rs, "length")},
-            "by_depth": {D: cell([r for r in rs if r["depth"] == D]) for D in _axis(rs, "depth")},
-            "cells": {(L, D): cell([r for r in rs if r["length"] == L and r["depth"] == D])
+            "by_length": {L: cell([r for r in rs if r.length == L]) for L in _axis(rs, "length")},
+            "by_depth": {D: cell([r for r in rs if r.depth == D]) for D in _axis(rs, "depth")},
+            "cells": {(L, D): cell([r for r in rs if r.length == L and r.depth == D])
                       for L in _axis(rs, "length") for D in _axis(rs, "depth")},
             "overall": cell(rs),
         }
     return out
 
 
-def measured_limit(records: Sequence[dict], floor: float | None = None) -> Limit | None:
+def measured_limit(records: Sequence[EvalRecord], floor: float | None = None) -> Limit | None:
     """The longest tested length whose accuracy stays at or above the floor (every shorter one too)."""
     summary = summarize(records)
     if not summary:
@@ -119,11 +133,11 @@ def measured_limit(records: Sequence[dict], floor: float | None = None) -> Limit
         if by_length[L].accuracy + 1e-9 < floor_value or (floor is None and base == 0):
             break  # (a model that fails even at the shortest length has no limit to measure)
         limit = L
-    unit = records[0]["length_unit"]
+    unit = records[0].length_unit
     prompt_tokens = None
     if limit is not None:
-        tokens = sorted(r["input_tokens"] for r in records
-                        if r["strategy"] == strategy and r["length"] == limit and r["status"] == "ok" and r["input_tokens"])
+        tokens = sorted(r.input_tokens for r in records
+                        if r.strategy == strategy and r.length == limit and r.ok and r.input_tokens)
         prompt_tokens = tokens[len(tokens) // 2] if tokens else None
     overtakes = None
     if "stuff" in summary and "retrieve" in summary:
@@ -157,11 +171,11 @@ def _fmt_depth(D, unit: str) -> str:
     return f"pos {int(D)}" if unit == "position" else f"{D:g}%"
 
 
-def markdown_tables(records: Sequence[dict]) -> str:
+def markdown_tables(records: Sequence[EvalRecord]) -> str:
     summary = summarize(records)
     if not records:
         return "(no results)\n"
-    lu, du = records[0]["length_unit"], records[0]["depth_unit"]
+    lu, du = records[0].length_unit, records[0].depth_unit
     lines = []
     for strategy, s in summary.items():
         depths = sorted(s["by_depth"])
@@ -177,7 +191,7 @@ def markdown_tables(records: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_heatmap(records: Sequence[dict], strategy: str, path: Path) -> None:
+def plot_heatmap(records: Sequence[EvalRecord], strategy: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -186,7 +200,7 @@ def plot_heatmap(records: Sequence[dict], strategy: str, path: Path) -> None:
 
     s = summarize(records)[strategy]
     lengths, depths = sorted(s["by_length"]), sorted(s["by_depth"])
-    lu, du = records[0]["length_unit"], records[0]["depth_unit"]
+    lu, du = records[0].length_unit, records[0].depth_unit
     grid = np.full((len(depths), len(lengths)), np.nan)
     for i, D in enumerate(depths):
         for j, L in enumerate(lengths):
@@ -203,21 +217,21 @@ def plot_heatmap(records: Sequence[dict], strategy: str, path: Path) -> None:
     ax.set_yticks(range(len(depths)), [_fmt_depth(D, du) for D in depths])
     ax.set_xlabel("context length" if lu == "tokens" else "documents")
     ax.set_ylabel("needle depth" if du == "percent" else "gold position")
-    ax.set_title(f"{records[0]['task']} on {records[0]['model']} — {strategy}: accuracy %")
+    ax.set_title(f"{records[0].task} on {records[0].model} — {strategy}: accuracy %")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def plot_lines(records: Sequence[dict], path: Path, limit: Limit | None) -> None:
+def plot_lines(records: Sequence[EvalRecord], path: Path, limit: Limit | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     summary = summarize(records)
-    lu = records[0]["length_unit"]
+    lu = records[0].length_unit
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for strategy, s in summary.items():
         pts = [(L, c) for L, c in sorted(s["by_length"].items()) if c.accuracy is not None]
@@ -230,15 +244,15 @@ def plot_lines(records: Sequence[dict], path: Path, limit: Limit | None) -> None
         ax.axhline(limit.floor, color="grey", linestyle=":", label=f"floor {limit.floor:.2f}")
         if limit.length is not None:
             ax.axvline(limit.length, color="red", linestyle="--", label=f"measured limit {_fmt_len(limit.length, lu)}")
-    if lu == "tokens" and len({r["length"] for r in records}) > 2:
+    if lu == "tokens" and len({r.length for r in records}) > 2:
         ax.set_xscale("log", base=2)
-    lengths = sorted({r["length"] for r in records})
+    lengths = sorted({r.length for r in records})
     ax.set_xticks(lengths, [_fmt_len(L, lu) for L in lengths])
     ax.minorticks_off()
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("context length (tokens)" if lu == "tokens" else "documents in context")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"{records[0]['task']} on {records[0]['model']}: accuracy vs length")
+    ax.set_title(f"{records[0].task} on {records[0].model}: accuracy vs length")
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -252,10 +266,10 @@ def render_report(out_dir: Path | str, *, floor: float | None = None, plots: boo
     if not records:
         raise InputError(f"{out}/results.jsonl is empty: nothing to report")
     order = {s: i for i, s in enumerate(["stuff", "retrieve"])}
-    records.sort(key=lambda r: (order.get(r["strategy"], 9), r["length"], r["depth"], r["sample"]))
+    records.sort(key=lambda r: (order.get(r.strategy, 9), r.length, r.depth, r.sample))
     limit = measured_limit(records, floor)
     summary = summarize(records)
-    lu = records[0]["length_unit"]
+    lu = records[0].length_unit
     images = []
     if plots:
         for strategy in summary:
@@ -265,23 +279,23 @@ def render_report(out_dir: Path | str, *, floor: float | None = None, plots: boo
         plot_lines(records, out / "accuracy-vs-length.png", limit)
         images.append("accuracy-vs-length.png")
 
-    n_ok = sum(1 for r in records if r["status"] == "ok")
+    n_ok = sum(1 for r in records if r.ok)
     n_failed = len(records) - n_ok
-    paid = sum(r["cost_usd"] for r in records if r["status"] == "ok")
-    latency = sorted(r["latency_s"] for r in records if r["status"] == "ok")
+    paid = sum(r.cost_usd for r in records if r.ok)
+    latency = sorted(r.latency_s for r in records if r.ok)
     grid = meta.get("grid", {})
-    lines = [f"# {records[0]['task']} eval: {records[0]['model']}", ""]
+    lines = [f"# {records[0].task} eval: {records[0].model}", ""]
     if meta:
         # Axes from the results themselves: a folder may hold several runs (lengths or strategies added later).
-        depths = ", ".join(f"{d:g}" for d in sorted({r["depth"] for r in records}))
-        lengths = ", ".join(str(x) for x in sorted({r["length"] for r in records}))
-        strategies = ", ".join(sorted({r["strategy"] for r in records}, key=lambda x: (x != "stuff", x)))
+        depths = ", ".join(f"{d:g}" for d in sorted({r.depth for r in records}))
+        lengths = ", ".join(str(x) for x in sorted({r.length for r in records}))
+        strategies = ", ".join(sorted({r.strategy for r in records}, key=lambda x: (x != "stuff", x)))
         lines.append(f"Last run {meta.get('created', '?')}; results for lengths {lengths} ({lu}), depths "
-                     f"{depths} ({records[0]['depth_unit']}), strategies {strategies}; the last run asked "
+                     f"{depths} ({records[0].depth_unit}), strategies {strategies}; the last run asked "
                      f"{grid.get('samples')} samples per cell (the tables give each cell's n), max "
                      f"{grid.get('max_tokens')} output tokens, temperature "
                      f"{grid.get('temperature')}. Scorer: {meta.get('task', {}).get('scorer')}.")
-    lines.append(f"{len(records)} calls: {n_ok} scored, {n_failed} failed (failed calls are unscored, not wrong). "
+    lines.append(f"{plural(len(records), 'call')}: {n_ok} scored, {n_failed} failed (failed calls are unscored, not wrong). "
                  f"Cost of the calls ${paid:.4f}; median latency "
                  f"{latency[len(latency) // 2] if latency else float('nan'):.2f} s.")
     lines += ["", "## Measured practical limit", ""]
@@ -294,10 +308,8 @@ def render_report(out_dir: Path | str, *, floor: float | None = None, plots: boo
         tokens = f" (prompts of about {limit.prompt_tokens:,} tokens as the model counted them)" if limit.prompt_tokens else ""
         more = (" No drop was seen at any tested length, so the true limit may be higher: test longer lengths."
                 if limit.all_passed else "")
-        if limit.first_below is not None and not limit.drop_significant:
-            more += (f" At {_fmt_len(limit.first_below, lu)} accuracy is {100 * limit.first_below_accuracy:.0f}%, "
-                     f"but its 95% interval reaches {100 * limit.first_below_high:.0f}% (n={limit.first_below_n}): "
-                     "the drop is not significant at this sample size; run more samples (-n) to confirm it.")
+        if doubt := limit.insignificant_drop():
+            more += f" {doubt[0].upper()}{doubt[1:]}; run more samples (-n) to confirm it."
         size = _fmt_len(limit.length, lu) + ("" if lu == "docs" else " tokens")
         lines.append(f"**{size}**{tokens}: the longest tested "
                      f"length at which `{limit.strategy}` accuracy stays at or above the floor of {limit.floor:.2f} "
@@ -317,8 +329,8 @@ def render_report(out_dir: Path | str, *, floor: float | None = None, plots: boo
         lines += ["## Plots", ""] + [f"![{name}]({name})" for name in images] + [""]
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     data = {
-        "task": records[0]["task"], "model": records[0]["model"], "length_unit": lu,
-        "depth_unit": records[0]["depth_unit"], "calls": len(records), "failed": n_failed, "cost_usd": paid,
+        "task": records[0].task, "model": records[0].model, "length_unit": lu,
+        "depth_unit": records[0].depth_unit, "calls": len(records), "failed": n_failed, "cost_usd": paid,
         "limit": limit.to_dict() if limit else None,
         "strategies": {
             st: {"overall": s["overall"].to_dict(),
@@ -331,8 +343,11 @@ def render_report(out_dir: Path | str, *, floor: float | None = None, plots: boo
     return data
 
 
-def save_measured_limit(out_dir: Path | str, *, floor: float | None = None, path: Path | None = None) -> tuple[Path, int, str]:
-    """Writes the measured limit into the user's model overrides (so `ragkit plan` uses it)."""
+def save_measured_limit(out_dir: Path | str, *, floor: float | None = None, path: Path | None = None,
+                        force: bool = False) -> tuple[Path, int, str]:
+    """Writes the measured limit into the user's model overrides (so `ragkit plan` uses it).
+
+    Refuses, unless `force`, a limit whose drop the report itself calls not significant."""
     import datetime as _dt
 
     from ragkit.models import save_limit_override
@@ -344,9 +359,12 @@ def save_measured_limit(out_dir: Path | str, *, floor: float | None = None, path
     if limit.length_unit != "tokens":
         raise InputError("this run's lengths are documents, not tokens: run the eval with --lengths in tokens "
                          "to measure a limit the planner can use")
-    tokens = limit.prompt_tokens or limit.length
-    task = records[0]["task"]
+    tokens = limit.practical_limit_tokens
+    if limit.insignificant_drop() and not force:
+        raise InputError(f"not saving the limit of {tokens:,} tokens: {limit.insignificant_drop()}; run more "
+                         f"samples (-n; the run resumes) or add --force to save it anyway")
+    task = records[0].task
     source = (f"measured {_dt.date.today().isoformat()} by ragkit eval {task} ({Path(out_dir).name}): "
               f"accuracy >= {limit.floor:.2f} up to {limit.length:,}-token contexts")
-    written = save_limit_override(records[0]["model"], tokens, source, path)
+    written = save_limit_override(records[0].model, tokens, source, path)
     return written, tokens, source

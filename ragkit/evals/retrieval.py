@@ -39,10 +39,36 @@ def retrieve_units(units: Sequence[str], query: str, budget_tokens: int, counter
     from ragkit.retrieve import Hit, pack_hits
 
     ranked = (ranker or rank_units)(units, query)
-    hits = [Hit(str(i), f"unit-{i}", 0, len(units[i]), units[i], 1.0 - k / (len(ranked) + 1), 0, i)
+    hits = [Hit(str(i), f"unit-{i}", 0, len(units[i]), units[i], score=1.0 - k / (len(ranked) + 1), chunk_id=i)
             for k, i in enumerate(ranked)]
     packed = pack_hits(hits, budget_tokens, counter, order=order)
     return [int(c.doc_id) for c in packed.chunks]
+
+
+def stuff_units(units: Sequence[str], query: str, *, order: str = "document") -> list[int]:
+    """Every unit, as the stuff strategy sends them: in their own order ("document"), or ranked
+    against the question by the BM25 ordering `ragkit ask` gives stuffed documents, the strongest
+    at both edges ("edges"; for QA-style units: a needle haystack's pieces only read in order)."""
+    from ragkit.errors import InputError
+    from ragkit.retrieve import TermRanker, edges
+
+    if order == "document":
+        return list(range(len(units)))
+    if order != "edges":
+        raise InputError(f"stuff order {order!r}: use document or edges")
+    return edges(TermRanker(list(units)).rank(query))
+
+
+def planner_budget(spec, task, sample, answer_tokens: int) -> int:
+    """The context budget ragkit's planner (budget.plan, the one `ragkit ask` follows) leaves this
+    eval prompt: the task's own instructions and question, counted as rendered, are reserved."""
+    from ragkit.budget import plan
+    from ragkit.tokens import counter_for
+
+    counter = counter_for(spec)
+    scaffold = counter.count(task.system) + counter.count(task.render(sample, [], retrieved=True))
+    return plan(spec, corpus_tokens=0, instructions_tokens=scaffold, question_tokens=0,
+                answer_tokens=min(answer_tokens, spec.max_output_tokens)).budget_tokens
 
 
 def passage_searcher(passages: Sequence[dict]) -> Callable[[str, int], list[str]]:

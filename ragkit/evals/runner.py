@@ -1,16 +1,16 @@
 """Grid runner: task x lengths x depths x strategies x samples -> one model call each -> results.jsonl.
 
-Log first, render later (inspect_ai's habit): every call becomes one JSON line as soon as it ends,
-and the report is re-rendered from that file without calling a model. Responses are cached in
-SQLite before their line is written, so a run killed at any point resumes without paying twice;
-a failed call is logged as failed (unscored) and retried on resume.
+Log first, render later (inspect_ai's habit): every call becomes one EvalRecord line (ragkit.evals.records)
+as soon as it ends, and the report is re-rendered from that file without calling a model. A paid call
+reaches the cost ledger, then the response cache, then the log, so a run killed at any point resumes
+without paying twice; a failed call is logged as failed (unscored) and retried on resume.
+
+    run_grid = plan_calls (every prompt rendered once, the cache asked once per prompt, the cost bound)
+             -> estimate -> execute (send, account, log) -> compact (one line per call)
 """
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -19,8 +19,10 @@ from typing import Callable, Sequence
 
 from ragkit.errors import ConfigError, InputError
 from ragkit.evals.cache import CachedResponse, ResponseCache, call_key
-from ragkit.evals.retrieval import Ranker, retrieve_units
+from ragkit.evals.records import EvalRecord, RecordLog, latest_by_call, plural, write_meta
+from ragkit.evals.retrieval import Ranker, planner_budget, retrieve_units, stuff_units
 from ragkit.evals.tasks import Sample, Task
+from ragkit.redact import redact
 
 FORMAT = "ragkit-eval/1"
 STRATEGIES = ("stuff", "retrieve")
@@ -42,6 +44,7 @@ class GridSpec:
     temperature: float = 0.0
     retrieve_budget_tokens: int | None = None   # None: the planner's budget for the model
     order: str = "edges"
+    stuff_order: str = "document"               # "edges": stuffed units ordered like `ragkit ask` orders documents
     task_options: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -84,7 +87,7 @@ class Estimate:
         return asdict(self)
 
     def describe(self, model: str) -> str:
-        return (f"{self.calls} calls to {model}: {self.done} already done, {self.cached} cached, "
+        return (f"{plural(self.calls, 'call')} to {model}: {self.done} already done, {self.cached} cached, "
                 f"{self.to_call} to make (~{self.input_tokens:,} input tokens, <= {self.output_tokens_max:,} output); "
                 f"estimated cost ${self.cost_usd:.4f}")
 
@@ -107,148 +110,250 @@ def call_id(strategy: str, sample: Sample) -> str:
     return f"{strategy}/L{sample.length}/D{sample.depth:g}/S{sample.sample}"
 
 
-def build_calls(task: Task, grid: GridSpec, spec, counter, ranker: Ranker | None = None,
-                samples: Sequence[Sample] | None = None) -> list[Call]:
-    """Every prompt of the grid, exactly as it will be sent (deterministic: same grid, same prompts)."""
-    if samples is None:
-        samples = task.samples(counter, grid.lengths, grid.depths, grid.samples)
-    system_tokens = counter.count(task.system)
+# ---------------------------------------------------------------- planning: every prompt, rendered once
+
+@dataclass(frozen=True)
+class Plan:
+    calls: list[Call]                     # the whole grid, in grid order
+    todo: list[Call]                      # not yet answered in this run folder
+    hits: dict[str, CachedResponse]       # cached answers of the todo calls, by key (looked up once each)
+
+    @property
+    def done_ids(self) -> set[str]:
+        todo = {c.call_id for c in self.todo}
+        return {c.call_id for c in self.calls if c.call_id not in todo}
+
+    @property
+    def to_call(self) -> list[Call]:
+        return [c for c in self.todo if c.key not in self.hits]
+
+
+def plan_calls(task: Task, grid: GridSpec, spec, counter, cache: ResponseCache, answered: dict[str, str], *,
+               ranker: Ranker | None = None, max_cost_usd: float | None = None,
+               echo: Callable[[str], None] = print) -> Plan:
+    """Every call of the grid, its prompt exactly as it will be sent (same grid, same prompts).
+
+    `answered` maps call ids to the cache key of their logged answer. Each prompt is rendered once and
+    the cache consulted once per distinct prompt. Stuff prompts come first: the cost bound is checked
+    on them before any retrieval ranking, so a run past max_cost_usd is refused at once.
+    """
+    samples = task.samples(counter, grid.lengths, grid.depths, grid.samples)
+    lookup = _memo(cache.get)
+    system_tokens = counter.count(task.system) + MESSAGE_OVERHEAD_TOKENS
+    units = [counter.count_many(s.units) for s in samples]
+    stuffed = [_call(task, grid, spec, "stuff", s, stuff_units(s.units, s.question, order=grid.stuff_order), n,
+                     system_tokens, counter) for s, n in zip(samples, units)]
+    budgets = [(grid.retrieve_budget_tokens or planner_budget(spec, task, s, grid.max_tokens))
+               if "retrieve" in grid.strategies else 0 for s in samples]
+    if max_cost_usd is not None:
+        bound = upper_bound_cost(task, grid, spec, counter, stuffed, budgets, system_tokens, answered, lookup)
+        _refuse_above(max_cost_usd, bound, spec, grid, echo)
     calls = []
-    for sample in samples:
-        unit_tokens = counter.count_many(sample.units)
+    for stuff, n, budget in zip(stuffed, units, budgets):
         for strategy in grid.strategies:
             if strategy == "stuff":
-                chosen = list(range(len(sample.units)))
+                calls.append(stuff)
             else:
-                budget = grid.retrieve_budget_tokens or _planner_budget(spec, sum(unit_tokens), sample, grid)
+                sample = stuff.sample
                 chosen = retrieve_units(sample.units, sample.question, budget, counter, order=grid.order,
                                         ranker=ranker)
-            prompt = task.render(sample, [sample.units[i] for i in chosen], retrieved=strategy == "retrieve")
-            prompt_tokens = system_tokens + counter.count(prompt) + MESSAGE_OVERHEAD_TOKENS
-            calls.append(Call(
-                call_id=call_id(strategy, sample), sample=sample, strategy=strategy, system=task.system,
-                prompt=prompt, context_tokens=sum(unit_tokens[i] for i in chosen), prompt_tokens=prompt_tokens,
+                calls.append(_call(task, grid, spec, "retrieve", sample, chosen, n, system_tokens, counter))
+    todo = [c for c in calls if answered.get(c.call_id) != c.key]
+    hits = {c.key: hit for c in todo if (hit := lookup(c.key)) is not None}
+    return Plan(calls, todo, hits)
+
+
+def _call(task: Task, grid: GridSpec, spec, strategy: str, sample: Sample, chosen: Sequence[int],
+          unit_tokens: Sequence[int], system_tokens: int, counter) -> Call:
+    """One call with its prompt rendered and counted (system_tokens: the system turn + chat framing)."""
+    prompt = task.render(sample, [sample.units[i] for i in chosen], retrieved=strategy == "retrieve")
+    return Call(call_id=call_id(strategy, sample), sample=sample, strategy=strategy, system=task.system,
+                prompt=prompt, context_tokens=sum(unit_tokens[i] for i in chosen),
+                prompt_tokens=system_tokens + counter.count(prompt),
                 gold_in_context=any(i in chosen for i in sample.gold_units),
-                key=call_key(spec.id, spec.api_model, task.system, prompt, grid.max_tokens, grid.temperature)))
-    return calls
+                key=call_key(spec.id, spec.api_model, task.system, prompt, grid.max_tokens, grid.temperature))
 
 
-def upper_bound_cost(task: Task, grid: GridSpec, spec, counter, samples: Sequence[Sample], done_ids: set[str],
-                     cache: ResponseCache) -> tuple[int, int, float]:
+def _memo(get: Callable[[str], CachedResponse | None]) -> Callable[[str], CachedResponse | None]:
+    """`get`, asked at most once per key (the cost bound and the plan look up the same stuff prompts)."""
+    seen: dict[str, CachedResponse | None] = {}
+
+    def lookup(key: str) -> CachedResponse | None:
+        if key not in seen:
+            seen[key] = get(key)
+        return seen[key]
+
+    return lookup
+
+
+def upper_bound_cost(task: Task, grid: GridSpec, spec, counter, stuffed: Sequence[Call], budgets: Sequence[int],
+                     system_tokens: int, answered: dict[str, str], lookup) -> tuple[int, int, float]:
     """Cost if every call not yet logged or cached is paid at its largest prompt (retrieve at its full
-    budget) and longest answer: checked before any ranking, so a run past --max-cost is refused at once.
-    (A retrieve call cached but not in this run's log is counted: its prompt is not known yet.)"""
+    budget, capped by the stuff prompt) and longest answer: (calls, input tokens, USD).
+    (A retrieve call logged with any prompt is counted done: its prompt is not known before ranking.)"""
     from ragkit.costs import cost_usd
 
-    system_tokens = counter.count(task.system) + MESSAGE_OVERHEAD_TOKENS
     tokens = calls = 0
-    for sample in samples:
-        prompt = task.render(sample, sample.units, retrieved=False)
-        stuff = system_tokens + counter.count(prompt)
-        for strategy in grid.strategies:
-            if call_id(strategy, sample) in done_ids:
-                continue
-            if strategy == "retrieve":
-                calls += 1
-                budget = grid.retrieve_budget_tokens or _planner_budget(spec, stuff, sample, grid)
-                tokens += min(stuff, system_tokens + counter.count(task.render(sample, [], retrieved=True)) + budget)
-            elif cache.get(call_key(spec.id, spec.api_model, task.system, prompt, grid.max_tokens,
-                                    grid.temperature)) is None:
-                calls += 1
-                tokens += stuff
+    for stuff, budget in zip(stuffed, budgets):
+        sample = stuff.sample
+        if "stuff" in grid.strategies and answered.get(stuff.call_id) != stuff.key and lookup(stuff.key) is None:
+            calls += 1
+            tokens += stuff.prompt_tokens
+        if "retrieve" in grid.strategies and call_id("retrieve", sample) not in answered:
+            scaffold = system_tokens + counter.count(task.render(sample, [], retrieved=True))
+            calls += 1
+            tokens += min(stuff.prompt_tokens, scaffold + budget)
     tokens = counter.planning_tokens(tokens)
     return calls, tokens, cost_usd(spec, tokens, calls * grid.max_tokens)
 
 
-def _planner_budget(spec, corpus_tokens: int, sample: Sample, grid: GridSpec) -> int:
-    """The budget `ragkit ask` would pack into for this model (model tokens; pack_hits applies the margin)."""
-    from ragkit.budget import plan
-
-    answer_tokens = min(grid.max_tokens, spec.max_output_tokens)
-    return plan(spec, corpus_tokens=corpus_tokens, question=sample.question, answer_tokens=answer_tokens).budget_tokens
-
-
-# ---------------------------------------------------------------- the results log
-
-class ResultsLog:
-    """Append-only JSON Lines, one line per finished call, flushed and fsynced as it is written."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._lock = threading.Lock()
-
-    def append(self, record: dict) -> None:
-        line = json.dumps(record, ensure_ascii=False) + "\n"
-        with self._lock, open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
+def _refuse_above(max_cost_usd: float, bound: tuple[int, int, float], spec, grid: GridSpec, echo) -> None:
+    n_calls, n_tokens, cost = bound
+    if cost > max_cost_usd:
+        echo(f"{plural(n_calls, 'call')} to {spec.id} still to make: at most {n_tokens:,} input tokens "
+             f"(retrieve prompts counted at their full budget) + {n_calls * grid.max_tokens:,} output; "
+             f"at most ${cost:.4f}")
+        raise ConfigError(f"the estimated cost ${cost:.4f} exceeds --max-cost ${max_cost_usd:.2f}; "
+                          "use fewer lengths/depths/samples or raise --max-cost.")
 
 
-def read_results(path: Path) -> list[dict]:
-    """All parseable lines (a line cut short by a kill is skipped: its response is in the cache)."""
-    if not path.exists():
-        return []
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
+def estimate(plan: Plan, spec, counter, max_tokens: int) -> Estimate:
+    from ragkit.costs import cost_usd
+
+    to_call = plan.to_call
+    input_tokens = sum(counter.planning_tokens(c.prompt_tokens) for c in to_call)
+    output_max = len(to_call) * max_tokens
+    return Estimate(len(plan.calls), len(plan.calls) - len(plan.todo), len(plan.todo) - len(to_call), len(to_call),
+                    input_tokens, output_max, cost_usd(spec, input_tokens, output_max))
 
 
-def latest_by_call(records: Sequence[dict]) -> dict[str, dict]:
-    """One record per call: a success wins over a failure, then the latest wins."""
-    best: dict[str, dict] = {}
-    for r in records:
-        prev = best.get(r["call_id"])
-        if prev is None or r["status"] == "ok" or prev["status"] != "ok":
-            best[r["call_id"]] = r
-    return best
+# ---------------------------------------------------------------- executing: send, account, log
+
+@dataclass
+class _Caller:
+    """Sends a call and accounts for it: ledger row, then cache, then the record (the caller logs it)."""
+
+    task: Task
+    grid: GridSpec
+    spec: object
+    provider: object
+    cache: ResponseCache
+    ledger: object
+
+    def send(self, call: Call) -> tuple[EvalRecord, CachedResponse | None]:
+        from ragkit.ledger import account
+
+        t0 = time.monotonic()
+        try:
+            done = self.provider.complete(call.system, call.prompt, max_tokens=self.grid.max_tokens,
+                                          temperature=self.grid.temperature)
+        except Exception as exc:  # noqa: BLE001 - any failure is recorded as failed (unscored), never as wrong
+            return self.failed(call, redact(f"{type(exc).__name__}: {exc}")[:500], time.monotonic() - t0), None
+        # Paid: its ledger row first, then the cache, then the log line (a kill between them never hides a cost).
+        cost = account(done, self.spec, task=f"eval:{self.task.name}", strategy=call.strategy,
+                       question=call.sample.question, ledger=self.ledger).cost_usd
+        answer = CachedResponse(done.text, done.input_tokens, done.output_tokens, done.latency_s, cost, time.time())
+        self.cache.put(call.key, self.spec.id, answer)
+        return self.answered(call, answer, cached=False), answer
+
+    def answered(self, call: Call, answer: CachedResponse, *, cached: bool) -> EvalRecord:
+        return self._record(call, status="ok", prediction=answer.text, score=self.task.score(answer.text, call.sample),
+                            input_tokens=answer.input_tokens, output_tokens=answer.output_tokens,
+                            cost_usd=answer.cost_usd, latency_s=round(answer.latency_s, 3), cached=cached)
+
+    def failed(self, call: Call, error: str, latency_s: float) -> EvalRecord:
+        return self._record(call, status="failed", error=error, latency_s=round(latency_s, 3))
+
+    def _record(self, call: Call, **outcome) -> EvalRecord:
+        s = call.sample
+        return EvalRecord(call_id=call.call_id, task=s.task, model=self.spec.id, length=s.length,
+                          length_unit=s.length_unit, depth=s.depth, depth_unit=s.depth_unit, strategy=call.strategy,
+                          sample=s.sample, question=s.question, answers=tuple(s.answers),
+                          context_tokens=call.context_tokens, gold_in_context=call.gold_in_context, key=call.key,
+                          **outcome)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+class _Tally:
+    """Running totals of a run (accuracy so far includes the calls already done before it)."""
+
+    def __init__(self, done: Sequence[EvalRecord]):
+        self.logged = self.failed = self.made = 0
+        self.score = sum(r.score for r in done)
+        self.scored = len(done)
+        self.cost = 0.0
+
+    def add(self, record: EvalRecord) -> None:
+        self.logged += 1
+        if record.ok:
+            self.score += record.score
+            self.scored += 1
+        else:
+            self.failed += 1
+        if not record.cached and record.ok:
+            self.made += 1
+            self.cost += record.cost_usd
+
+    @property
+    def accuracy(self) -> float:
+        return self.score / self.scored if self.scored else float("nan")
+
+
+def execute(plan: Plan, caller: _Caller, log: RecordLog, tally: _Tally, *, workers: int, progress: bool) -> None:
+    """Logs every call still to do: cached answers at once, then one call per distinct prompt in
+    parallel; calls with an identical prompt take that call's answer (or its failure) without paying."""
+    done = len(plan.calls) - len(plan.todo)
+    with _progress(progress, len(plan.calls), done) as bar:
+        def finish(record: EvalRecord) -> None:
+            log.append(record)
+            tally.add(record)
+            bar.update(tally.logged + done, acc=tally.accuracy, cost=tally.cost, failed=tally.failed)
+
+        for c in plan.todo:
+            if c.key in plan.hits:
+                finish(caller.answered(c, plan.hits[c.key], cached=True))
+        by_prompt: dict[str, list[Call]] = {}
+        for c in plan.to_call:
+            by_prompt.setdefault(c.key, []).append(c)
+        pool = ThreadPoolExecutor(max_workers=max(1, workers))
+        try:
+            followers = {pool.submit(caller.send, first): rest for first, *rest in by_prompt.values()}
+            for fut in as_completed(followers):
+                record, answer = fut.result()
+                finish(record)
+                for c in followers[fut]:
+                    finish(caller.answered(c, answer, cached=True) if answer is not None
+                           else caller.failed(c, record.error, record.latency_s))
+        except BaseException:
+            # Ctrl-C: stop queued calls now (answers already received are cached and logged).
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+
+
+def compact(log: RecordLog, calls: Sequence[Call]) -> list[EvalRecord]:
+    """One line per call (the appended log may hold retries): this grid's calls first, in grid order,
+    answered for the prompt sent now; calls of earlier, different grids in this folder are kept
+    (nothing is lost when a run adds lengths or strategies, or re-runs a subset). Returns this grid's."""
+    logged = log.read()
+    keys = {c.call_id: c.key for c in calls}
+    current = latest_by_call(r for r in logged if keys.get(r.call_id) == r.key)
+    lines = [current[c.call_id] for c in calls if c.call_id in current]
+    others = latest_by_call(r for r in logged if r.call_id not in keys)
+    log.rewrite(lines + list(others.values()))
+    return lines
 
 
 # ---------------------------------------------------------------- running
 
-def _record(call: Call, spec, *, status: str, prediction: str | None, score: float | None, error: str | None,
-            input_tokens: int, output_tokens: int, cost_usd: float, latency_s: float, cached: bool) -> dict:
-    s = call.sample
-    return {"v": 1, "call_id": call.call_id, "task": s.task, "model": spec.id, "length": s.length,
-            "length_unit": s.length_unit, "depth": s.depth, "depth_unit": s.depth_unit, "strategy": call.strategy,
-            "sample": s.sample, "question": s.question, "answers": list(s.answers), "prediction": prediction,
-            "score": score, "status": status, "error": error, "context_tokens": call.context_tokens,
-            "gold_in_context": call.gold_in_context, "input_tokens": input_tokens, "output_tokens": output_tokens,
-            "cost_usd": cost_usd, "latency_s": round(latency_s, 3), "cached": cached, "key": call.key}
-
-
-def estimate(calls: Sequence[Call], done: set[str], cache: ResponseCache, spec, counter, max_tokens: int) -> Estimate:
-    from ragkit.costs import cost_usd
-
-    todo = [c for c in calls if c.call_id not in done]
-    cached = [c for c in todo if cache.get(c.key) is not None]
-    to_call = [c for c in todo if cache.get(c.key) is None]
-    input_tokens = sum(counter.planning_tokens(c.prompt_tokens) for c in to_call)
-    output_max = len(to_call) * max_tokens
-    return Estimate(len(calls), len(calls) - len(todo), len(cached), len(to_call), input_tokens, output_max,
-                    cost_usd(spec, input_tokens, output_max))
-
-
 def run_grid(task: Task, grid: GridSpec, out_dir: Path | str, *, provider=None, base_url: str | None = None,
              cache: ResponseCache | None = None, max_cost_usd: float | None = None, concurrency: int | None = None,
              ranker: Ranker | None = None, progress: bool = True,
-             echo: Callable[[str], None] = print, render: bool = True) -> RunResult:
-    """Runs (or resumes) a grid into out_dir: run.json + results.jsonl (+ the report when `render`)."""
-    from ragkit.costs import cost_usd
+             echo: Callable[[str], None] = print, render: bool = True, ledger=True) -> RunResult:
+    """Runs (or resumes) a grid into out_dir: run.json + results.jsonl (+ the report when `render`).
+
+    Every call sent is priced and recorded in the cost ledger (`ledger`: True = the user's, None = none);
+    answers from the cache cost nothing and are not recorded again."""
+    from ragkit.ledger import Ledger
     from ragkit.models import get_model
     from ragkit.tokens import counter_for
 
@@ -258,134 +363,34 @@ def run_grid(task: Task, grid: GridSpec, out_dir: Path | str, *, provider=None, 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache = cache if cache is not None else ResponseCache()  # (an empty cache is falsy: it has __len__)
-    samples = task.samples(counter, grid.lengths, grid.depths, grid.samples)
-    results_path = out / "results.jsonl"
-    previous = latest_by_call(read_results(results_path))
-    if max_cost_usd is not None:
-        logged = {cid for cid, r in previous.items() if r["status"] == "ok"}
-        n_calls, n_tokens, bound = upper_bound_cost(task, grid, spec, counter, samples, logged, cache)
-        if bound > max_cost_usd:
-            echo(f"{n_calls} calls to {spec.id} still to make: at most {n_tokens:,} input tokens "
-                 f"(retrieve prompts counted at their full budget) + {n_calls * grid.max_tokens:,} output; "
-                 f"at most ${bound:.4f}")
-            raise ConfigError(f"the estimated cost ${bound:.4f} exceeds --max-cost ${max_cost_usd:.2f}; "
-                              "use fewer lengths/depths/samples or raise --max-cost.")
-    calls = build_calls(task, grid, spec, counter, ranker, samples)
-    wanted = {c.call_id: c.key for c in calls}
-    done = {cid for cid, r in previous.items() if r["status"] == "ok" and wanted.get(cid) == r.get("key")}
-    est = estimate(calls, done, cache, spec, counter, grid.max_tokens)
+    log = RecordLog(out)  # drops a line torn by a kill before anything is appended after it
+    previous = {cid: r for cid, r in latest_by_call(log.read()).items() if r.ok}
+    plan = plan_calls(task, grid, spec, counter, cache, {cid: r.key for cid, r in previous.items()},
+                      ranker=ranker, max_cost_usd=max_cost_usd, echo=echo)
+    est = estimate(plan, spec, counter, grid.max_tokens)
     echo(est.describe(spec.id))
     if max_cost_usd is not None and est.cost_usd > max_cost_usd:
         raise ConfigError(f"the estimated cost ${est.cost_usd:.4f} exceeds --max-cost ${max_cost_usd:.2f}; "
                           "use fewer lengths/depths/samples or raise --max-cost.")
-    _atomic_write(out / "run.json", json.dumps({
-        "format": FORMAT, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "grid": grid.to_dict(), "task": task.describe(), "model": spec.to_dict(),
-        "system": task.system}, indent=2, ensure_ascii=False) + "\n")
-
-    log = ResultsLog(results_path)
-    todo = [c for c in calls if c.call_id not in done]
-    workers = concurrency or DEFAULT_CONCURRENCY.get(spec.provider, 4)
-    state = {"n": 0, "score": 0.0, "scored": 0, "failed": 0, "cost": 0.0, "made": 0}
-    lock = threading.Lock()
-
-    for cid in done:
-        r = previous[cid]
-        state["score"] += r["score"]
-        state["scored"] += 1
-
-    def finish(record: dict) -> None:
-        log.append(record)
-        with lock:
-            state["n"] += 1
-            if record["status"] == "ok":
-                state["score"] += record["score"]
-                state["scored"] += 1
-            else:
-                state["failed"] += 1
-            if not record["cached"]:
-                state["cost"] += record["cost_usd"]
-
-    def from_cache(call: Call, hit: CachedResponse) -> dict:
-        return _record(call, spec, status="ok", prediction=hit.text, score=task.score(hit.text, call.sample),
-                       error=None, input_tokens=hit.input_tokens, output_tokens=hit.output_tokens,
-                       cost_usd=hit.cost_usd, latency_s=hit.latency_s, cached=True)
-
-    def make_call(call: Call) -> dict:
-        hit = cache.get(call.key)  # another worker or an earlier run may have paid for it already
-        if hit is not None:
-            return from_cache(call, hit)
-        t0 = time.monotonic()
-        try:
-            completion = provider.complete(call.system, call.prompt, max_tokens=grid.max_tokens,
-                                           temperature=grid.temperature)
-        except Exception as exc:  # noqa: BLE001 - any failure is recorded as failed (unscored), never as wrong
-            return _record(call, spec, status="failed", prediction=None, score=None,
-                           error=f"{type(exc).__name__}: {exc}"[:500], input_tokens=0, output_tokens=0,
-                           cost_usd=0.0, latency_s=time.monotonic() - t0, cached=False)
-        cost = cost_usd(spec, completion.input_tokens, completion.output_tokens)
-        cache.put(call.key, spec.id, CachedResponse(completion.text, completion.input_tokens,
-                                                    completion.output_tokens, completion.latency_s, cost, time.time()))
-        with lock:
-            state["made"] += 1
-        return _record(call, spec, status="ok", prediction=completion.text,
-                       score=task.score(completion.text, call.sample), error=None,
-                       input_tokens=completion.input_tokens, output_tokens=completion.output_tokens,
-                       cost_usd=cost, latency_s=completion.latency_s, cached=False)
-
-    cached_now = [(c, cache.get(c.key)) for c in todo]
-    to_call = [c for c, hit in cached_now if hit is None]
-    if to_call and provider is None:
+    write_meta(out, {"format": FORMAT, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                     "grid": grid.to_dict(), "task": task.describe(), "model": spec.to_dict(), "system": task.system})
+    if plan.to_call and provider is None:
         from ragkit.providers import provider_for
 
         provider = provider_for(spec, base_url=base_url)
-
-    with _progress(progress, len(calls), len(done)) as bar:
-        def tick():
-            acc = state["score"] / state["scored"] if state["scored"] else float("nan")
-            bar.update(state["n"] + len(done), acc=acc, cost=state["cost"], failed=state["failed"])
-
-        for c, hit in cached_now:
-            if hit is not None:
-                finish(from_cache(c, hit))
-        tick()
-        # One call per distinct prompt: identical prompts in a grid wait for the first one's cached answer.
-        leaders, followers, seen = [], [], set()
-        for c in to_call:
-            (followers if c.key in seen else leaders).append(c)
-            seen.add(c.key)
-        pool = ThreadPoolExecutor(max_workers=max(1, workers))
-        try:
-            futures = [pool.submit(make_call, c) for c in leaders]
-            for fut in as_completed(futures):
-                finish(fut.result())
-                tick()
-            for c in followers:
-                finish(make_call(c))
-                tick()
-        except BaseException:
-            # Ctrl-C: stop queued calls now (answers already received are cached and logged).
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        pool.shutdown(wait=True)
-
-    # Compact: one line per call (the appended log may hold retries). This grid's calls first, in grid
-    # order, answered for the prompt sent now; calls of earlier, different grids in this folder are kept
-    # (nothing is lost when a run adds lengths or strategies, or re-runs a subset).
-    logged = read_results(results_path)
-    grid_ids = {c.call_id: c.key for c in calls}
-    current = latest_by_call([r for r in logged if grid_ids.get(r["call_id"]) == r.get("key")])
-    lines = [current[c.call_id] for c in calls if c.call_id in current]
-    others = latest_by_call([r for r in logged if r["call_id"] not in grid_ids])
-    _atomic_write(results_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines + list(others.values())))
-    failed = sum(1 for r in lines if r["status"] != "ok")
-    scores = [r["score"] for r in lines if r["status"] == "ok"]
+    caller = _Caller(task, grid, spec, provider, cache, Ledger() if ledger is True else (ledger or None))
+    tally = _Tally([previous[cid] for cid in plan.done_ids])
+    execute(plan, caller, log, tally, workers=concurrency or DEFAULT_CONCURRENCY.get(spec.provider, 4),
+            progress=progress)
+    lines = compact(log, plan.calls)
     if render:
         from ragkit.evals.report import render_report
 
         render_report(out)
-    return RunResult(str(out), est, state["made"], failed, sum(scores) / len(scores) if scores else None,
-                     round(state["cost"], 6), round(time.monotonic() - started, 2))
+    scores = [r.score for r in lines if r.ok]
+    return RunResult(str(out), est, tally.made, sum(1 for r in lines if not r.ok),
+                     sum(scores) / len(scores) if scores else None, round(tally.cost, 6),
+                     round(time.monotonic() - started, 2))
 
 
 class _NoBar:

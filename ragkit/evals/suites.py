@@ -40,6 +40,22 @@ class SuiteRun:
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
+    def describe(self, samples: int | None = None) -> str:
+        """One readable line: `needle (needle): 2K, 8K tokens; depths 0%, 50%; 3 samples; stuff, retrieve`."""
+        from ragkit.evals.records import plural
+        from ragkit.evals.report import _fmt_depth, _fmt_len
+        from ragkit.evals.tasks import axis_units
+
+        length_unit, depth_unit = axis_units(self.task, self.options)
+        lengths = ", ".join(_fmt_len(L, "tokens") for L in self.lengths)  # the unit once, after the list
+        depths = ", ".join(_fmt_depth(D, depth_unit).removeprefix("pos ") for D in self.depths)
+        parts = [f"{lengths} {'documents' if length_unit == 'docs' else 'tokens'}",
+                 f"{'gold positions' if depth_unit == 'position' else 'depths'} {depths}",
+                 plural(samples or self.samples, "sample"), ", ".join(self.strategies)]
+        parts += [f"{key} {str(value).lower() if isinstance(value, bool) else value}"
+                  for key, value in self.options.items()]
+        return f"{self.name} ({self.task}): " + "; ".join(parts)
+
 
 @dataclass(frozen=True)
 class Suite:

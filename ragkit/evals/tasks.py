@@ -314,8 +314,7 @@ class QATask(Task):
             raise InputError(f"no questions in {self.questions_path} whose passage_id is in the corpus")
         self.distractors = distractors
         self.by_tokens = by_tokens
-        self.length_unit = "tokens" if by_tokens else "docs"
-        self.depth_unit = "percent" if by_tokens else "position"
+        self.length_unit, self.depth_unit = axis_units("qa", {"by_tokens": by_tokens})
         self.seed = seed
         self.max_distractors = max_distractors
         self._search = search  # callable(question, k) -> list[passage id]; default: ragkit's retriever
@@ -472,6 +471,14 @@ class KVTask(Task):
 
     def render(self, sample: Sample, units: Sequence[str], *, retrieved: bool) -> str:
         return self.render_records(units, sample.meta["key"])
+
+
+def axis_units(task: str, options: dict) -> tuple[str, str]:
+    """(length unit, depth unit) of a task with these options: qa counts documents and 0-based
+    positions (the paper's setting) unless by_tokens; every other grid is tokens and percent."""
+    if task == "qa" and not options.get("by_tokens"):
+        return "docs", "position"
+    return "tokens", "percent"
 
 
 def make_task(name: str, **options) -> Task:

@@ -8,6 +8,8 @@ The SDKs are imported only when a call is made, so listing models or planning st
 """
 from __future__ import annotations
 
+import math
+
 from ragkit.errors import ConfigError
 from ragkit.providers.base import Completion, Provider
 
@@ -16,6 +18,7 @@ __all__ = ["Completion", "Provider", "provider_for"]
 
 def provider_for(spec, *, base_url: str | None = None, timeout_s: float = 60.0, max_retries: int = 2) -> Provider:
     """The provider for a registry entry. base_url overrides the registry's and the SDK's (--base-url)."""
+    _check_limits(timeout_s, max_retries)
     if spec.provider == "openai":
         from ragkit.providers.openai_compat import OpenAICompatProvider
 
@@ -31,6 +34,14 @@ def provider_for(spec, *, base_url: str | None = None, timeout_s: float = 60.0, 
         return _local_provider(spec, timeout_s=timeout_s)
     raise ConfigError(f"model '{spec.id}' has provider '{spec.provider}', which ragkit does not know: "
                       f"use openai, anthropic or local.")
+
+
+def _check_limits(timeout_s, max_retries) -> None:
+    """Library callers get the CLI's checks: a zero timeout would be reported as a network failure."""
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s < math.inf:
+        raise ConfigError(f"timeout {timeout_s!r}: use a number of seconds above 0, e.g. 60.")
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ConfigError(f"retries {max_retries!r}: use a whole number from 0 (no retry) up, e.g. 2.")
 
 
 def _local_provider(spec, *, timeout_s: float) -> Provider:

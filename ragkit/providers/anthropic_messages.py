@@ -6,12 +6,14 @@ this SDK version goes looking for profiles under ~/.config/anthropic.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
+from dataclasses import replace
 from typing import Callable
 
 from ragkit.errors import ProviderError
-from ragkit.providers.base import Completion, explain_sdk_error, resolve_key
+from ragkit.providers.base import Completion, StreamTracker, explain_sdk_error, resolve_key
 
 DEFAULT_ANTHROPIC_URL = "https://api.anthropic.com"
 _STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
@@ -44,32 +46,52 @@ class AnthropicProvider:
         return self._client
 
     def complete(self, system: str, prompt: str, *, max_tokens: int, temperature: float = 0.0,
-                 on_text: Callable[[str], None] | None = None) -> Completion:
+                 on_text: Callable[[str], None] | None = None, schema=None) -> Completion:
         kwargs = dict(model=self.spec.api_model, max_tokens=max_tokens, system=system,
                       messages=[{"role": "user", "content": prompt}],
                       # this SDK version has no temperature kwarg; the API still takes the field
                       extra_body={"temperature": temperature})
+        tool = schema is not None and self.spec.structured_output == "tool"
+        if tool:  # a forced tool call whose input schema is the answer's: the reply is the tool's input
+            kwargs.update(tools=[{"name": schema.name, "description": "Record the answer and the sources of each field.",
+                                  "input_schema": schema.wire()}],
+                          tool_choice={"type": "tool", "name": schema.name})
+            on_text = None  # a tool's input streams as partial JSON: nothing partial is shown
         client = self._sdk()
         start = time.perf_counter()
+        tracker = None if on_text is None else StreamTracker(
+            on_text, url=self.base_url, end_marker="message_stop", protocol="an Anthropic Messages endpoint")
         try:
-            if on_text is None:
+            if tracker is None:
                 msg = client.messages.create(**kwargs)
                 latency = time.perf_counter() - start
-                return self._completion(msg, latency, latency)
-            ttft = None
-            with client.messages.stream(**kwargs) as stream:
-                for delta in stream.text_stream:
-                    if delta:
-                        if ttft is None:
-                            ttft = time.perf_counter() - start
-                        on_text(delta)
-                msg = stream.get_final_message()
-            latency = time.perf_counter() - start
-            return self._completion(msg, latency if ttft is None else ttft, latency)
+                done = self._completion(msg, latency, latency, tool=schema.name if tool else None)
+                return replace(done, enforcement="tool" if tool else "validated") if schema is not None else done
+            return self._stream(client, kwargs, tracker)
         except ProviderError:
             raise
         except Exception as exc:
-            raise ProviderError(self._explain(exc)) from None
+            if tracker is not None and exc is tracker.callback_error:
+                raise  # the caller's own on_text failed: theirs to see as it is
+            raise ProviderError(self._explain(exc, mid_stream=tracker is not None and tracker.mid_stream)) from None
+
+    def _stream(self, client, kwargs, tracker: StreamTracker) -> Completion:
+        started = False
+        with client.messages.stream(**kwargs) as stream:
+            for event in stream:
+                tracker.event()
+                if event.type == "message_start":
+                    started = True
+                elif event.type == "content_block_delta" and getattr(event.delta, "type", "") == "text_delta":
+                    tracker.text(event.delta.text)
+                elif event.type == "message_stop":
+                    tracker.end()
+            if tracker.events and not started:  # the SDK would fail on an assert with no message
+                raise ProviderError(f"{self.base_url} sent a stream without a message_start event: "
+                                    f"is it an Anthropic Messages endpoint?")
+            _text, ttft, latency = tracker.result()  # no message_stop: IncompleteStream
+            msg = stream.get_final_message()
+        return self._completion(msg, ttft, latency)
 
     def count_tokens(self, text: str) -> int:
         """Claude's own count of `text` as one user message (messages.count_tokens; needs a key)."""
@@ -80,22 +102,25 @@ class AnthropicProvider:
         except Exception as exc:
             raise ProviderError(self._explain(exc)) from None
 
-    def _completion(self, msg, ttft: float, latency: float) -> Completion:
+    def _completion(self, msg, ttft: float, latency: float, tool: str | None = None) -> Completion:
         if msg is None or getattr(msg, "usage", None) is None:
             raise ProviderError(f"{self.base_url} sent an incomplete Messages response (no usage); "
                                 f"is it an Anthropic-compatible endpoint?")
         text = "".join(getattr(block, "text", "") or "" for block in (msg.content or ())
                        if getattr(block, "type", "") == "text")
+        if tool is not None:  # the forced tool's input is the answer (JSON); no tool_use block: the text, validated
+            uses = [b for b in (msg.content or ()) if getattr(b, "type", "") == "tool_use" and b.name == tool]
+            text = json.dumps(uses[0].input, ensure_ascii=False) if uses else text
         return Completion(
             text=text, input_tokens=int(msg.usage.input_tokens or 0), output_tokens=int(msg.usage.output_tokens or 0),
             ttft_s=ttft, latency_s=latency, model=msg.model or self.spec.api_model,
             finish_reason=_STOP.get(msg.stop_reason or "end_turn", msg.stop_reason or "stop"),
         )
 
-    def _explain(self, exc: Exception) -> str:
+    def _explain(self, exc: Exception, *, mid_stream: bool = False) -> str:
         import anthropic
 
         return explain_sdk_error(
-            anthropic, exc, provider=self, key_var="ANTHROPIC_API_KEY",
+            anthropic, exc, provider=self, key_var="ANTHROPIC_API_KEY", mid_stream=mid_stream,
             connection_hint="check the URL (--base-url / ANTHROPIC_BASE_URL) and your network.",
             not_found="", protocol="an Anthropic Messages endpoint")

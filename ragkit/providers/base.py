@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-from ragkit.errors import ConfigError
+from ragkit.errors import ConfigError, IncompleteStream
+from ragkit.redact import redact
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class Completion:
     model: str               # the raw model id the API answered with
     finish_reason: str       # "stop", "length", ... (provider spelling normalised to OpenAI's)
     usage_reported: bool = True   # False when the endpoint sent no usage and counts were estimated locally
+    enforcement: str = ""         # with a schema: how the API enforced it (strict | tool | grammar | validated)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -34,8 +37,9 @@ class Completion:
 @runtime_checkable
 class Provider(Protocol):
     def complete(self, system: str, prompt: str, *, max_tokens: int, temperature: float = 0.0,
-                 on_text: Callable[[str], None] | None = None) -> Completion:
-        """Sends one system + user turn. on_text given => stream, calling it with each text delta."""
+                 on_text: Callable[[str], None] | None = None, schema=None) -> Completion:
+        """Sends one system + user turn. on_text given => stream, calling it with each text delta.
+        schema (a structured.StructuredSpec) => the reply is its JSON, enforced as deep as the API allows."""
         ...
 
 
@@ -75,32 +79,125 @@ def resolve_key(env_names: list[str], *, base_url: str | None, base_url_overridd
     )
 
 
-def redact(text: str, secret: str | None) -> str:
-    """Removes the key from any text that might be shown (SDK error bodies can echo headers)."""
-    if secret and secret != PLACEHOLDER_KEY and len(secret) >= 4:
-        text = text.replace(secret, "***")
-    return text
-
-
 def short(text: str, limit: int = 200) -> str:
+    """One line of at most `limit` characters. Only for text already redacted (ragkit.redact first)."""
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+class StreamTracker:
+    """One streamed answer, whichever wire protocol carries it: its text, the time to the first text,
+    and whether the protocol's end marker arrived (OpenAI: a finish_reason; Anthropic: message_stop).
+
+    Both HTTP providers feed it, so the completeness rule lives here once: a stream that stops
+    without its end marker (a server or proxy that closed early) is an IncompleteStream, never a
+    short answer, even though the text so far has already gone to on_text.
+    """
+
+    def __init__(self, on_text: Callable[[str], None], *, url: str, end_marker: str, protocol: str):
+        self.on_text, self.url, self.end_marker, self.protocol = on_text, url, end_marker, protocol
+        self.start = time.perf_counter()
+        self.parts: list[str] = []
+        self.ttft: float | None = None
+        self.events = 0
+        self.finished = False
+        self.callback_error: BaseException | None = None   # the caller's on_text failed: not our error
+
+    @property
+    def mid_stream(self) -> bool:
+        """True once the response has started (an error now cuts an answer, not a request)."""
+        return self.events > 0
+
+    def event(self) -> None:
+        self.events += 1
+
+    def text(self, delta: str | None) -> None:
+        if not delta:
+            return
+        if self.ttft is None:
+            self.ttft = time.perf_counter() - self.start
+        self.parts.append(delta)
+        try:
+            self.on_text(delta)
+        except BaseException as exc:
+            self.callback_error = exc
+            raise
+
+    def end(self) -> None:
+        self.finished = True
+
+    def result(self) -> tuple[str, float, float]:
+        """(text, ttft_s, latency_s) of a complete stream; IncompleteStream otherwise."""
+        latency = time.perf_counter() - self.start
+        if not self.events:
+            raise IncompleteStream(f"{self.url} sent an empty stream: is it {self.protocol}?")
+        if not self.finished:
+            got = sum(map(len, self.parts))
+            raise IncompleteStream(
+                f"the stream from {self.url} ended before the model finished (no {self.end_marker} after "
+                f"{got:,} characters of answer); the partial answer is not used: try again.")
+        return "".join(self.parts), latency if self.ttft is None else self.ttft, latency
+
+
+_MALFORMED = (ValueError, AssertionError, KeyError, IndexError)
+
+
+def _attempts(exc: Exception) -> str:
+    """' (3 attempts)': the requests really sent. Both SDKs number each try in x-stainless-retry-count."""
+    try:
+        n = int(exc.request.headers["x-stainless-retry-count"]) + 1
+    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError):
+        return ""
+    return f" ({n} attempt{'' if n == 1 else 's'})"
+
+
+def _network_failure(sdk, exc: Exception) -> str | None:
+    """'connect timeout', 'timeout', 'connect' or 'broken' for a network failure, else None.
+
+    The SDKs wrap transport errors raised while sending (APITimeoutError, APIConnectionError, the
+    httpx error as __cause__); the anthropic SDK lets ones raised mid-stream through unwrapped.
+    Classes are matched by name so httpx and httpx2 both work.
+    """
+    names = {c.__name__ for e in (exc, exc.__cause__) if e is not None for c in type(e).__mro__}
+    if isinstance(exc, sdk.APITimeoutError) or "TimeoutException" in names:
+        return "connect timeout" if "ConnectTimeout" in names else "timeout"
+    if isinstance(exc, sdk.APIConnectionError) or "TransportError" in names:
+        return "connect" if names & {"ConnectError", "UnsupportedProtocol"} else "broken"
+    return None
+
+
 def explain_sdk_error(sdk, exc: Exception, *, provider, key_var: str, connection_hint: str,
-                      not_found: str, protocol: str) -> str:
-    """One sentence for a failed call through the openai or anthropic SDK, key redacted.
+                      not_found: str, protocol: str, mid_stream: bool = False) -> str:
+    """One sentence for a failed call through the openai or anthropic SDK, keys redacted.
 
     Both SDKs share one exception hierarchy (APITimeoutError, APIConnectionError, APIStatusError and
     its subclasses), so one mapping serves both; `sdk` is the imported module. The other arguments
     carry the protocol's own wording: the base-URL variable, the 404 cause, the protocol's name.
+    mid_stream: the response had started, so a transport error cut an answer rather than a request.
+    The sentence says what happened (refused, broke off, timed out) and how many requests were sent.
     """
-    url, spec, retries = provider.base_url, provider.spec, provider.max_retries
-    if isinstance(exc, sdk.APITimeoutError):
-        msg = (f"{url} did not answer within {provider.timeout_s:g} s (tried {retries + 1} times); "
-               f"try again later or raise --timeout.")
-    elif isinstance(exc, sdk.APIConnectionError):
-        msg = f"cannot reach {url}: {connection_hint}"
+    url, spec, secret = provider.base_url, provider.spec, provider._key
+
+    def detail(text) -> str:  # redact before cutting: a key straddling the cut must not leave a piece
+        return short(redact(str(text or ""), secret))
+
+    tries, wait = _attempts(exc), f"{provider.timeout_s:g} s"
+    network = _network_failure(sdk, exc)
+    cause = detail(exc.__cause__ if isinstance(exc, sdk.APIError) else exc)
+    because = f" ({cause})" if cause else ""
+    if network in ("timeout", "connect timeout") and mid_stream:
+        msg = f"{url} stopped sending mid-answer (nothing for {wait}); try again later or raise --timeout."
+    elif network == "connect timeout":
+        msg = f"could not connect to {url} within {wait}{tries}: {connection_hint}"
+    elif network == "timeout":
+        msg = f"{url} did not answer within {wait}{tries}; try again later or raise --timeout."
+    elif network == "connect":
+        msg = f"cannot reach {url}{tries}: {connection_hint}"
+    elif network == "broken" and mid_stream:
+        msg = f"the connection to {url} broke off mid-answer{because}; try again."
+    elif network == "broken":
+        msg = (f"{url} broke off its response before it was complete{tries}{because}; "
+               f"try again, or check the server's logs.")
     elif isinstance(exc, sdk.AuthenticationError):
         msg = f"{url} rejected the API key (HTTP 401): check {provider.key_env or spec.api_key_env or key_var}."
     elif isinstance(exc, sdk.PermissionDeniedError):
@@ -108,15 +205,18 @@ def explain_sdk_error(sdk, exc: Exception, *, provider, key_var: str, connection
     elif isinstance(exc, sdk.NotFoundError):
         msg = f"{url} has no model '{spec.api_model}'{not_found} (HTTP 404): check --model and --base-url."
     elif isinstance(exc, sdk.RateLimitError):
-        msg = (f"{url} kept rate-limiting (HTTP 429) after {retries} retries: "
-               f"wait and try again, or check your quota.")
+        after = exc.response.headers.get("retry-after")
+        asks = f"; it asks to wait {after} s" if after else ""
+        msg = f"{url} rate-limited the call (HTTP 429){tries}{asks}: wait and try again, or check your quota."
     elif isinstance(exc, sdk.APIStatusError):
-        detail = short(getattr(exc, "message", "") or "")
-        msg = f"{url} failed with HTTP {exc.status_code} for model '{spec.id}' after {retries} retries: {detail}"
-    elif isinstance(exc, ValueError):  # json.JSONDecodeError and SDK parse errors
-        msg = f"{url} sent a malformed response (not valid JSON): is it {protocol}?"
+        msg = (f"{url} failed with HTTP {exc.status_code} for model '{spec.id}'{tries}: "
+               f"{detail(getattr(exc, 'message', ''))}")
+    elif isinstance(exc, _MALFORMED):  # json.JSONDecodeError, SDK parse errors, events in an unexpected shape
+        what = "not valid JSON" if "JSONDecodeError" in type(exc).__name__ else f"unexpected {type(exc).__name__}"
+        msg = f"{url} sent a malformed response ({what}): is it {protocol}?"
     elif isinstance(exc, sdk.APIError):
-        msg = f"{url} returned an error for model '{spec.id}': {short(str(exc))}"
+        msg = f"{url} returned an error for model '{spec.id}': {detail(exc)}"
     else:
-        msg = f"calling {url} failed ({type(exc).__name__}): {short(str(exc))}"
-    return redact(msg, provider._key)
+        text = detail(exc)
+        msg = f"calling {url} failed ({type(exc).__name__}){': ' + text if text else ''}"
+    return redact(msg, secret)

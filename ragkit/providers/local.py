@@ -21,14 +21,30 @@ class LocalProvider:
         self._log = log or (lambda msg: print(f"ragkit: local model: {msg}", file=sys.stderr, flush=True))
 
     def complete(self, system: str, prompt: str, *, max_tokens: int, temperature: float = 0.0,
-                 on_text: Callable[[str], None] | None = None) -> Completion:
+                 on_text: Callable[[str], None] | None = None, schema=None) -> Completion:
         from ragkit.local_model import get_local_model
 
-        result = get_local_model(log=self._log).generate(system, prompt, max_tokens=max_tokens,
-                                                         temperature=temperature, on_text=on_text)
+        model = get_local_model(log=self._log)
+        constraint, enforcement = self._constraint(model, schema)
+        result = model.generate(system, prompt, max_tokens=max_tokens, temperature=temperature,
+                                on_text=on_text if schema is None else None, constraint=constraint)
         return Completion(text=result.text, input_tokens=result.input_tokens, output_tokens=result.output_tokens,
                           ttft_s=result.ttft_s, latency_s=result.latency_s, model=self.spec.api_model,
-                          finish_reason=result.finish_reason)
+                          finish_reason=result.finish_reason, enforcement=enforcement if schema is not None else "")
+
+    def _constraint(self, model, schema):
+        """(grammar constraint or None, enforcement): constrained decoding unless the registry says
+        structured_output = "none" or llguidance is not installed (then: validation only)."""
+        from ragkit import grammar
+
+        if schema is None or self.spec.structured_output != "grammar" or not grammar.available():
+            return None, "validated"
+        from ragkit.local_model import STOP_TOKEN_IDS
+
+        vocab = int(model.model.config.vocab_size)
+        eos = max(STOP_TOKEN_IDS)  # <|im_end|>: the end of the assistant's turn
+        return grammar.JsonConstraint.for_tokenizer(model.tokenizer, schema.wire(strict=True),
+                                                    vocab_size=vocab, eos=eos), "grammar"
 
     def count_tokens(self, system: str, prompt: str) -> int:
         """Exact input tokens (chat template included) for this system + user turn."""

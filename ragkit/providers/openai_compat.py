@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from typing import Callable
 
 from ragkit.errors import ProviderError
-from ragkit.providers.base import Completion, explain_sdk_error, resolve_key
+from ragkit.providers.base import Completion, StreamTracker, explain_sdk_error, resolve_key
 
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 
@@ -45,22 +46,40 @@ class OpenAICompatProvider:
         return self._client
 
     def complete(self, system: str, prompt: str, *, max_tokens: int, temperature: float = 0.0,
-                 on_text: Callable[[str], None] | None = None) -> Completion:
+                 on_text: Callable[[str], None] | None = None, schema=None) -> Completion:
         messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
         client = self._sdk()
         start = time.perf_counter()
+        tracker = None if on_text is None else StreamTracker(
+            on_text, url=self.base_url, end_marker="finish_reason", protocol="an OpenAI-compatible endpoint")
+        extra, enforcement = self._response_format(schema)
         try:
-            if on_text is None:
-                return self._plain(client, messages, max_tokens, temperature, start)
-            return self._stream(client, messages, max_tokens, temperature, start, on_text)
+            if tracker is None:
+                done = self._plain(client, messages, max_tokens, temperature, start, extra)
+            else:
+                done = self._stream(client, messages, max_tokens, temperature, tracker, extra)
+            return replace(done, enforcement=enforcement) if schema is not None else done
         except ProviderError:
             raise
         except Exception as exc:  # every SDK/parse failure becomes one sentence, never a traceback
-            raise ProviderError(self._explain(exc)) from None
+            if tracker is not None and exc is tracker.callback_error:
+                raise  # the caller's own on_text failed: theirs to see as it is
+            raise ProviderError(self._explain(exc, mid_stream=tracker is not None and tracker.mid_stream)) from None
 
-    def _plain(self, client, messages, max_tokens, temperature, start) -> Completion:
+    def _response_format(self, schema) -> tuple[dict, str]:
+        """(extra create() kwargs, enforcement) for a schema: strict json_schema where the registry says the
+        model has it, JSON mode where it has only that, else nothing (the reply is validated either way)."""
+        mode = self.spec.structured_output
+        if schema is None or mode == "none":
+            return {}, "validated"
+        if mode == "strict":
+            return {"response_format": {"type": "json_schema", "json_schema": {
+                "name": schema.name, "schema": schema.wire(strict=True), "strict": True}}}, "strict"
+        return {"response_format": {"type": "json_object"}}, "validated"
+
+    def _plain(self, client, messages, max_tokens, temperature, start, extra) -> Completion:
         resp = client.chat.completions.create(model=self.spec.api_model, messages=messages,
-                                              max_tokens=max_tokens, temperature=temperature)
+                                              max_tokens=max_tokens, temperature=temperature, **extra)
         latency = time.perf_counter() - start
         if not getattr(resp, "choices", None):
             raise ProviderError(f"{self.base_url} answered without any choices; is it an OpenAI-compatible "
@@ -76,41 +95,30 @@ class OpenAICompatProvider:
             finish_reason=choice.finish_reason or "stop", usage_reported=usage is not None,
         )
 
-    def _stream(self, client, messages, max_tokens, temperature, start, on_text) -> Completion:
+    def _stream(self, client, messages, max_tokens, temperature, tracker: StreamTracker, extra) -> Completion:
         stream = client.chat.completions.create(model=self.spec.api_model, messages=messages,
                                                 max_tokens=max_tokens, temperature=temperature, stream=True,
-                                                stream_options={"include_usage": True})
-        parts: list[str] = []
-        ttft = None
+                                                stream_options={"include_usage": True}, **extra)
         usage = None
         model = None
         finish = None
-        seen = 0
         for chunk in stream:
-            seen += 1
+            tracker.event()
             model = model or getattr(chunk, "model", None)
             if getattr(chunk, "usage", None):
                 usage = chunk.usage
             for choice in chunk.choices or ():
-                delta = choice.delta.content if choice.delta else None
-                if delta:
-                    if ttft is None:
-                        ttft = time.perf_counter() - start
-                    parts.append(delta)
-                    on_text(delta)
+                tracker.text(choice.delta.content if choice.delta else None)
                 if choice.finish_reason:
                     finish = choice.finish_reason
-        latency = time.perf_counter() - start
-        if seen == 0:
-            raise ProviderError(f"{self.base_url} sent an empty stream (no Chat Completions chunks); "
-                                f"is it an OpenAI-compatible endpoint?")
-        text = "".join(parts)
+                    tracker.end()
+        text, ttft, latency = tracker.result()  # no finish_reason: IncompleteStream
         return Completion(
             text=text,
             input_tokens=int(usage.prompt_tokens) if usage else self._estimate(messages),
             output_tokens=int(usage.completion_tokens) if usage else self._estimate_text(text),
-            ttft_s=ttft if ttft is not None else latency, latency_s=latency,
-            model=model or self.spec.api_model, finish_reason=finish or "stop", usage_reported=usage is not None,
+            ttft_s=ttft, latency_s=latency,
+            model=model or self.spec.api_model, finish_reason=finish, usage_reported=usage is not None,
         )
 
     # Some servers (old vLLM/llama.cpp builds) send no usage: fall back to our own count, flagged.
@@ -122,10 +130,10 @@ class OpenAICompatProvider:
     def _estimate(self, messages) -> int:
         return sum(self._estimate_text(m["content"]) for m in messages) + 4 * len(messages)
 
-    def _explain(self, exc: Exception) -> str:
+    def _explain(self, exc: Exception, *, mid_stream: bool = False) -> str:
         import openai
 
         return explain_sdk_error(
-            openai, exc, provider=self, key_var="OPENAI_API_KEY",
+            openai, exc, provider=self, key_var="OPENAI_API_KEY", mid_stream=mid_stream,
             connection_hint="check the URL (--base-url / OPENAI_BASE_URL) and that the server is running.",
             not_found=" or no Chat Completions route", protocol="an OpenAI-compatible endpoint")

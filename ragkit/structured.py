@@ -1,0 +1,388 @@
+"""Structured answers: a JSON Schema (or Pydantic model, or `llm`-style shorthand) the answer must match,
+with, for every top-level field, the numbers of the sources it came from.
+
+    spec = make_schema("title str, year int | null, people list[str]")
+    spec.wire()          # what the model is asked for: {"answer": <the schema>, "citations": {field: [int]}}
+    parsed = spec.parse(reply_text, n_sources=5)     # SchemaMismatch (the validation error) when it does not match
+
+Providers enforce `wire()` as deep as their API goes (OpenAI strict json_schema, an Anthropic forced tool,
+the local model's grammar); every reply is validated here all the same, and `complete_structured` sends one
+repair turn (the validation error) before giving up with a clear error.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ragkit.errors import InputError, ProviderError
+
+# The keywords ragkit can both enforce (OpenAI strict mode, Anthropic tools, the local grammar) and validate.
+SUPPORTED_KEYWORDS = frozenset({
+    "type", "properties", "required", "items", "enum", "const", "anyOf", "additionalProperties",
+    "$defs", "definitions", "$ref", "$schema", "$id", "title", "description", "default", "examples",
+    "minimum", "maximum", "minItems", "maxItems",
+})
+_TYPES = {"string", "integer", "number", "boolean", "array", "object", "null"}
+ENFORCEMENTS = ("strict", "tool", "grammar", "validated")
+MAX_REPAIRS = 1
+
+
+class SchemaError(InputError):
+    """The schema given is not one ragkit can enforce: bad JSON Schema, an unsupported keyword, bad shorthand."""
+
+
+class StructuredOutputError(ProviderError):
+    """The model's reply did not match the schema, even after the repair turn."""
+
+
+class SchemaMismatch(ValueError):
+    """One reply that does not match: the message is what is sent back in the repair turn."""
+
+
+# --------------------------------------------------------------------------- building a schema
+
+_SHORT_TYPES = {"str": {"type": "string"}, "string": {"type": "string"}, "int": {"type": "integer"},
+                "integer": {"type": "integer"}, "float": {"type": "number"}, "number": {"type": "number"},
+                "bool": {"type": "boolean"}, "boolean": {"type": "boolean"}}
+
+
+def _short_type(text: str, where: str) -> dict:
+    text = text.strip()
+    parts = _split_top(text, "|")
+    if len(parts) > 1:
+        nullable = [p for p in parts if p.strip() in ("null", "none", "None")]
+        rest = [_short_type(p, where) for p in parts if p.strip() not in ("null", "none", "None")]
+        options = rest + ([{"type": "null"}] if nullable else [])
+        return options[0] if len(options) == 1 else {"anyOf": options}
+    m = re.fullmatch(r"list\[(.+)\]", text)
+    if m:
+        return {"type": "array", "items": _short_type(m.group(1), where)}
+    if text in _SHORT_TYPES:
+        return dict(_SHORT_TYPES[text])
+    raise SchemaError(f"schema shorthand: unknown type {text!r} for {where}; use str, int, float, bool, "
+                      f"list[TYPE] or TYPE | null, e.g. 'name str, year int | null, tags list[str]'.")
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """Splits at `sep` outside brackets."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch == "[") - (ch == "]")
+        if ch == sep and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return out + [cur]
+
+
+def parse_shorthand(text: str) -> dict:
+    """'name str, score float, tags list[str], year int | null: when it happened' -> a JSON Schema object.
+
+    Like `llm --schema`: fields separated by commas or newlines, the type after the name (str by
+    default), an optional description after ':'. Every field is required (null where the type allows it).
+    """
+    props: dict[str, dict] = {}
+    for raw in (p for line in text.splitlines() for p in _split_top(line, ",")):
+        item, _, desc = raw.partition(":")
+        item = item.strip()
+        if not item:
+            continue
+        name, _, typ = item.partition(" ")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise SchemaError(f"schema shorthand: {name!r} is not a field name; write fields like 'name str, score float'.")
+        props[name] = _short_type(typ or "str", f"field {name!r}")
+        if desc.strip():
+            props[name]["description"] = desc.strip()
+    if not props:
+        raise SchemaError("the schema shorthand names no field; write e.g. 'name str, score float, tags list[str]'.")
+    return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+
+def _load_text(text: str) -> dict:
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise SchemaError(f"the schema is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
+                              "fix it or use the shorthand, e.g. 'name str, score float'.") from None
+    path = Path(stripped)
+    if stripped.endswith(".json") or path.is_file():
+        try:
+            return _load_text(path.read_text(encoding="utf-8")) if path.is_file() else _missing(path)
+        except OSError as exc:
+            raise SchemaError(f"cannot read the schema file {path}: {exc.strerror or exc}.") from None
+    return parse_shorthand(stripped)
+
+
+def _missing(path: Path):
+    raise SchemaError(f"the schema file {path} does not exist; give a JSON Schema file or shorthand like 'name str'.")
+
+
+def check_schema(schema: dict) -> None:
+    """Refuses what ragkit cannot enforce: not JSON Schema, a top level that is not an object, or a keyword
+    outside SUPPORTED_KEYWORDS (named, with where it is)."""
+    from jsonschema import Draft202012Validator, SchemaError as BadSchema
+
+    if not isinstance(schema, dict):
+        raise SchemaError("the schema must be a JSON object (a JSON Schema), e.g. "
+                          '{"type": "object", "properties": {"name": {"type": "string"}}}.')
+    try:
+        Draft202012Validator.check_schema(schema)
+    except BadSchema as exc:
+        where = "/".join(map(str, exc.path)) or "the top level"
+        raise SchemaError(f"the schema is not valid JSON Schema at {where}: {exc.message}.") from None
+    if schema.get("type") != "object" or not isinstance(schema.get("properties"), dict) or not schema["properties"]:
+        raise SchemaError('the schema\'s top level must be an object with properties ("type": "object", '
+                          '"properties": {...}): each property is a field the answer cites sources for.')
+    _check_keywords(schema, "the top level")
+
+
+def _check_keywords(node, where: str) -> None:
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        if key not in SUPPORTED_KEYWORDS:
+            raise SchemaError(f"the schema keyword {key!r} (at {where}) is not supported: ragkit enforces only "
+                              f"{', '.join(sorted(SUPPORTED_KEYWORDS - {'$schema', '$id', 'examples'}))}; "
+                              "rewrite it with those (e.g. oneOf -> anyOf) or drop it.")
+    types = node.get("type")
+    for t in types if isinstance(types, list) else [types] if types else []:
+        if t not in _TYPES:
+            raise SchemaError(f"the schema type {t!r} (at {where}) is not a JSON Schema type.")
+    for name, sub in (node.get("properties") or {}).items():
+        _check_keywords(sub, f"properties.{name}")
+    for name, sub in {**(node.get("$defs") or {}), **(node.get("definitions") or {})}.items():
+        _check_keywords(sub, f"$defs.{name}")
+    for i, sub in enumerate(node.get("anyOf") or ()):
+        _check_keywords(sub, f"{where}.anyOf[{i}]")
+    if isinstance(node.get("items"), dict):
+        _check_keywords(node["items"], f"{where}.items")
+    if isinstance(node.get("additionalProperties"), dict):
+        _check_keywords(node["additionalProperties"], f"{where}.additionalProperties")
+
+
+def make_schema(schema) -> "StructuredSpec":
+    """A StructuredSpec from a Pydantic model class, a JSON Schema dict, a JSON Schema file path,
+    JSON text or `llm`-style shorthand. Bad schemas raise SchemaError with one sentence."""
+    if isinstance(schema, StructuredSpec):
+        return schema
+    model = None
+    if isinstance(schema, type) and hasattr(schema, "model_json_schema"):  # a Pydantic model class
+        model, schema = schema, schema.model_json_schema()
+    elif isinstance(schema, (str, Path)):
+        schema = _load_text(str(schema))
+    check_schema(schema)
+    title = str(schema.get("title") or (model.__name__ if model else "answer"))
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", title)[:64] or "answer"
+    return StructuredSpec(schema=schema, model=model, name=name)
+
+
+# --------------------------------------------------------------------------- the spec
+
+
+@dataclass(frozen=True)
+class Parsed:
+    value: dict                        # the user's object, validated (JSON)
+    data: object                       # the Pydantic instance when a model was given, else `value`
+    citations: dict[str, tuple[int, ...]]
+    dropped: dict[str, tuple[int, ...]]   # cited numbers that name no source sent
+
+
+@dataclass(frozen=True)
+class StructuredSpec:
+    schema: dict                       # the user's JSON Schema, checked
+    model: type | None = None          # the Pydantic model it came from
+    name: str = "answer"               # the tool / json_schema name the APIs want
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(self.schema["properties"])
+
+    def wire(self, *, strict: bool = False) -> dict:
+        """What the model must return. strict: OpenAI strict-mode form (every property required, optional
+        ones nullable, no extra properties, no defaults), also what the local grammar enforces."""
+        key = ("wire", strict)
+        if key not in self._cache:
+            answer = _to_strict(self.schema) if strict else self.schema
+            defs = {k: self.schema[k] for k in ("$defs", "definitions") if k in self.schema}
+            answer = {k: v for k, v in answer.items() if k not in ("$defs", "definitions", "$schema", "$id")}
+            cites = {"type": "object", "description": "for each field of answer, the numbers of the sources it came from",
+                     "properties": {f: {"type": "array", "items": {"type": "integer"}} for f in self.fields},
+                     "required": list(self.fields), "additionalProperties": False}
+            wire = {"type": "object", "properties": {"answer": answer, "citations": cites},
+                    "required": ["answer", "citations"], "additionalProperties": False}
+            if defs:  # refs like #/$defs/X stay valid at the wrapper's root
+                wire.update({k: (_to_strict_defs(v) if strict else v) for k, v in defs.items()})
+            self._cache[key] = wire
+        return self._cache[key]
+
+    def instructions(self) -> str:
+        """The reply-format block appended to the system prompt (rules 3 and 5 do not apply to JSON)."""
+        return ("Reply format for this question (it replaces rules 3 and 5): reply with one JSON object and "
+                "nothing else, no code fence, matching this JSON Schema:\n"
+                + json.dumps(self.wire(), separators=(",", ":"), ensure_ascii=False) + "\n"
+                "Fill `answer` only from the sources; where the sources do not say, use null if the schema "
+                "allows it. `citations` maps every field of `answer` to the numbers of the sources it came "
+                'from, e.g. {"title": [2]} ([] when none).')
+
+    def frame(self, system: str, user: str) -> tuple[str, str]:
+        """The answer prompt with the reply-format block: the one place a schema changes the prompt."""
+        return system + "\n\n" + self.instructions(), user + "\n\nReply with the JSON object only."
+
+    def answer_reserve(self, count: Callable[[str], int]) -> int:
+        """Tokens to reserve for the reply: the size of a filled-in answer, judged from the schema's
+        own size (a reply restates every key and fills each value), plus room for the citations."""
+        return 128 + 2 * count(json.dumps(self.wire())) + 48 * len(self.fields)
+
+    def parse(self, text: str, *, n_sources: int) -> Parsed:
+        """The reply as a validated object + per-field citations; SchemaMismatch saying what is wrong."""
+        try:
+            reply = json.loads(_unfence(text))
+        except json.JSONDecodeError as exc:
+            raise SchemaMismatch(f"the reply is not valid JSON ({exc.msg} at character {exc.pos})") from None
+        if isinstance(reply, dict) and isinstance(reply.get("answer"), dict):
+            reply = {**reply, "answer": _from_strict(reply["answer"], self.schema, self.schema)}
+        _validate(reply, self.wire())
+        value = reply["answer"]
+        data = value
+        if self.model is not None:
+            from pydantic import ValidationError
+
+            try:
+                data = self.model.model_validate(value)
+            except ValidationError as exc:
+                raise SchemaMismatch(f"answer: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+        citations, dropped = {}, {}
+        for name in self.fields:
+            numbers = list(dict.fromkeys(reply["citations"].get(name) or []))
+            citations[name] = tuple(n for n in numbers if 1 <= n <= n_sources)
+            bad = tuple(n for n in numbers if not 1 <= n <= n_sources)
+            if bad:
+                dropped[name] = bad
+        return Parsed(value=value, data=data, citations=citations, dropped=dropped)
+
+
+def _unfence(text: str) -> str:
+    """A reply wrapped in ```json ... ``` (common without API enforcement) read as the JSON inside."""
+    m = re.fullmatch(r"\s*```(?:json)?\s*(.*?)\s*```\s*", text, re.S)
+    return m.group(1) if m else text
+
+
+def _validate(reply, schema: dict) -> None:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    error = best_match(Draft202012Validator(schema).iter_errors(reply))
+    if error is not None:
+        where = ".".join(map(str, error.absolute_path)) or "the top level"
+        raise SchemaMismatch(f"at {where}: {error.message}")
+
+
+def _nullable(node: dict) -> bool:
+    t = node.get("type")
+    return t == "null" or (isinstance(t, list) and "null" in t) or any(
+        isinstance(o, dict) and _nullable(o) for o in node.get("anyOf") or ()) or None in (node.get("enum") or ())
+
+
+def _to_strict(node):
+    """OpenAI strict mode: every object closed with all properties required (optional => nullable)."""
+    if not isinstance(node, dict):
+        return node
+    out = {k: v for k, v in node.items() if k not in ("default", "examples", "$schema", "$id")}
+    if "properties" in node:
+        required = set(node.get("required") or ())
+        props = {}
+        for name, sub in node["properties"].items():
+            sub = _to_strict(sub)
+            if name not in required and not _nullable(sub):
+                sub = {"anyOf": [sub, {"type": "null"}]}
+            props[name] = sub
+        out.update(properties=props, required=list(props), additionalProperties=False)
+    if isinstance(node.get("items"), dict):
+        out["items"] = _to_strict(node["items"])
+    if "anyOf" in node:
+        out["anyOf"] = [_to_strict(o) for o in node["anyOf"]]
+    return out
+
+
+def _to_strict_defs(defs: dict) -> dict:
+    return {k: _to_strict(v) for k, v in defs.items()}
+
+
+def _resolve(node, root: dict):
+    ref = node.get("$ref") if isinstance(node, dict) else None
+    if isinstance(ref, str) and ref.startswith("#/"):
+        for part in ref[2:].split("/"):
+            root = root.get(part, {})
+        return root
+    return node
+
+
+def _from_strict(value, node, root):
+    """Drops the nulls strict mode made the model write for optional properties the schema does not allow null."""
+    node = _resolve(node, root)
+    if isinstance(value, dict) and isinstance(node, dict) and "properties" in node:
+        required = set(node.get("required") or ())
+        out = {}
+        for k, v in value.items():
+            sub = _resolve(node["properties"].get(k, {}), root)
+            if v is None and k not in required and not _nullable(sub):
+                continue
+            out[k] = _from_strict(v, sub, root)
+        return out
+    if isinstance(value, list) and isinstance(node, dict) and isinstance(node.get("items"), dict):
+        return [_from_strict(v, node["items"], root) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- calling with one repair
+
+
+@dataclass(frozen=True)
+class StructuredResult:
+    parsed: Parsed
+    completions: tuple             # every call made (the repair included), in order
+    enforcement: str               # strict | tool | grammar | validated
+    repairs: int
+
+
+def repair_prompt(user: str, reply: str, error: str) -> str:
+    """The repair turn: the original request, the reply that failed and why (one user turn, so every
+    provider's single-turn `complete` can carry it)."""
+    return (f"{user}\n\nYour previous reply was:\n{reply.strip()[:4000]}\n\nIt does not match the schema: {error}. "
+            "Reply again with only the corrected JSON object.")
+
+
+def complete_structured(provider, spec: StructuredSpec, system: str, user: str, *, max_tokens: int,
+                        temperature: float, n_sources: int, on_call: Callable[[object], None]) -> StructuredResult:
+    """Calls the provider with the schema, validates, and on a mismatch sends one repair turn.
+
+    on_call gets every completed call (each is paid for: the caller records it), valid or not.
+    """
+    calls, prompt, error = [], user, None
+    for attempt in range(1 + MAX_REPAIRS):
+        done = provider.complete(system, prompt, max_tokens=max_tokens, temperature=temperature, schema=spec)
+        calls.append(done)
+        on_call(done)
+        try:
+            parsed = spec.parse(done.text, n_sources=n_sources)
+        except SchemaMismatch as exc:
+            error = str(exc)
+            if done.finish_reason == "length":
+                error += f" (the reply was cut at the {max_tokens:,}-token limit)"
+            prompt = repair_prompt(user, done.text, error)
+            continue
+        enforcement = getattr(done, "enforcement", "") or "validated"
+        return StructuredResult(parsed, tuple(calls), enforcement if enforcement in ENFORCEMENTS else "validated",
+                                repairs=attempt)
+    hint = (" Raise --answer-tokens." if calls[-1].finish_reason == "length"
+            else " Try a stronger model or a simpler schema.")
+    raise StructuredOutputError(f"the model's reply did not match the schema after {MAX_REPAIRS} repair round-trip "
+                                f"({len(calls)} calls, all recorded in the cost ledger): {error}; no answer was "
+                                f"returned.{hint}")
