@@ -91,8 +91,8 @@ def _threads(var: str, default: int) -> int:
 
 def embed_threads() -> int:
     """torch/ONNX Runtime/FAISS threads for embedding. Default half the cores, at most 8: on a 2-core
-    machine a second thread loses as soon as anything else runs, for every backend
-    (benchmarks/bench_embed_backends.py: onnx-int8 31 vs 16 chunks/s quiet, 15 vs 10 busy)."""
+    machine a second thread loses as soon as anything else runs (benchmarks/bench_embed_backends.py,
+    onnx-int8 against a busy loop: 33 chunks/s on one thread, 22 on two)."""
     return _threads("RAGKIT_EMBED_THREADS", max(1, min(8, (os.cpu_count() or 2) // 2)))
 
 
