@@ -129,7 +129,7 @@ class Session:
     def __init__(self, path: str | Path, *, model: str | None = None, base_url: str | None = None,
                  timeout_s: float = 60.0, max_retries: int = 2, index_dir: str | Path | None = None,
                  ledger=True, log_question: bool = False, task: str = "ask", corpus=None,
-                 progress: bool = False, index_wait_s: float | None = None):
+                 progress: bool = False, index_wait_s: float | None = None, embed_backend: str | None = None):
         from ragkit.corpus import DEFAULT_INDEX_WAIT_S
         from ragkit.ledger import Ledger
 
@@ -139,6 +139,7 @@ class Session:
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.index_dir = index_dir
+        self.embed_backend = embed_backend  # None: the index's own (a new index: the default)
         self.log_question = log_question
         self.task = task
         self.progress = progress      # index-building progress bar on stderr
@@ -161,7 +162,7 @@ class Session:
             if self._corpus is None:
                 from ragkit.corpus import Corpus
 
-                self._corpus = Corpus.open(self.path, index_dir=self.index_dir)
+                self._corpus = Corpus.open(self.path, index_dir=self.index_dir, embed_backend=self.embed_backend)
             return self._corpus
 
     def documents(self) -> list:

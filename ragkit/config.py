@@ -10,7 +10,8 @@ see a changed variable), and nowhere else:
     RAGKIT_CONFIG          user model overrides, default $XDG_CONFIG_HOME/ragkit/models.toml, else
                            ~/.config/ragkit/models.toml; the project file is ./ragkit.toml
     RAGKIT_MODEL           the model every command and Session uses when none is given (default gpt-4o-mini)
-    RAGKIT_EMBED_THREADS   torch/FAISS threads for embedding, default half the cores (at most 8)
+    RAGKIT_EMBED_BACKEND   embedding backend for new indexes: torch, onnx, onnx-int8 (default), openvino
+    RAGKIT_EMBED_THREADS   torch/ONNX Runtime/FAISS threads for embedding, default half the cores (at most 8)
     RAGKIT_THREADS         torch threads for the embedded local model, default all cores
 
 Bundled data (the default eval corpus, questions, key-value records and suites) is found through the
@@ -94,9 +95,15 @@ def _threads(var: str, default: int) -> int:
 
 
 def embed_threads() -> int:
-    """torch/FAISS threads for embedding. Default half the cores, at most 8: on a 2-core machine a
-    second OpenMP thread loses 2-3x as soon as anything else runs."""
+    """torch/ONNX Runtime/FAISS threads for embedding. Default half the cores, at most 8: on a 2-core
+    machine a second thread loses as soon as anything else runs (benchmarks/bench_embed_backends.py,
+    onnx-int8 against a busy loop: 33 chunks/s on one thread, 22 on two)."""
     return _threads("RAGKIT_EMBED_THREADS", max(1, min(8, (os.cpu_count() or 2) // 2)))
+
+
+def embed_backend() -> str | None:
+    """$RAGKIT_EMBED_BACKEND, or None (ragkit.embed_export checks the name and holds the default)."""
+    return _env("RAGKIT_EMBED_BACKEND") or None
 
 
 def local_threads() -> int:

@@ -94,7 +94,7 @@ class Corpus:
 
     def __init__(self, path: Path, index_dir: Path, *, embed_model: str | None, chunk: ChunkSettings | None,
                  text_field: str | None, include=(), exclude=(), hnsw_threshold: int = _store.HNSW_THRESHOLD,
-                 rebuild: bool = False):
+                 rebuild: bool = False, embed_backend: str | None = None):
         self.path = path
         self.index_dir = index_dir
         self.include, self.exclude = tuple(include), tuple(exclude)
@@ -108,6 +108,7 @@ class Corpus:
         from ragkit.embed import resolve_model
 
         self.embed_model = resolve_model(embed_model)[0] if embed_model else (have["embed_model"] if have else resolve_model(None)[0])
+        self.backend = _wanted_backend(embed_backend, have)
         self.chunk_settings = chunk or (ChunkSettings(**have["chunker"]) if have else ChunkSettings())
         self.text_field = text_field or (have.get("text_field", "text") if have else "text")
         if have:
@@ -116,7 +117,8 @@ class Corpus:
     @classmethod
     def open(cls, path, index_dir=None, embed_model: str | None = None, *, chunk_tokens: int | None = None,
              overlap_tokens: int | None = None, text_field: str | None = None, include=(), exclude=(),
-             hnsw_threshold: int = _store.HNSW_THRESHOLD, rebuild: bool = False) -> "Corpus":
+             hnsw_threshold: int = _store.HNSW_THRESHOLD, rebuild: bool = False,
+             embed_backend: str | None = None) -> "Corpus":
         p = Path(path).expanduser()
         if not p.exists():
             raise InputError(f"{p} does not exist; pass a file or a folder of documents")
@@ -127,12 +129,13 @@ class Corpus:
                                   overlap_tokens if overlap_tokens is not None else d.overlap_tokens)
         idx = Path(index_dir).expanduser().resolve() if index_dir else default_index_dir(p)
         return cls(p.resolve(), idx, embed_model=embed_model, chunk=chunk, text_field=text_field,
-                   include=include, exclude=exclude, hnsw_threshold=hnsw_threshold, rebuild=rebuild)
+                   include=include, exclude=exclude, hnsw_threshold=hnsw_threshold, rebuild=rebuild,
+                   embed_backend=embed_backend)
 
     # -- settings -----------------------------------------------------------------------------
     def _wanted(self, dim: int | None) -> dict:
         return {"embed_model": self.embed_model, "chunker": self.chunk_settings.to_dict(),
-                "text_field": self.text_field, **({"dim": dim} if dim is not None else {})}
+                "text_field": self.text_field, **self.backend.manifest(), **({"dim": dim} if dim is not None else {})}
 
     def _check(self, have: dict) -> None:
         want = self._wanted(None)
@@ -233,7 +236,8 @@ class Corpus:
             remove = ch.removed + [sf.rel for sf in ch.changed]
             removed_chunks = sum(old_files[r].chunks for r in ch.removed + [sf.rel for sf in ch.changed]
                                  if r in old_files)
-            settings = _store.Settings(self.embed_model, dim, self.chunk_settings.to_dict(), self.text_field)
+            settings = _store.Settings(self.embed_model, dim, self.chunk_settings.to_dict(), self.text_field,
+                                       **self.backend.manifest())
             if old is not None and old.settings.get("dim") != dim:  # same name, different model files
                 raise IndexError_(_store.mismatch_message(self.index_dir, old.settings, settings.to_dict()))
             # restat records (same content, new mtime) only refresh their file row; their chunks stay.
@@ -292,7 +296,7 @@ class Corpus:
     def embedder(self):
         from ragkit.embed import get_embedder
 
-        return get_embedder(self._model_arg())
+        return get_embedder(self._model_arg(), self.backend.key)
 
     def _vectors(self, chunks: list[_store.NewChunk], progress: bool, on_progress):
         """Vectors for new chunks: from the content-hash cache when possible, else the model (one model
@@ -305,7 +309,7 @@ class Corpus:
             return np.zeros((0, dim or 0), dtype="float32"), 0, 0, 0.0, dim if dim else self.embedder().dim
         emb = self.embedder()
         dim = emb.dim
-        cache = _store.EmbeddingCache(self.index_dir / "embcache.sqlite", self.embed_model, dim)
+        cache = _store.EmbeddingCache(self.index_dir / "embcache.sqlite", self.backend.cache_key(self.embed_model), dim)
         try:
             unique = list(dict.fromkeys(c.text_hash for c in chunks))
             found = cache.get_many(unique)
@@ -343,7 +347,7 @@ class Corpus:
             return
         with gen._db_lock:
             live = {r[0] for r in gen.db.execute("SELECT text_hash FROM chunks")}
-        cache = _store.EmbeddingCache(path, self.embed_model, gen.settings["dim"])
+        cache = _store.EmbeddingCache(path, self.backend.cache_key(self.embed_model), gen.settings["dim"])
         try:
             cache.prune(live)
         finally:
@@ -391,6 +395,15 @@ class Corpus:
             if self._gen is not None:
                 self._gen.close()
                 self._gen = None
+
+
+def _wanted_backend(requested: str | None, have: dict | None):
+    """The embedding backend: the one asked for (argument or $RAGKIT_EMBED_BACKEND; it must match an
+    existing index), else the index's own (queries are embedded as the index was), else the default."""
+    from ragkit.config import embed_backend
+    from ragkit.embed_export import get_backend
+
+    return get_backend(requested or embed_backend() or (have["embed_backend"] if have else None))
 
 
 def _is_index_path(path: Path, index_dir: Path) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ragkit.config import embed_threads as default_threads, set_offline_env
+from ragkit.embed_export import ensure_exported, get_backend, read_provenance
 from ragkit.errors import ConfigError
 
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
@@ -95,12 +96,14 @@ def load_piece_tokenizer(model: str | None = None) -> _PieceTokenizer:
 
 
 class Embedder:
-    """A loaded sentence-transformers model: normalised float32 vectors, batched."""
+    """A loaded sentence-transformers model: normalised float32 vectors, batched. Runs the torch
+    backend, or another backend's exported folder through sentence-transformers' `backend=`."""
 
     def __init__(self, model: str | None = None, *, threads: int | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE):
+                 batch_size: int = DEFAULT_BATCH_SIZE, backend: str | None = None):
         set_offline_env()
         self.name, self._target = resolve_model(model)
+        self.backend = get_backend(backend)
         self.batch_size = batch_size
         self.threads = threads or default_threads()
         import torch
@@ -108,8 +111,14 @@ class Embedder:
         torch.set_num_threads(self.threads)
         from sentence_transformers import SentenceTransformer
 
+        kwargs = {}
+        if self.backend.runtime != "torch":
+            folder = ensure_exported(self.name, self._target, self.backend)
+            self._target = str(folder)
+            kwargs = {"backend": self.backend.runtime,
+                      "model_kwargs": {"file_name": read_provenance(folder)["model_file"]}}
         try:
-            self.model = SentenceTransformer(self._target, device="cpu")
+            self.model = SentenceTransformer(self._target, device="cpu", **kwargs)
         except Exception as exc:  # noqa: BLE001 - missing/invalid model folders raise many kinds
             raise ConfigError(f"cannot load embedding model {model!r} offline ({type(exc).__name__}: {exc}); "
                               f"pass a local sentence-transformers folder or omit it for {DEFAULT_EMBED_MODEL}") from None
@@ -134,15 +143,103 @@ class Embedder:
         return self.encode([text])[0]
 
 
-_embedders: dict[str, Embedder] = {}
+class OnnxEmbedder:
+    """An onnx export run by ONNX Runtime and `tokenizers` only (no torch, no sentence-transformers):
+    the same steps as sentence-transformers' onnx backend (truncate at max_seq_length, pad to the
+    longest in the batch, mean pooling over the attention mask, L2 normalisation), so a query costs
+    an onnxruntime import instead of torch's. tests/test_embed_backends.py holds it to the same vectors."""
+
+    def __init__(self, model: str | None = None, *, threads: int | None = None,
+                 batch_size: int = DEFAULT_BATCH_SIZE, backend: str | None = None):
+        set_offline_env()
+        self.name, source = resolve_model(model)
+        self.backend = get_backend(backend)
+        if self.backend.runtime != "onnx":
+            raise ConfigError(f"OnnxEmbedder runs onnx exports, not {self.backend.key}")
+        # int8: dynamic quantization scales activations over the whole batch (padding included), so a
+        # batched text's vector depends on its neighbours (cosine 0.986 measured); one text per run keeps
+        # a vector a function of its text (the embedding cache and query-vs-index rely on it), and on
+        # MiniLM it was no slower (benchmarks/bench_embed_backends.py).
+        self.batch_size = 1 if self.backend.precision == "int8" else batch_size
+        self.threads = threads or default_threads()
+        folder = ensure_exported(self.name, source, self.backend)
+        prov = read_provenance(folder)
+        self.max_tokens, self.dim = _sentence_config(folder)
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_length=self.max_tokens)
+        self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id("[PAD]") or 0,
+                                      pad_token="[PAD]")
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ConfigError(f"the {self.backend.key} embedding backend needs onnxruntime: pip install 'ragkit[onnx]', "
+                              f"or use --embed-backend torch (an existing index: rebuild it with it).") from None
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(folder / prov["model_file"]), opts,
+                                            providers=["CPUExecutionProvider"])
+        self._inputs = {i.name for i in self.session.get_inputs()}
+        self._lock = threading.Lock()
+
+    def _forward(self, texts: list[str]):
+        import numpy as np
+
+        encs = self.tokenizer.encode_batch(texts)
+        feed = {"input_ids": np.array([e.ids for e in encs], dtype="int64"),
+                "attention_mask": np.array([e.attention_mask for e in encs], dtype="int64")}
+        if "token_type_ids" in self._inputs:
+            feed["token_type_ids"] = np.array([e.type_ids for e in encs], dtype="int64")
+        hidden = self.session.run(None, feed)[0]
+        mask = feed["attention_mask"][:, :, None].astype("float32")
+        pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
+        return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+
+    def encode(self, texts: list[str], *, batch_size: int | None = None):
+        """(n, dim) float32 array of unit vectors; batches of similar length (as sentence-transformers)."""
+        import numpy as np
+
+        texts = list(texts)
+        out = np.zeros((len(texts), self.dim), dtype="float32")
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        size = 1 if self.backend.precision == "int8" else (batch_size or self.batch_size)
+        with self._lock:  # ORT intra-op threads are the parallelism
+            for start in range(0, len(order), size):
+                idx = order[start:start + size]
+                out[idx] = self._forward([texts[i] for i in idx])
+        return out
+
+    def encode_query(self, text: str):
+        return self.encode([text])[0]
+
+
+def _sentence_config(folder: Path) -> tuple[int, int]:
+    """(max_seq_length, dim) of a sentence-transformers folder; refuses pooling other than mean."""
+    cfg = json.loads((folder / "sentence_bert_config.json").read_text())
+    pool = json.loads((folder / "1_Pooling" / "config.json").read_text())
+    mode = pool.get("pooling_mode") or ("mean" if pool.get("pooling_mode_mean_tokens") else "other")
+    if mode != "mean":
+        raise ConfigError(f"the onnx runner supports mean pooling only, the model in {folder} uses {mode!r}; "
+                          f"use --embed-backend torch.")
+    dim = pool.get("embedding_dimension") or pool.get("word_embedding_dimension")
+    return int(cfg.get("max_seq_length", 256)), int(dim)
+
+
+_embedders: dict[tuple[str, str], object] = {}
 _emb_lock = threading.Lock()
 
 
-def get_embedder(model: str | None = None) -> Embedder:
-    """The process-wide Embedder for `model` (loaded once, reused by every corpus and thread)."""
+def get_embedder(model: str | None = None, backend: str | None = None):
+    """The process-wide embedder for (`model`, `backend`; None: the default backend) (loaded once, reused by every corpus and
+    thread): onnx backends run on ONNX Runtime alone, torch and openvino through sentence-transformers."""
     name, _ = resolve_model(model)
+    key = get_backend(backend).key
     with _emb_lock:
-        emb = _embedders.get(name)
+        emb = _embedders.get((name, key))
         if emb is None:
-            emb = _embedders[name] = Embedder(model)
+            cls = OnnxEmbedder if get_backend(key).runtime == "onnx" else Embedder
+            emb = _embedders[(name, key)] = cls(model, backend=key)
         return emb

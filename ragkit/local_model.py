@@ -24,8 +24,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -33,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from ragkit.atomic_dir import build_once
 from ragkit.config import local_threads, set_offline_env  # HF_HUB_OFFLINE etc.: nothing may download at run time
 from ragkit.errors import RagkitError
 
@@ -169,26 +168,10 @@ def ensure_converted(*, log: Callable[[str], None] | None = None) -> Path:
 
     Safe against concurrent processes (a file lock) and interruption (temp dir + os.replace).
     """
-    final = cache_dir()
-    if is_cache_warm(final):
-        return final
-    from filelock import FileLock
+    def build(tmp: Path) -> None:
+        _convert(find_weight_parts(), tmp, log=log or (lambda _msg: None))
 
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(final) + ".lock"):
-        if is_cache_warm(final):  # another process finished it while we waited
-            return final
-        parts = find_weight_parts()
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-convert-", dir=final.parent))
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only; the finished cache is an ordinary readable folder
-        try:
-            _convert(parts, tmp, log=log or (lambda _msg: None))
-            if final.exists():  # a leftover without a provenance file is incomplete: replace it
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return build_once(cache_dir(), is_cache_warm, build)
 
 
 def _convert(parts: list[Path], out: Path, *, log: Callable[[str], None]) -> None:

@@ -1,7 +1,8 @@
 """Checks the offline assets ragkit needs, one line each; run by `.ci/install` as `python -m ragkit.setup_check`.
 
 - the tiktoken encodings load from the bundled BPE files (no download),
-- the bundled MiniLM embedding model is where sentence-transformers will look,
+- the bundled MiniLM embedding model is where sentence-transformers will look, and its export for the
+  default embedding backend (onnx-int8) is made once and cached (ragkit.embed_export),
 - the local model's weight parts join to the pinned sha256 and the converted cache is warm
   (the first run converts, about a minute; later runs take a second or two).
 
@@ -36,6 +37,19 @@ def check_embedder() -> str:
     return f"embedding model {name}: {path}"
 
 
+def check_embed_backend() -> str:
+    from ragkit.embed import resolve_model
+    from ragkit.embed_export import ensure_exported, get_backend, read_provenance
+
+    started = time.perf_counter()
+    backend = get_backend(None)
+    name, source = resolve_model(None)
+    folder = ensure_exported(name, source, backend)
+    prov = read_provenance(folder) or {}
+    return (f"embedding backend {backend.key}: {prov.get('model_file', source)} in {folder} "
+            f"({time.perf_counter() - started:.1f} s)")
+
+
 def check_local_model(log: Callable[[str], None] | None = None) -> str:
     from ragkit.local_model import (GGUF_SHA256, cache_dir, ensure_converted, find_weight_parts,
                                     is_cache_warm, join_and_verify)
@@ -54,7 +68,7 @@ def main() -> int:
     def say(msg: str) -> None:
         print(f"  ... {msg}", flush=True)
 
-    checks = (("encodings", check_encodings), ("embedder", check_embedder),
+    checks = (("encodings", check_encodings), ("embedder", check_embedder), ("embed backend", check_embed_backend),
               ("local model", lambda: check_local_model(log=say)))
     failed = 0
     for label, check in checks:

@@ -91,10 +91,18 @@ class Settings:
     dim: int
     chunker: dict
     text_field: str = "text"
+    embed_backend: str = "torch"          # how the model was run (ragkit.embed_export.Backend)
+    embed_precision: str = "fp32"
+    embed_quantization: str | None = None
 
     def to_dict(self) -> dict:
         return {"embed_model": self.embed_model, "dim": self.dim, "chunker": dict(self.chunker),
-                "text_field": self.text_field}
+                "text_field": self.text_field, "embed_backend": self.embed_backend,
+                "embed_precision": self.embed_precision, "embed_quantization": self.embed_quantization}
+
+
+# What a manifest written before embedding backends existed was built with.
+LEGACY_SETTINGS = {"embed_backend": "torch", "embed_precision": "fp32", "embed_quantization": None}
 
 
 @dataclass
@@ -143,7 +151,7 @@ def mismatch_message(index_dir: Path, have: dict, want: dict) -> str:
              if have.get(k) != want.get(k)]
     return (f"the index at {index_dir} was built with different settings ({'; '.join(diffs)}). "
             f"Rebuild it with `ragkit index <PATH> --rebuild` (re-embeds everything), or open it with its own "
-            f"settings (e.g. --embed-model {have.get('embed_model')!r}).")
+            f"settings (e.g. --embed-model {have.get('embed_model')!r} --embed-backend {have.get('embed_backend')!r}).")
 
 
 class EmbeddingCache:
@@ -271,7 +279,7 @@ class Generation:
 
     @property
     def settings(self) -> dict:
-        return self.manifest["settings"]
+        return {**LEGACY_SETTINGS, **self.manifest["settings"]}
 
     @property
     def live_chunks(self) -> int:
@@ -368,7 +376,7 @@ def current_settings(index_dir: Path) -> dict | None:
         if name is None:
             return None
         try:
-            return json.loads((index_dir / name / "manifest.json").read_text())["settings"]
+            return {**LEGACY_SETTINGS, **json.loads((index_dir / name / "manifest.json").read_text())["settings"]}
         except FileNotFoundError:
             if read_current(index_dir) != name:
                 continue

@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from ragkit.embed_export import BACKEND_KEYS
+
 
 def _hit_dict(h) -> dict:
     return {"source": h.source, "doc_id": h.doc_id, "title": h.title, "score": h.score,
@@ -18,11 +20,17 @@ _embed_model = click.option("-e", "--embed-model", envvar="RAGKIT_EMBED_MODEL", 
                             help="sentence-transformers model name or path (default all-MiniLM-L6-v2, bundled; "
                                  "an existing index keeps its own).")
 
+embed_backend_option = click.option(
+    "--embed-backend", type=click.Choice(BACKEND_KEYS, case_sensitive=False),
+    default=None, help="How the embedding model runs (default onnx-int8, or $RAGKIT_EMBED_BACKEND; "
+                       "an existing index keeps its own, and queries use the index's).")
+
 
 @click.command("index", short_help="Build or update the search index of a file or folder.")
 @click.argument("path", type=click.Path(exists=True))
 @INDEX_DIR_OPTION
 @_embed_model
+@embed_backend_option
 @click.option("-i", "--include", multiple=True, help="Glob of files to index (repeatable), e.g. '*.md'.")
 @click.option("-x", "--exclude", multiple=True, help="Glob of files to skip (repeatable), e.g. 'drafts/*'.")
 @click.option("-f", "--text-field", default=None, help="JSON Lines field holding the text (default: text).")
@@ -31,7 +39,7 @@ _embed_model = click.option("-e", "--embed-model", envvar="RAGKIT_EMBED_MODEL", 
 @click.option("--rebuild", is_flag=True, help="Discard the index and embed everything again (after changing settings).")
 @click.option("-q", "--quiet", "--no-progress", "quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def index_cmd(path, index_dir, embed_model, include, exclude, text_field, chunk_tokens, overlap_tokens, rebuild,
+def index_cmd(path, index_dir, embed_model, embed_backend, include, exclude, text_field, chunk_tokens, overlap_tokens, rebuild,
               quiet, as_json):
     """Build or update the search index of a file or folder (only new or changed files are embedded).
 
@@ -45,7 +53,7 @@ def index_cmd(path, index_dir, embed_model, include, exclude, text_field, chunk_
 
     corpus = Corpus.open(path, index_dir=index_dir, embed_model=embed_model, chunk_tokens=chunk_tokens,
                          overlap_tokens=overlap_tokens, text_field=text_field, include=include, exclude=exclude,
-                         rebuild=rebuild)
+                         rebuild=rebuild, embed_backend=embed_backend)
     report = corpus.index(progress=not quiet and not as_json, rebuild=rebuild)  # skips: one warning line each
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
@@ -61,8 +69,9 @@ def index_cmd(path, index_dir, embed_model, include, exclude, text_field, chunk_
               help="File with one query per line ('-' = stdin); prints JSON Lines, one line per query.")
 @INDEX_DIR_OPTION
 @_embed_model
+@embed_backend_option
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
-def search_cmd(path, query, k, queries, index_dir, embed_model, as_json):
+def search_cmd(path, query, k, queries, index_dir, embed_model, embed_backend, as_json):
     """Search an indexed file or folder: the chunks most similar to QUERY, best first.
 
     \b
@@ -77,7 +86,7 @@ def search_cmd(path, query, k, queries, index_dir, embed_model, as_json):
 
     if (query is None) == (queries is None):
         raise InputError("give either a QUERY or --queries FILE (one query per line)")
-    corpus = Corpus.open(path, index_dir=index_dir, embed_model=embed_model)
+    corpus = Corpus.open(path, index_dir=index_dir, embed_model=embed_model, embed_backend=embed_backend)
     if queries is not None:
         lines = [line.strip() for line in queries if line.strip()]
         for start in range(0, len(lines), 256):  # batched: one model load, few model calls
