@@ -276,7 +276,9 @@ def test_local_constrained_decoding_is_schema_valid_on_every_case():
     from ragkit.providers import provider_for
 
     provider = provider_for(get_model("qwen2.5-coder-0.5b-local"))
-    sources = [type("D", (), {"text": DOCS["darwin.txt"], "source": "darwin.txt"})()]
+    from ragkit.loaders import Document
+
+    sources = [Document("darwin.txt", "darwin.txt", DOCS["darwin.txt"])]
     for name, schema in LOCAL_CASES:
         spec = make_schema(schema)
         system, user = spec.frame(*build_prompt("Describe the book in source 1.", sources))
