@@ -195,6 +195,6 @@ def test_setup_check_prints_one_ok_line_per_asset_and_is_idempotent():
     for run in runs:
         assert run.returncode == 0, run.stdout + run.stderr
     lines = [line for line in runs[1].stdout.splitlines() if not line.startswith("  ...")]
-    assert [line.split()[0] for line in lines] == ["ok", "ok", "ok"]
-    assert "tiktoken" in lines[0] and "embedding model" in lines[1]
-    assert f"sha256 {local_model.GGUF_SHA256[:12]}… verified; cache warm" in lines[2]
+    assert [line.split()[0] for line in lines] == ["ok", "ok", "ok", "ok"]
+    assert "tiktoken" in lines[0] and "embedding model" in lines[1] and "embedding backend" in lines[2]
+    assert f"sha256 {local_model.GGUF_SHA256[:12]}… verified; cache warm" in lines[3]
