@@ -49,6 +49,10 @@ GGUF_BYTES = 491_400_064
 # Saved dtype of the cache; part of the cache directory name so a format change never reads an old cache.
 CACHE_DTYPE = "bfloat16"
 CACHE_FORMAT = "st-bf16-v1"
+# The GGUF's qwen2.rope.freq_base. transformers 5 saves it as config.rope_parameters, which 4.x does not
+# read (it falls back to 10,000 and the model answers nonsense), so the cache is keyed by the transformers
+# major version that wrote it, and loading checks the model really uses this base.
+ROPE_THETA = 1_000_000.0
 PROVENANCE_FILE = "ragkit-provenance.json"
 INSTALL_HINT = "pip install 'ragkit[local]' (or run `bash .ci/install` in a ragkit checkout)"
 # Qwen's chat turn ends with <|im_end|>; <|endoftext|> ends a document. Either stops generation.
@@ -81,7 +85,8 @@ def cache_dir() -> Path:
     """Where the converted model lives: one directory per verified GGUF hash and cache format."""
     from ragkit.config import cache_dir as ragkit_cache_dir  # $RAGKIT_CACHE_DIR, else ~/.cache/ragkit
 
-    return ragkit_cache_dir() / "models" / f"qwen2.5-coder-0.5b-{GGUF_SHA256[:12]}-{CACHE_FORMAT}"
+    tf_major = _version("transformers").split(".")[0]
+    return ragkit_cache_dir() / "models" / f"qwen2.5-coder-0.5b-{GGUF_SHA256[:12]}-{CACHE_FORMAT}-tf{tf_major}"
 
 
 def is_cache_warm(path: Path | None = None) -> bool:
@@ -252,6 +257,25 @@ def _version(dist: str) -> str:
 # --------------------------------------------------------------------------- loading and generation
 
 
+def _rope_theta(model) -> float:
+    """The RoPE base the loaded model computes with, read off its rotary embedding (inv_freq[1] = base^(-2/d)).
+
+    Read from the tensor, not the config: a config key this transformers ignores is still an attribute."""
+    inv_freq = model.model.rotary_emb.inv_freq.float()
+    head_dim = 2 * inv_freq.numel()
+    return float(inv_freq[1].item() ** (-head_dim / 2))
+
+
+def _check_rope_theta(model, path: Path) -> None:
+    """A cache written by another transformers line can load 'fine' with the wrong positions: refuse it."""
+    theta = _rope_theta(model)
+    if abs(theta / ROPE_THETA - 1) > 0.01:
+        raise LocalModelError(
+            f"the converted local model at {path} loads with RoPE base {theta:,.0f} instead of the GGUF's "
+            f"{ROPE_THETA:,.0f} (it was probably written by another transformers version than "
+            f"{_version('transformers')}). Delete that folder; ragkit converts the model again on next use.")
+
+
 def load_tokenizer(path: Path | None = None):
     """The model's own tokenizer (with its chat template), without loading the weights."""
     path = path or ensure_converted()
@@ -358,6 +382,7 @@ class LocalModel:
         tokenizer = load_tokenizer(path)
         with _quiet_transformers():
             model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+        _check_rope_theta(model, path)
         return cls(path, model, tokenizer, load_s=time.perf_counter() - started, threads=threads, dtype=dtype)
 
     def prompt_ids(self, system: str, prompt: str) -> list[int]:

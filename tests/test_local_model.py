@@ -198,3 +198,36 @@ def test_setup_check_prints_one_ok_line_per_asset_and_is_idempotent():
     assert [line.split()[0] for line in lines] == ["ok", "ok", "ok", "ok"]
     assert "tiktoken" in lines[0] and "embedding model" in lines[1] and "embedding backend" in lines[2]
     assert f"sha256 {local_model.GGUF_SHA256[:12]}… verified; cache warm" in lines[3]
+
+
+def test_the_cache_folder_is_keyed_by_the_transformers_line_that_writes_it():
+    # A cache written by transformers 5 was read by 4.57 in CI and answered nonsense (see the next test).
+    from importlib.metadata import version
+
+    assert local_model.cache_dir().name.endswith(f"-tf{version('transformers').split('.')[0]}")
+
+
+@pytest.mark.slow
+def test_a_cache_whose_config_hides_the_rope_base_is_refused_not_answered_from(tmp_path):
+    # transformers 5 saves the RoPE base only as rope_parameters; 4.x reads that config with base 10,000
+    # and the model then answered "Stephen Goodman wrote On the Origin of Species" (CI, stop 14).
+    import json
+
+    real = local_model.ensure_converted()
+    copy = tmp_path / "cache"
+    copy.mkdir()
+    for item in real.iterdir():
+        (copy / item.name).symlink_to(item)
+    config = json.loads((real / "config.json").read_text())
+    config.pop("rope_theta", None)
+    config.pop("rope_scaling", None)
+    config["rope_parameters"] = {"rope_theta": local_model.ROPE_THETA, "rope_type": "default"}
+    (copy / "config.json").unlink()
+    (copy / "config.json").write_text(json.dumps(config))
+    from importlib.metadata import version
+
+    if version("transformers").startswith("4."):  # this transformers ignores rope_parameters
+        with pytest.raises(LocalModelError, match="RoPE base 10,000 instead of the GGUF's 1,000,000"):
+            local_model.LocalModel.load(copy)
+    else:
+        assert local_model._rope_theta(local_model.LocalModel.load(copy).model) == pytest.approx(local_model.ROPE_THETA, rel=0.01)
