@@ -24,6 +24,7 @@ from ragkit.errors import ConfigError, InputError
 from ragkit.evals.cache import CachedResponse, ResponseCache, call_key
 from ragkit.evals.records import EvalRecord, RecordLog, latest_by_call, plural, write_meta
 from ragkit.evals.runner import DEFAULT_CONCURRENCY, Plan, _Tally, compact, execute
+from ragkit.judge import JUDGE_SYSTEM, Judge, judge_prompt
 from ragkit.redact import redact
 
 FORMAT = "ragkit-compare/1"
@@ -158,6 +159,7 @@ class CompareEstimate:
     output_tokens_max: int
     cost_usd: float               # upper bound: every prompt as planned, every answer at its full length
     by_model: dict
+    judge_cost_usd: float = 0.0   # upper bound of the judge's grades (included in cost_usd)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -165,17 +167,21 @@ class CompareEstimate:
     def describe(self) -> str:
         return (f"{plural(self.calls, 'call')}: {self.done} already done, {self.cached} cached, {self.to_call} to make "
                 f"(~{self.input_tokens:,} input tokens, <= {self.output_tokens_max:,} output); "
-                f"at most ${self.cost_usd:.4f}")
+                f"at most ${self.cost_usd:.4f}"
+                + (f" (the judge's grades at most ${self.judge_cost_usd:.4f} of it)" if self.judge_cost_usd else ""))
 
 
-def estimate_compare(plan: Plan) -> CompareEstimate:
+def estimate_compare(plan: Plan, judge: Judge | None = None) -> CompareEstimate:
     to_call = plan.to_call
     by_model: dict[str, float] = {}
     for c in to_call:
         by_model[c.model] = by_model.get(c.model, 0.0) + c.prepared.estimated_cost_usd
+    # every todo call is graded (cached answers too); a grade already cached is only overcounted
+    judged = (sum(judge.estimated_cost_usd(1, c.prepared.plan.answer_tokens) for c in plan.todo) if judge else 0.0)
     return CompareEstimate(len(plan.calls), len(plan.calls) - len(plan.todo), len(plan.todo) - len(to_call),
                            len(to_call), sum(c.prepared.estimated_input_tokens for c in to_call),
-                           sum(c.prepared.plan.answer_tokens for c in to_call), sum(by_model.values()), by_model)
+                           sum(c.prepared.plan.answer_tokens for c in to_call), sum(by_model.values()) + judged,
+                           by_model, judged)
 
 
 # ---------------------------------------------------------------- executing: the ask path, accounted, cached, logged
@@ -188,6 +194,7 @@ class _CompareCaller:
     session: object
     cache: ResponseCache
     temperature: float = 0.0
+    judge: object = None          # judge.Judge: its verdict is the score; deterministic scores stay in metrics
 
     def send(self, call: CompareCall) -> tuple[EvalRecord, CachedResponse | None]:
         t0 = time.monotonic()
@@ -203,7 +210,17 @@ class _CompareCaller:
 
     def answered(self, call: CompareCall, answer: CachedResponse, *, cached: bool) -> EvalRecord:
         scores = score_answer(answer.text, call.question, call.prepared.context)
-        return self._record(call, status="ok", prediction=answer.text, score=scores.pop("subspan_em"),
+        score = scores["subspan_em"]
+        if self.judge is not None:
+            t0 = time.monotonic()
+            try:
+                grade = self.judge.grade(call.question.question, call.question.answers, answer.text)
+            except Exception as exc:  # noqa: BLE001 - ungraded is unscored: logged failed, graded again on resume
+                error = redact(f"judge {self.judge.model}: {type(exc).__name__}: {exc}")[:500]
+                return self.failed(call, error, time.monotonic() - t0)
+            score = grade.verdict
+            scores.update(judge_model=self.judge.model, judge_cost_usd=grade.cost_usd, judge_cached=grade.cached)
+        return self._record(call, status="ok", prediction=answer.text, score=score,
                             input_tokens=answer.input_tokens, output_tokens=answer.output_tokens,
                             cost_usd=answer.cost_usd, latency_s=round(answer.latency_s, 3),
                             ttft_s=None if answer.ttft_s is None else round(answer.ttft_s, 3), cached=cached,
@@ -243,7 +260,7 @@ def run_compare(corpus: Path | str, golden: Path | str, models: Sequence[str], o
                 task_label: str = "qa", max_cost_usd: float | None = None, concurrency: int | None = None,
                 base_url: str | None = None, cache: ResponseCache | None = None, index_dir=None,
                 progress: bool = True, echo: Callable[[str], None] = print, ledger=True, max_retries: int = 2,
-                timeout_s: float = 60.0) -> CompareResult:
+                timeout_s: float = 60.0, judge: str | None = None) -> CompareResult:
     """Runs (or resumes) a comparison into out_dir: run.json + results.jsonl + report.md, summary.json, plots."""
     from ragkit.answer import Session
     from ragkit.evals.compare_report import render_compare
@@ -263,11 +280,15 @@ def run_compare(corpus: Path | str, golden: Path | str, models: Sequence[str], o
     out.mkdir(parents=True, exist_ok=True)
     cache = cache if cache is not None else ResponseCache()
     log = RecordLog(out)
-    previous = {cid: r for cid, r in latest_by_call(log.read()).items() if r.ok}
+    judge_id = get_model(judge).id if judge else None
+    # a record scored by another judge (or none) is scored again: from the cached answer, paying only the judge
+    previous = {cid: r for cid, r in latest_by_call(log.read()).items()
+                if r.ok and (r.metrics or {}).get("judge_model") == judge_id}
     with Session(corpus, base_url=base_url, index_dir=index_dir, ledger=ledger, task="compare",
                  progress=progress, max_retries=max_retries, timeout_s=timeout_s) as session:
         plan = plan_compare(session, questions, models, strategies, cache, {c: r.key for c, r in previous.items()})
-        est = estimate_compare(plan)
+        grader = Judge(session, judge_id, cache) if judge_id else None
+        est = estimate_compare(plan, grader)
         echo(est.describe())
         if max_cost_usd is not None and est.cost_usd > max_cost_usd:
             for model, usd in est.by_model.items():
@@ -277,8 +298,10 @@ def run_compare(corpus: Path | str, golden: Path | str, models: Sequence[str], o
         write_meta(out, {"format": FORMAT, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                          "corpus": str(corpus), "golden": str(golden), "golden_sha256": golden_sha,
                          "questions": len(questions), "sample": sample, "models": models,
-                         "strategies": list(strategies), "tasks_per_day": tasks_per_day, "task": task_label})
-        caller = _CompareCaller(session, cache)
+                         "strategies": list(strategies), "tasks_per_day": tasks_per_day, "task": task_label,
+                         "judge": {"model": judge_id, "system": JUDGE_SYSTEM,
+                                   "prompt": judge_prompt("QUESTION", ["REFERENCE"], "ANSWER")} if judge_id else None})
+        caller = _CompareCaller(session, cache, judge=grader)
         made, paid, done = 0, 0.0, plan.done_ids
         for model in models:  # one model at a time, at its provider's concurrency
             spec = get_model(model)

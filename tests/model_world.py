@@ -11,7 +11,9 @@ and the item number in the question, with a fixed rule, so each model's accuracy
     small   abstains when i % 10 == 0, wrong on 3 and 6    70%, cheapest
     slow    always right, each answer after `SLOW_S`       100%
     limited always 429 (rate-limited forever)
+    judge   grades (ragkit.judge): CORRECT when the candidate holds the reference's item code
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +28,8 @@ INPUT_TOKENS, OUTPUT_TOKENS = 1000, 10     # what the server reports for every a
 SLOW_S = 1.5
 # model id -> (input $/Mtok, output $/Mtok, ttft_s in the registry)
 PRICES = {"big": (10.0, 30.0, 0.8), "twin": (1.0, 3.0, 0.4), "close": (0.5, 1.5, 0.4), "small": (0.1, 0.4, 0.3),
-          "slow": (0.05, 0.2, 3.0), "limited": (0.01, 0.02, 0.2)}
+          "slow": (0.05, 0.2, 3.0), "limited": (0.01, 0.02, 0.2), "judge": (2.0, 8.0, 0.3)}
+JUDGE_INPUT_TOKENS, JUDGE_OUTPUT_TOKENS = 200, 2
 WRONG = {"big": {0}, "twin": {0}, "close": {0, 5}, "small": {3, 6}, "slow": set(), "limited": set()}
 
 
@@ -77,8 +80,28 @@ def item_of(request) -> int:
     return int(re.search(r"item (\d+)", question).group(1))
 
 
+def judge_reply(request) -> Reply:
+    """The stand-in judge reads the reference and the candidate out of ragkit.judge's prompt."""
+    references = request.prompt.split("Reference answers:\n", 1)[1].split("\n\nCandidate answer:", 1)[0]
+    candidate = request.prompt.split("Candidate answer:\n", 1)[1].split("\n\nVerdict", 1)[0]
+    wanted = re.search(r"K\d+Z", references).group(0)
+    verdict = "CORRECT" if re.search(rf"\b{wanted}\b", candidate) else "INCORRECT"
+    return Reply(verdict, input_tokens=JUDGE_INPUT_TOKENS, output_tokens=JUDGE_OUTPUT_TOKENS)
+
+
+def make_free_form_golden(root: Path, n: int = N_ITEMS) -> Path:
+    """References as sentences: no answer is an exact subspan of them, so only a judge can grade."""
+    path = root / "free-form.jsonl"
+    path.write_text("".join(json.dumps({"question": f"What is the code of item {i}?",
+                                        "answers": [f"According to the inventory, item {i} carries code {code(i)}"]})
+                            + "\n" for i in range(n)))
+    return path
+
+
 def responder(request):
     model = request.model.removesuffix("-served")
+    if model == "judge":
+        return judge_reply(request)
     if model == "limited":
         return Fault.rate_limited()
     i = item_of(request)

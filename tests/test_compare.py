@@ -183,3 +183,47 @@ def test_kill_9_mid_compare_resumes_without_paying_twice(tmp_path):
     assert len(Ledger().entries()) == 48                     # one ledger row per answered call
     summary = json.loads((out / "summary.json").read_text())
     assert {g["label"]: g["n"] for g in summary["groups"]} == {"big": 24, "small": 24}
+
+
+def test_judge_grades_free_form_references_and_its_cost_is_counted_apart(world):
+    srv, corpus, _golden, tmp = world
+    golden, out, cache = w.make_free_form_golden(tmp), tmp / "o", str(tmp / "c.sqlite")
+    base = ["compare", str(corpus), "--questions", str(golden), "-m", "big", "-m", "small", "-o", str(out),
+            "--cache", cache, "--json"]
+    code, stdout, err = run([*base, "--judge", "judge"])
+    assert code == 0, err
+    summary = json.loads(stdout)["summary"]
+    groups = {g["label"]: g for g in summary["groups"]}
+    # no answer is a subspan of a sentence reference; the judge recovers the stand-ins' true accuracies
+    assert groups["big"]["accuracy"] == pytest.approx(0.9) and groups["small"]["accuracy"] == pytest.approx(0.7)
+    assert groups["big"]["cost_per_task_usd"] == pytest.approx(w.cost_per_task("big"))   # the judge is not in it
+    judge_usd = (w.JUDGE_INPUT_TOKENS * 2.0 + w.JUDGE_OUTPUT_TOKENS * 8.0) / 1e6
+    # a grade is cached by its prompt: where big and small gave the same answer (28 items) it is paid once
+    graded = 80 - 28
+    rows = Ledger().entries()
+    assert sorted(e.task for e in rows) == ["compare"] * 80 + ["compare:judge"] * graded
+    assert summary["judge"]["model"] == "judge" and summary["judge_calls"] == graded
+    assert summary["judge_cost_usd"] == pytest.approx(graded * judge_usd)
+    report = (out / "report.md").read_text()
+    assert "## Judge" in report and "Reply with exactly one word: CORRECT or INCORRECT." in report
+    assert "Accuracy is the judge's verdict (judge" in report
+    sent = len(srv.requests)
+    # the same judge again: nothing is paid twice
+    code, _stdout, err = run([*base, "--judge", "judge"])
+    assert code == 0, err
+    assert len(srv.requests) == sent
+    # without a judge the cached answers are scored by exact match again, with no call at all
+    code, stdout, err = run(base)
+    assert code == 0, err
+    assert len(srv.requests) == sent and len(Ledger().entries()) == 80 + graded
+    plain = {g["label"]: g for g in json.loads(stdout)["summary"]["groups"]}
+    assert plain["big"]["accuracy"] == 0.0 and json.loads(stdout)["summary"]["judge"] is None
+
+
+def test_judge_verdict_parsing():
+    from ragkit.judge import JudgeError, parse_verdict
+
+    assert parse_verdict("CORRECT") == 1 and parse_verdict("Correct.") == 1
+    assert parse_verdict("INCORRECT") == 0 and parse_verdict("The candidate is incorrect.") == 0
+    with pytest.raises(JudgeError, match="neither CORRECT nor INCORRECT"):
+        parse_verdict("It depends.")

@@ -55,13 +55,16 @@ def _strategies(text: str) -> tuple[str, ...]:
 @click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default=None,
               help="Response cache (SQLite). Default ~/.cache/ragkit/eval-cache.sqlite or $RAGKIT_EVAL_CACHE.")
 @click.option("-d", "--index-dir", type=click.Path(file_okay=False), default=None, help="Index folder (retrieve).")
+@click.option("--judge", default=None, metavar="MODEL",
+              help="Grade answers with this model (LLM-as-judge, for free-form references) instead of exact match; "
+                   "cached, its cost counted apart (task compare:judge).")
 @click.option("--save", is_flag=True, help="Write each model's measured accuracy into your overrides (routing reads it).")
 @click.option("--overrides", type=click.Path(dir_okay=False), default=None,
               help="Overrides file for --save (default: your user models.toml).")
 @click.option("-q", "--quiet", "--no-progress", "no_progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def run_cmd(corpus, golden, models, strategy, sample, tasks_per_day, task_label, max_cost, out, concurrency, base_url,
-            cache_path, index_dir, save, overrides, no_progress, as_json):
+            cache_path, index_dir, judge, save, overrides, no_progress, as_json):
     """Compare models on your questions (see `ragkit compare --help`)."""
     from ragkit.evals.cache import ResponseCache
     from ragkit.compare import run_compare
@@ -71,7 +74,7 @@ def run_cmd(corpus, golden, models, strategy, sample, tasks_per_day, task_label,
                          tasks_per_day=tasks_per_day, task_label=task_label, max_cost_usd=max_cost,
                          concurrency=concurrency, base_url=base_url, cache=ResponseCache(cache_path),
                          index_dir=index_dir, progress=not no_progress and not as_json,
-                         echo=lambda m: click.echo(m, err=True))
+                         echo=lambda m: click.echo(m, err=True), judge=judge)
     _finish(out_dir, result.to_dict(), save=save, overrides=overrides, as_json=as_json)
 
 

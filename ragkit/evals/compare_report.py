@@ -193,7 +193,10 @@ def summarize(meta: dict, records: Sequence[EvalRecord], tasks_per_day: int | No
             "task": meta.get("task", "qa"), "created": meta.get("created"), "tasks_per_day": tasks_per_day,
             "questions": meta.get("questions"), "most_accurate": ranked[0].label if ranked else None,
             "groups": [g.to_dict() for g in groups], "verdicts": [v.to_dict() for v in verdicts],
-            "pareto": pareto([g for g in groups if g.accuracy is not None])}
+            "pareto": pareto([g for g in groups if g.accuracy is not None]),
+            "judge": meta.get("judge"),   # None: deterministic scoring
+            "judge_calls": sum(1 for r in records if r.ok and (r.metrics or {}).get("judge_cached") is False),
+            "judge_cost_usd": round(sum((r.metrics or {}).get("judge_cost_usd") or 0.0 for r in records), 6)}
 
 
 def pareto(groups: Sequence[Group]) -> list[str]:
@@ -223,7 +226,9 @@ def render_markdown(summary: dict) -> str:
     lines = [f"# Model comparison: {summary.get('golden')}", "",
              f"{summary.get('questions')} questions (golden set sha256 {str(summary.get('golden_sha256'))[:12]}), "
              f"task `{summary.get('task')}`, projected at {summary['tasks_per_day']:,} tasks/day. "
-             "Accuracy is best-subspan exact match; citation accuracy counts the answers that did not abstain.", "",
+             + (f"Accuracy is the judge's verdict ({judge['model']}, prompt below); F1 and contains stay deterministic"
+                if (judge := summary.get("judge")) else "Accuracy is best-subspan exact match")
+             + "; citation accuracy counts the answers that did not abstain.", "",
              "| model | n | accuracy (95% CI) | F1 | contains | citations | abstained | failed | $/task | "
              "in/out tokens | latency p50/p95 | TTFT p50/p95 | $/day | $/month |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -247,6 +252,11 @@ def render_markdown(summary: dict) -> str:
         lines.append("No answer was scored.")
     lines += ["", f"Cost-accuracy front: {', '.join(summary['pareto']) or '-'}.", "",
               "![cost vs accuracy](cost_accuracy.png)", "", "![latency](latency.png)", ""]
+    if judge:
+        lines += ["## Judge", "",
+                  f"{judge['model']} graded every answer: {summary['judge_calls']} grades paid, "
+                  f"{_usd(summary['judge_cost_usd'])} in all (ledger task `compare:judge`; not in any model's $/task). "
+                  "Its instructions and prompt:", "", "```text", judge["system"], "", judge["prompt"], "```", ""]
     return "\n".join(lines)
 
 
