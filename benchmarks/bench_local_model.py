@@ -86,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    print(f"model: {local_model.MODEL_NAME}; gguf sha256 {local_model.GGUF_SHA256[:12]}…; "
+    print(f"model: {local_model.DEFAULT.name}; gguf sha256 {local_model.DEFAULT.sha256[:12]}…; "
           f"threads {local_model.thread_count()} of {os.cpu_count()} cores; {load_avg()}")
 
     if args.cold:

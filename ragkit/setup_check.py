@@ -51,8 +51,7 @@ def check_embed_backend() -> str:
 
 
 def check_local_model(log: Callable[[str], None] | None = None) -> str:
-    from ragkit.local_model import (GGUF_SHA256, cache_dir, ensure_converted, find_weight_parts,
-                                    is_cache_warm, join_and_verify)
+    from ragkit.local_model import DEFAULT, ensure_converted, find_weight_parts, is_cache_warm, join_and_verify
 
     started = time.perf_counter()
     parts = find_weight_parts()
@@ -60,7 +59,7 @@ def check_local_model(log: Callable[[str], None] | None = None) -> str:
     was_warm = is_cache_warm()
     path = ensure_converted(log=log)
     state = "cache warm" if was_warm else "converted now"
-    return (f"local model weights: {len(parts)} parts, sha256 {GGUF_SHA256[:12]}… verified; {state} at {path} "
+    return (f"local model weights: {len(parts)} parts, sha256 {DEFAULT.sha256[:12]}… verified; {state} at {path} "
             f"({time.perf_counter() - started:.1f} s)")
 
 

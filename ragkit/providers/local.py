@@ -22,9 +22,7 @@ class LocalProvider:
 
     def complete(self, system: str, prompt: str, *, max_tokens: int, temperature: float = 0.0,
                  on_text: Callable[[str], None] | None = None, schema=None) -> Completion:
-        from ragkit.local_model import get_local_model
-
-        model = get_local_model(log=self._log)
+        model = self._model()
         constraint, enforcement = self._constraint(model, schema)
         result = model.generate(system, prompt, max_tokens=max_tokens, temperature=temperature,
                                 on_text=on_text if schema is None else None, constraint=constraint)
@@ -48,9 +46,12 @@ class LocalProvider:
 
     def count_tokens(self, system: str, prompt: str) -> int:
         """Exact input tokens (chat template included) for this system + user turn."""
-        from ragkit.local_model import get_local_model
+        return len(self._model().prompt_ids(system, prompt))
 
-        return len(get_local_model(log=self._log).prompt_ids(system, prompt))
+    def _model(self):
+        from ragkit.local_model import get_local_model, weights_for
+
+        return get_local_model(weights_for(self.spec.api_model), log=self._log)
 
     def __repr__(self) -> str:
         return f"LocalProvider({self.spec.id!r})"
