@@ -270,3 +270,22 @@ def test_reading_the_ledger_does_not_create_it(tmp_path):
     ledger = Ledger(tmp_path / "x.sqlite")
     assert ledger.entries() == [] and ledger.summary().calls == 0
     assert not (tmp_path / "x.sqlite").exists()
+
+
+def test_retrieved_chunks_carry_their_documents_whole_title(tmp_path, tiny_model):
+    """The index embeds a title cut to chunking.MAX_TITLE_TOKENS; the prompt names the source by its whole title."""
+    folder = tmp_path / "titled"
+    folder.mkdir()
+    long_title = "The " + " ".join(f"v{i}" for i in range(10, 50)) + " chronicle"  # ~80 word pieces
+    assert len(long_title) < 200                       # the prompt's own cap on a title attribute
+    records = [{"id": f"r{i}", "title": f"Filler {i}", "text": f"Filler record {i} talks about gardens. " * 40}
+               for i in range(8)]
+    records.append({"id": "lava", "title": long_title, "text": "Mount Lavara erupted in 1871 and buried the valley."})
+    (folder / "docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with Session(folder, model="tiny-ctx", ledger=False) as s:
+        prepared = s.prepare("when did mount lavara erupt", answer_tokens=100)
+        indexed = s.corpus.search("when did mount lavara erupt", k=1)[0].title
+    assert prepared.strategy == "retrieve"
+    assert len(indexed) < len(long_title) and long_title.startswith(indexed)   # what the index holds: cut
+    [lava] = [src for src in prepared.context if src.doc_id == "docs.jsonl#lava"]
+    assert lava.title == long_title and f'title="{long_title}"' in prepared.user
