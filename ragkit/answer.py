@@ -150,6 +150,7 @@ class Session:
         self._docs = None
         self._doc_tokens: dict[str, tuple] = {}   # per counting encoding: (sources, prompt.SourceTokens)
         self._doc_sources: list[SourceRef] | None = None
+        self._docs_read_ns = 0        # when the documents were read (time.time_ns)
         # doc_id -> the document's whole title: an index chunk holds the title cut to what the embedder
         # reads (chunking.MAX_TITLE_TOKENS), the prompt shows it whole
         self._doc_titles: dict[str, str] = {}
@@ -172,6 +173,7 @@ class Session:
     def documents(self) -> list:
         with self._lock:
             if self._docs is None:
+                self._docs_read_ns = time.time_ns()  # files stamped after this are not cached (tokens.file_stamps)
                 docs = list(self.corpus.documents())
                 if not docs:
                     raise InputError(f"no readable documents under {self.path}.")
@@ -281,13 +283,19 @@ class Session:
 
     def _counts(self, counter, sources: list[SourceRef]):
         """The sources' texts and fenced blocks counted once per encoding (prompt.SourceTokens; the
-        on-disk count cache makes an unchanged corpus cost nothing after its first count ever)."""
+        on-disk count cache keeps each unchanged file's totals, so a new process reads them)."""
         from ragkit.prompt import Framing
+        from ragkit.tokens import file_stamps
 
         with self._lock:
             known = self._doc_tokens.get(counter.encoding_name)
             if known is None or known[0] is not sources:
-                known = self._doc_tokens[counter.encoding_name] = (sources, Framing(counter).count_sources(sources))
+                path = Path(getattr(self.corpus, "path", self.path)).resolve()
+                stamps = file_stamps(path if path.is_dir() else path.parent, {s.source for s in sources},
+                                     self._docs_read_ns)
+                counts = Framing(counter).count_sources(
+                    sources, stamps=stamps, shape=f"text_field={getattr(self.corpus, 'text_field', 'text')}")
+                known = self._doc_tokens[counter.encoding_name] = (sources, counts)
             return known[1]
 
     def _plan(self, spec, sources: list[SourceRef], question: str, answer_tokens: int | None, strategy: str | None,
