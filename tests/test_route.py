@@ -8,22 +8,16 @@ import os
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import model_world as w
+from helpers import run
 from llm_server import Fault, LLMServer
 from ragkit.answer import Session
-from ragkit.cli import main
 from ragkit.errors import ConfigError, ProviderError
 from ragkit.ledger import Ledger, LedgerEntry
 from ragkit.route import select_model
 
 Q = "What is the code of item 7?"
-
-
-def run(args) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, args)
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.mark.parametrize("task, floor, volume, expected", [
