@@ -150,6 +150,11 @@ class Session:
         self._docs = None
         self._doc_tokens: dict[str, tuple] = {}   # per counting encoding: (sources, prompt.SourceTokens)
         self._doc_sources: list[SourceRef] | None = None
+        self._docs_read_ns = 0        # when the documents were read (time.time_ns)
+        # doc_id -> the document's whole title: an index chunk holds the title cut to what the embedder
+        # reads (chunking.MAX_TITLE_TOKENS), the prompt shows it whole
+        self._doc_titles: dict[str, str] = {}
+        self._term_ranker = None      # (sources, retrieve.TermRanker) that ranks stuffed documents
         self._index_status = None     # corpus.IndexStatus of the last check; None: check before retrieving
         self._providers: dict[tuple, object] = {}
         self._lock = threading.RLock()          # lazy state
@@ -168,11 +173,13 @@ class Session:
     def documents(self) -> list:
         with self._lock:
             if self._docs is None:
+                self._docs_read_ns = time.time_ns()  # files stamped after this are not cached (tokens.file_stamps)
                 docs = list(self.corpus.documents())
                 if not docs:
                     raise InputError(f"no readable documents under {self.path}.")
                 self._docs = docs
                 self._doc_sources = as_sources(docs)
+                self._doc_titles = {s.doc_id: s.title for s in self._doc_sources if s.title}
             return self._docs
 
     def ensure_index(self):
@@ -276,13 +283,19 @@ class Session:
 
     def _counts(self, counter, sources: list[SourceRef]):
         """The sources' texts and fenced blocks counted once per encoding (prompt.SourceTokens; the
-        on-disk count cache makes an unchanged corpus cost nothing after its first count ever)."""
+        on-disk count cache keeps each unchanged file's totals, so a new process reads them)."""
         from ragkit.prompt import Framing
+        from ragkit.tokens import file_stamps
 
         with self._lock:
             known = self._doc_tokens.get(counter.encoding_name)
             if known is None or known[0] is not sources:
-                known = self._doc_tokens[counter.encoding_name] = (sources, Framing(counter).count_sources(sources))
+                path = Path(getattr(self.corpus, "path", self.path)).resolve()
+                stamps = file_stamps(path if path.is_dir() else path.parent, {s.source for s in sources},
+                                     self._docs_read_ns)
+                counts = Framing(counter).count_sources(
+                    sources, stamps=stamps, shape=f"text_field={getattr(self.corpus, 'text_field', 'text')}")
+                known = self._doc_tokens[counter.encoding_name] = (sources, counts)
             return known[1]
 
     def _plan(self, spec, sources: list[SourceRef], question: str, answer_tokens: int | None, strategy: str | None,
@@ -301,7 +314,7 @@ class Session:
         if order == "document" or len(sources) < 2:
             return sources
         with self._lock:
-            known = getattr(self, "_term_ranker", None)
+            known = self._term_ranker
             if known is None or known[0] is not sources:
                 texts = [f"{s.title}\n{s.text}" if s.title else s.text for s in sources]
                 known = self._term_ranker = (sources, TermRanker(texts))
@@ -321,7 +334,8 @@ class Session:
         the finished prompt and calls again with a smaller budget if it still overshoots.
         """
         self.ensure_index()
-        titles = self._titles()
+        with self._lock:
+            titles = self._doc_titles
         per_chunk = counter.planning_tokens(per_source)
         if budget <= per_chunk:
             raise InputError(f"no room for any retrieved chunk ({budget:,}-token budget); "
@@ -334,12 +348,6 @@ class Session:
             raise InputError(f"retrieval found nothing that fits the {budget:,}-token budget for this question "
                              f"under {self.path}; check the index (ragkit index {self.path}).")
         return sources
-
-    def _titles(self) -> dict[str, str]:
-        with self._lock:
-            if not hasattr(self, "_title_map"):
-                self._title_map = {s.doc_id: s.title for s in (self._doc_sources or []) if s.title}
-            return self._title_map
 
     def ask(self, question: str, *, model: str | None = None, answer_tokens: int | None = None,
             strategy: str | None = None, on_text: Callable[[str], None] | None = None,
@@ -433,9 +441,10 @@ class Session:
         with self._lock:
             self._docs = None
             self._doc_sources = None
+            self._doc_titles = {}
             self._doc_tokens.clear()
+            self._term_ranker = None
             self._index_status = None
-            self.__dict__.pop("_title_map", None)
 
     def close(self) -> None:
         with self._lock:

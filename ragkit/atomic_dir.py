@@ -2,6 +2,7 @@
 
 Used by the local model's conversion and the embedding exports: concurrent processes build it once,
 and a killed build leaves no folder that looks finished (its temp folder is removed by the next build).
+`crash_point` is the kill -9 hook the atomicity tests of this, the index store and the exports share.
 """
 from __future__ import annotations
 
@@ -10,6 +11,14 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
+
+
+def crash_point(name: str) -> None:
+    """Test hook: RAGKIT_CRASH_AT=<name> kills this process with SIGKILL right here (atomicity tests)."""
+    if os.environ.get("RAGKIT_CRASH_AT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def build_once(final: Path, is_done: Callable[[Path], bool], build: Callable[[Path], None]) -> Path:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import time
@@ -28,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ragkit.atomic_dir import build_once
+from ragkit.atomic_dir import build_once, crash_point
 from ragkit.config import cache_dir, embed_backend, set_offline_env
 from ragkit.errors import ConfigError
 
@@ -160,7 +159,7 @@ def _export(name: str, source: str, backend: Backend, out: Path, *, log) -> None
         with _quiet():
             _load_st(source, backend.runtime).save_pretrained(str(out))
         model_file = "onnx/model.onnx" if backend.runtime == "onnx" else "openvino/openvino_model.xml"
-    _crash_point("after_export")
+    crash_point("after_export")
     if not (out / model_file).is_file():
         raise ConfigError(f"exporting {name} to {backend.key} did not produce {model_file}")
     provenance = {
@@ -203,12 +202,6 @@ def _load_st(path: str, runtime: str):
         raise ConfigError(f"cannot load the embedding model with backend {runtime!r} ({type(exc).__name__}: "
                           f"{str(exc)[:200]}); install it with pip install 'ragkit[{extra}]', "
                           f"or use --embed-backend torch.") from None
-
-
-def _crash_point(name: str) -> None:
-    """Tests kill the process here (RAGKIT_CRASH_AT=name) to prove the export is atomic."""
-    if os.environ.get("RAGKIT_CRASH_AT") == name:
-        os.kill(os.getpid(), 9)
 
 
 def _version(dist: str) -> str:

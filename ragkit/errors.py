@@ -22,7 +22,22 @@ class IndexError_(RagkitError):
 
 
 class ProviderError(RagkitError):
-    """A model API call failed (after retries); the message names the endpoint or variable, never the key."""
+    """A model API call failed (after retries); the message names the endpoint or variable, never the key.
+
+    `kind` says what failed, for code that decides what to do next (route.py's fallback) without
+    reading the sentence: auth, not_found, rate_limit, server, timeout, connection, bad_request,
+    context_length, malformed, incomplete_stream, or "" (anything else). Set where the SDK's
+    exception is translated (providers/base.sdk_error)."""
+
+    kind = ""
+
+    def __init__(self, message: str = "", kind: str | None = None):
+        super().__init__(message)
+        if kind is not None:
+            self.kind = kind
+
+    def __reduce__(self):  # the kind survives pickling (process pools)
+        return type(self), (str(self), self.kind)
 
 
 class IndexBusy(IndexError_):
@@ -35,3 +50,5 @@ class IndexBusy(IndexError_):
 
 class IncompleteStream(ProviderError):
     """A streamed answer stopped before the model's end marker: the text so far is not an answer."""
+
+    kind = "incomplete_stream"

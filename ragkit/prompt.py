@@ -94,6 +94,10 @@ def fence_tag(texts: list[str]) -> str:
 
 # Stands in for the real tag when counting: every tag has the same token count (see fence_tag).
 ESTIMATE_TAG = "source-31415926"
+# Part of the key of per-file totals in the count cache: bump it when a source's block renders
+# differently (format_source) or a file loads into different documents (loaders), so no process
+# reads totals counted the old way.
+FRAMING_VERSION = 1
 
 _ATTR_BAD = re.compile(r'["<>\r\n\t]+')
 
@@ -179,27 +183,48 @@ class Framing:
             digits += 1
         return extra
 
-    def sources_tokens(self, block_tokens: list[int]) -> int:
-        """Tokens the sources add to the prompt, given each one's block_text count."""
-        n = len(block_tokens)
-        return sum(block_tokens) + self.separator_tokens * max(0, n - 1) + self.number_tokens(n)
+    def sources_tokens(self, block_tokens: int, n: int) -> int:
+        """Tokens n sources add to the prompt, given the total of their block_text counts."""
+        return block_tokens + self.separator_tokens * max(0, n - 1) + self.number_tokens(n)
 
-    def count_sources(self, sources: list[SourceRef], *, use_cache: bool = True) -> SourceTokens:
+    def count_sources(self, sources: list[SourceRef], *, use_cache: bool = True, stamps: dict | None = None,
+                      shape: str = "") -> SourceTokens:
         """Counts the sources' texts and blocks, through the on-disk count cache by default, so an
-        unchanged corpus is counted once ever."""
-        texts = [s.text for s in sources]
-        blocks = [self.block_text(s) for s in sources]
-        if use_cache:
-            from ragkit.tokens import CountCache
+        unchanged corpus is counted once ever.
 
-            cache = CountCache()
-            try:
-                text_counts, block_counts = cache.count_many(self.counter, texts), cache.count_many(self.counter, blocks)
-            finally:
-                cache.close()
-        else:
-            text_counts, block_counts = self.counter.count_many(texts), self.counter.count_many(blocks)
-        return SourceTokens(len(sources), sum(text_counts), self.sources_tokens(block_counts))
+        stamps (tokens.file_stamps: source file -> (path, size, mtime_ns)) let an unchanged file's
+        totals come from the cache in a new process without rendering or hashing its sources; shape
+        names whatever else turned the file into these sources (the loader's settings).
+        """
+        if not use_cache:
+            texts = self.counter.count_many(s.text for s in sources)
+            blocks = self.counter.count_many(self.block_text(s) for s in sources)
+            return SourceTokens(len(sources), sum(texts), self.sources_tokens(sum(blocks), len(sources)))
+        from ragkit.tokens import CountCache
+
+        by_file: dict[str, list[SourceRef]] = {}
+        for s in sources:
+            by_file.setdefault(s.source, []).append(s)
+        encoding, shape = self.counter.encoding_name, f"framing {FRAMING_VERSION}; {shape}"
+        stamps = {rel: st for rel, st in (stamps or {}).items() if rel in by_file}
+        cache = CountCache()
+        try:
+            totals = {rel: t for rel, t in cache.file_totals(encoding, shape, stamps).items()
+                      if t[0] == len(by_file[rel])}  # [documents, text tokens, block tokens]
+            todo = [s for rel, group in by_file.items() if rel not in totals for s in group]
+            texts = cache.count_many(self.counter, [s.text for s in todo])
+            blocks = cache.count_many(self.counter, [self.block_text(s) for s in todo])
+            fresh: dict[str, list[int]] = {}
+            for s, t, b in zip(todo, texts, blocks):
+                acc = fresh.setdefault(s.source, [0, 0, 0])
+                acc[0], acc[1], acc[2] = acc[0] + 1, acc[1] + t, acc[2] + b
+            cache.save_file_totals(encoding, shape, stamps, fresh)
+        finally:
+            cache.close()
+        totals.update(fresh)
+        n = len(sources)
+        return SourceTokens(n, sum(t[1] for t in totals.values()),
+                            self.sources_tokens(sum(t[2] for t in totals.values()), n))
 
 
 _CITE = re.compile(r"\[\s*(?:sources?\s*)?(\d+(?:\s*(?:,|;|and|-|–)\s*(?:sources?\s*)?\d+)*)\s*\]", re.I)

@@ -9,13 +9,13 @@
       -> drop those the daily budget cannot pay -> cheapest first; the rest are its fallbacks
 
 At call time (`Session(model="auto").ask`) the next candidate answers when the one before fails after
-its retries (429, 5xx, timeouts, broken connections) or the prompt is over its context length.
+its retries (429, 5xx, timeouts, broken connections) or the prompt is over its context length; it
+decides on the error's `kind` (ragkit.errors.ProviderError), never on its wording.
 
 `select_model` is the article's router, reproduced exactly (it returns the article's API model names).
 """
 from __future__ import annotations
 
-import re
 import tomllib
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -206,20 +206,16 @@ def decide(session, question: str, *, task: str = DEFAULT_TASK, floor: float | N
     return Route(task, question, floor, max_ttft_s, left, tuple(out), order, policy.source)
 
 
-_FALLBACK = [(re.compile(r"HTTP 429"), "rate-limited"),
-             (re.compile(r"HTTP 5\d\d"), "server error"),
-             (re.compile(r"did not answer within|stopped sending|could not connect|cannot reach|broke off"),
-              "timeout or connection failure"),
-             (re.compile(r"context.{0,20}(length|window)|maximum context|too many tokens", re.I), "context length")]
+# ProviderError.kind -> why the next candidate answers. Any other kind stops: a wrong key, an unknown
+# model, a request the API refused as malformed (another model would be charged for the same mistake),
+# a malformed reply, or a stream cut after part of the answer was already shown.
+FALLBACK_KINDS = {"rate_limit": "rate-limited", "server": "server error", "timeout": "timeout or connection failure",
+                  "connection": "timeout or connection failure", "context_length": "context length"}
 
 
 def fallback_reason(exc: Exception) -> str | None:
-    """Why the next candidate should answer after this failure (retries already spent), or None:
-    a wrong key, an unknown model or a malformed reply is not fixed by another model."""
-    if not isinstance(exc, ProviderError):
-        return None
-    text = str(exc)
-    return next((why for pattern, why in _FALLBACK if pattern.search(text)), None)
+    """Why the next candidate should answer after this failure (retries already spent), or None."""
+    return FALLBACK_KINDS.get(exc.kind) if isinstance(exc, ProviderError) else None
 
 
 @dataclass(frozen=True)

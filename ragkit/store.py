@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ragkit.atomic_dir import crash_point as _crash_point  # corpus.py: _store._crash_point
 from ragkit.console import warn
 from ragkit.errors import IndexBusy, IndexError_
 
@@ -43,14 +44,6 @@ HNSW_EF_CONSTRUCTION = 40
 HNSW_EF_SEARCH = 128           # recall@10 0.98 -> 0.99 vs 64 on real NQ questions, ~1 ms a query
 TOMBSTONE_REBUILD_FRACTION = 0.2
 UNREADABLE = "unreadable"      # the sha256 recorded for a file whose bytes could not be read
-
-
-def _crash_point(name: str) -> None:
-    """Test hook: RAGKIT_CRASH_AT=<name> kills this process with SIGKILL right here (atomicity tests)."""
-    if os.environ.get("RAGKIT_CRASH_AT") == name:
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import math
 import os
 import sqlite3
@@ -128,8 +129,33 @@ def counter_for(model) -> TokenCounter:
     return TokenCounter(spec.encoding, spec.exact_tokens, 0.0 if spec.exact_tokens else spec.token_margin)
 
 
+# A file modified this close before its documents were read may change again within the filesystem's
+# timestamp granularity without its stamp changing: its totals are not cached (git's "racy" rule).
+RACY_NS = 2_000_000_000
+
+
+def file_stamps(root: Path, rels, read_since_ns: int) -> dict[str, tuple[str, int, int]]:
+    """rel -> (path, size, mtime_ns) for the files under `root` whose documents were read at or after
+    `read_since_ns` and that were last modified safely before it; others are left out (not cacheable)."""
+    stamps = {}
+    for rel in rels:
+        path = Path(root) / rel
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        if st.st_mtime_ns < read_since_ns - RACY_NS:
+            stamps[rel] = (str(path), st.st_size, st.st_mtime_ns)
+    return stamps
+
+
 class CountCache:
-    """Token counts keyed by (encoding, sha256 of the text): unchanged documents are never re-counted."""
+    """Token counts keyed by (encoding, sha256 of the text): unchanged documents are never re-counted.
+
+    Per-file totals (file_totals / save_file_totals) are keyed by the file's path, size and mtime_ns,
+    the encoding and a `shape` (what turns the file into the counted texts), so a new process reads an
+    unchanged corpus's totals without hashing its texts; a changed file misses and is counted again.
+    """
 
     def __init__(self, path: Path | None = None):
         self.path = Path(path) if path else cache_dir() / "token-counts.sqlite"
@@ -138,6 +164,8 @@ class CountCache:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS counts (encoding TEXT, sha256 TEXT, tokens INTEGER, "
                          "PRIMARY KEY (encoding, sha256))")
+        self._db.execute("CREATE TABLE IF NOT EXISTS file_totals (path TEXT, encoding TEXT, shape TEXT, size INTEGER, "
+                         "mtime_ns INTEGER, totals TEXT, PRIMARY KEY (path, encoding, shape))")
 
     def count_many(self, counter: TokenCounter, texts: list[str]) -> list[int]:
         keys = [hashlib.sha256(t.encode("utf-8", "surrogatepass")).hexdigest() for t in texts]
@@ -157,6 +185,23 @@ class CountCache:
                                      [(counter.encoding_name, k, n) for k, n in new.items()])
             known.update(new)
         return [known[k] for k in keys]
+
+    def file_totals(self, encoding: str, shape: str, stamps: dict) -> dict[str, list[int]]:
+        """rel -> the totals saved for that file while it had the same path, size and mtime_ns."""
+        out = {}
+        for rel, (path, size, mtime_ns) in stamps.items():
+            row = self._db.execute("SELECT totals FROM file_totals WHERE path = ? AND encoding = ? AND shape = ? "
+                                   "AND size = ? AND mtime_ns = ?", (path, encoding, shape, size, mtime_ns)).fetchone()
+            if row:
+                out[rel] = json.loads(row[0])
+        return out
+
+    def save_file_totals(self, encoding: str, shape: str, stamps: dict, totals: dict[str, list[int]]) -> None:
+        """Saves each stamped file's totals (one row per file, replaced when the file changes)."""
+        with self._db:
+            self._db.executemany("INSERT OR REPLACE INTO file_totals VALUES (?, ?, ?, ?, ?, ?)",
+                                 [(stamps[rel][0], encoding, shape, stamps[rel][1], stamps[rel][2], json.dumps(t))
+                                  for rel, t in totals.items() if rel in stamps])
 
     def close(self) -> None:
         self._db.close()

@@ -1,7 +1,9 @@
-"""Shared test settings: offline model loading, isolated ragkit home/cache/config, the --slow switch."""
+"""Shared test settings: offline model loading, isolated ragkit home/cache/config, the --slow switch;
+shared fixtures (helpers.py holds the shared plain functions)."""
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -38,3 +40,14 @@ def _isolated_config(tmp_path_factory, monkeypatch):
                 "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL", "RAGKIT_MODEL"):
         monkeypatch.delenv(var, raising=False)
     yield
+
+
+@pytest.fixture
+def sample_corpus(tmp_path):
+    """A private copy of the bundled sample corpus, so its index lands in tmp."""
+    from helpers import SAMPLE
+
+    dest = tmp_path / "nq-wiki-sample"
+    dest.mkdir()
+    shutil.copy(SAMPLE / "passages.jsonl", dest / "passages.jsonl")
+    return dest

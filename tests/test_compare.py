@@ -10,22 +10,16 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import model_world as w
+from helpers import run
 from llm_server import LLMServer
-from ragkit.cli import main
 from ragkit.compare import load_golden
 from ragkit.evals.compare_report import paired_bootstrap
 from ragkit.ledger import Ledger
 from ragkit.models import get_model
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(args) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, args)
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture

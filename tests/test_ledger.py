@@ -4,11 +4,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 import queue
-import shutil
 import sqlite3
 import threading
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -182,17 +180,6 @@ def test_another_programs_sqlite_file_is_not_taken_for_a_ledger(tmp_path):
 
 
 # ---- every paid call reaches the ledger: ask and eval, through the real SDK to a local server ------------
-SAMPLE = Path(__file__).resolve().parents[1] / "corpora" / "nq-wiki-sample"
-
-
-@pytest.fixture
-def sample_corpus(tmp_path) -> Path:
-    dest = tmp_path / "docs"
-    dest.mkdir()
-    shutil.copy(SAMPLE / "passages.jsonl", dest / "passages.jsonl")
-    return dest
-
-
 def test_ask_returns_the_answer_it_paid_for_when_the_ledger_is_garbage(tmp_path, monkeypatch, sample_corpus):
     monkeypatch.setenv("RAGKIT_HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()

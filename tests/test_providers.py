@@ -195,3 +195,40 @@ def test_local_provider_is_resolved_lazily_and_rejects_base_url():
     assert isinstance(provider, Provider)
     with pytest.raises(ConfigError, match="base-url"):
         provider_for(spec, base_url="http://127.0.0.1:8080/v1")
+
+
+# What failed, as a kind callers decide on (route.py's fallback), set where each SDK's exception is
+# translated: the same fault gives the same kind over both wire protocols.
+KINDS = [
+    ("rate_limit", Fault.rate_limited(), False),
+    ("server", Fault.server_error(503), False),
+    ("timeout", Fault.slow(10), False),
+    ("bad_request", Fault.status(400, "Invalid 'temperature': proxy said HTTP 503 upstream"), False),
+    ("context_length", Fault.status(400, "This model's maximum context length is 16385 tokens"), False),
+    ("context_length", Fault.status(400, "prompt is too long: 201234 tokens > 200000 maximum"), False),
+    ("auth", Fault.status(401, "invalid x-api-key"), False),
+    ("auth", Fault.status(403, "no access to this model"), False),
+    ("not_found", Fault.status(404, "no such model"), False),
+    ("malformed", Fault.malformed(), False),
+    ("connection", Fault.reset(), False),
+    ("incomplete_stream", Fault.reset(mid_stream=True), True),
+    ("incomplete_stream", Fault.cut_stream(), True),
+]
+
+
+@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+@pytest.mark.parametrize("kind, fault, stream", KINDS, ids=[f"{k}-{i}" for i, (k, _f, _s) in enumerate(KINDS)])
+def test_each_failure_carries_its_kind(protocol, kind, fault, stream, monkeypatch):
+    with LLMServer(responder=lambda req: fault) as srv:
+        provider = make(protocol, srv, monkeypatch, timeout_s=0.4, max_retries=0)
+        with pytest.raises(ProviderError) as err:
+            provider.complete("s", "q", max_tokens=5, on_text=(lambda t: None) if stream else None)
+    assert err.value.kind == kind, str(err.value)
+    assert SECRET not in str(err.value)
+
+
+def test_the_kind_survives_pickling():
+    import pickle
+
+    back = pickle.loads(pickle.dumps(ProviderError("HTTP 429 from x", kind="rate_limit")))
+    assert (str(back), back.kind) == ("HTTP 429 from x", "rate_limit")

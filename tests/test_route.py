@@ -8,22 +8,16 @@ import os
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import model_world as w
-from llm_server import LLMServer
+from helpers import run
+from llm_server import Fault, LLMServer
 from ragkit.answer import Session
-from ragkit.cli import main
-from ragkit.errors import ConfigError
+from ragkit.errors import ConfigError, ProviderError
 from ragkit.ledger import Ledger, LedgerEntry
 from ragkit.route import select_model
 
 Q = "What is the code of item 7?"
-
-
-def run(args) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, args)
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.mark.parametrize("task, floor, volume, expected", [
@@ -110,6 +104,52 @@ def test_auto_falls_back_when_the_chosen_model_rate_limits_forever(tmp_path):
     assert attempt["model"] == "limited" and attempt["reason"] == "rate-limited" and "429" in attempt["error"]
     assert answer.route["why"] == "fallback after limited (rate-limited)"
     assert [(e.model, e.task) for e in Ledger().entries()] == [("twin", "ask")]   # only the answer was paid
+
+
+# The chosen model ("limited", the cheapest) fails once with each fault; "twin" stands behind it.
+FALLS_BACK = [("rate-limited", Fault.rate_limited(), False),
+              ("server error", Fault.server_error(502), False),
+              ("timeout or connection failure", Fault.slow(10), False),
+              ("timeout or connection failure", Fault.reset(), False),
+              ("context length", Fault.status(400, "This model's maximum context length is 16000 tokens"), False)]
+STOPS = [("bad_request", Fault.status(400, "Invalid 'temperature': proxy said HTTP 503 upstream"), False),
+         ("bad_request", Fault.status(422, "'response_format' is not supported by this model"), False),
+         ("auth", Fault.status(401, "invalid key"), False),
+         ("not_found", Fault.status(404, "no such model"), False),
+         ("malformed", Fault.malformed(), False),
+         ("incomplete_stream", Fault.reset(mid_stream=True), True),   # part of an answer was already shown
+         ("incomplete_stream", Fault.hang(mid_stream=True), True)]
+
+
+def failing_first(fault):
+    return lambda req: fault if req.model == "limited-served" else w.responder(req)
+
+
+@pytest.mark.parametrize("reason, fault, stream", FALLS_BACK, ids=[f"{r}-{i}" for i, (r, _f, _s) in enumerate(FALLS_BACK)])
+def test_auto_falls_back_on_failures_another_model_can_fix(tmp_path, reason, fault, stream):
+    with LLMServer(responder=failing_first(fault)) as srv:
+        corpus = world(srv, tmp_path, '\n[router.tasks.qa]\nmodels = ["limited", "twin"]\n')
+        with Session(corpus, model="auto", max_retries=0, timeout_s=0.5) as s:
+            answer = s.ask(Q)
+        served = [r.model for r in srv.requests]
+    assert served == ["limited-served", "twin-served"]
+    assert answer.model == "twin" and [a["reason"] for a in answer.route["attempts"]] == [reason]
+    assert [(e.model, e.task) for e in Ledger().entries()] == [("twin", "ask")]   # exactly the call that answered
+
+
+@pytest.mark.parametrize("kind, fault, stream", STOPS, ids=[f"{k}-{i}" for i, (k, _f, _s) in enumerate(STOPS)])
+def test_auto_stops_on_failures_another_model_would_repeat(tmp_path, kind, fault, stream):
+    """A request the API refused (400/422), a wrong key, a missing model, a malformed reply or a stream cut
+    mid-answer is not retried on the next model: nobody is charged twice for the same mistake, and a
+    half-shown answer is not followed by another model's."""
+    shown: list[str] = []
+    with LLMServer(responder=failing_first(fault)) as srv:
+        corpus = world(srv, tmp_path, '\n[router.tasks.qa]\nmodels = ["limited", "twin"]\n')
+        with Session(corpus, model="auto", max_retries=0, timeout_s=0.5) as s, pytest.raises(ProviderError) as err:
+            s.ask(Q, on_text=shown.append if stream else None)
+        served = [r.model for r in srv.requests]
+    assert err.value.kind == kind and served == ["limited-served"]
+    assert Ledger().entries() == []
 
 
 def test_a_model_with_no_fallback_left_raises_its_own_error(tmp_path):

@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Callable
 
 from ragkit.errors import ProviderError
-from ragkit.providers.base import Completion, StreamTracker, explain_sdk_error, resolve_key
+from ragkit.providers.base import Completion, StreamTracker, resolve_key, sdk_error
 
 DEFAULT_ANTHROPIC_URL = "https://api.anthropic.com"
 _STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
@@ -73,7 +73,7 @@ class AnthropicProvider:
         except Exception as exc:
             if tracker is not None and exc is tracker.callback_error:
                 raise  # the caller's own on_text failed: theirs to see as it is
-            raise ProviderError(self._explain(exc, mid_stream=tracker is not None and tracker.mid_stream)) from None
+            raise self._error(exc, mid_stream=tracker is not None and tracker.mid_stream) from None
 
     def _stream(self, client, kwargs, tracker: StreamTracker) -> Completion:
         started = False
@@ -88,7 +88,7 @@ class AnthropicProvider:
                     tracker.end()
             if tracker.events and not started:  # the SDK would fail on an assert with no message
                 raise ProviderError(f"{self.base_url} sent a stream without a message_start event: "
-                                    f"is it an Anthropic Messages endpoint?")
+                                    f"is it an Anthropic Messages endpoint?", kind="malformed")
             _text, ttft, latency = tracker.result()  # no message_stop: IncompleteStream
             msg = stream.get_final_message()
         return self._completion(msg, ttft, latency)
@@ -100,12 +100,12 @@ class AnthropicProvider:
                 model=self.spec.api_model, messages=[{"role": "user", "content": text}])
             return int(result.input_tokens)
         except Exception as exc:
-            raise ProviderError(self._explain(exc)) from None
+            raise self._error(exc) from None
 
     def _completion(self, msg, ttft: float, latency: float, tool: str | None = None) -> Completion:
         if msg is None or getattr(msg, "usage", None) is None:
             raise ProviderError(f"{self.base_url} sent an incomplete Messages response (no usage); "
-                                f"is it an Anthropic-compatible endpoint?")
+                                f"is it an Anthropic-compatible endpoint?", kind="malformed")
         text = "".join(getattr(block, "text", "") or "" for block in (msg.content or ())
                        if getattr(block, "type", "") == "text")
         if tool is not None:  # the forced tool's input is the answer (JSON); no tool_use block: the text, validated
@@ -117,10 +117,10 @@ class AnthropicProvider:
             finish_reason=_STOP.get(msg.stop_reason or "end_turn", msg.stop_reason or "stop"),
         )
 
-    def _explain(self, exc: Exception, *, mid_stream: bool = False) -> str:
+    def _error(self, exc: Exception, *, mid_stream: bool = False) -> ProviderError:
         import anthropic
 
-        return explain_sdk_error(
+        return sdk_error(
             anthropic, exc, provider=self, key_var="ANTHROPIC_API_KEY", mid_stream=mid_stream,
             connection_hint="check the URL (--base-url / ANTHROPIC_BASE_URL) and your network.",
             not_found="", protocol="an Anthropic Messages endpoint")

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-from ragkit.errors import ConfigError, IncompleteStream
+from ragkit.errors import ConfigError, IncompleteStream, ProviderError
 from ragkit.redact import redact
 
 
@@ -166,14 +167,27 @@ def _network_failure(sdk, exc: Exception) -> str | None:
     return None
 
 
-def explain_sdk_error(sdk, exc: Exception, *, provider, key_var: str, connection_hint: str,
-                      not_found: str, protocol: str, mid_stream: bool = False) -> str:
-    """One sentence for a failed call through the openai or anthropic SDK, keys redacted.
+_CONTEXT_LENGTH = re.compile(r"context.{0,20}(length|window)|maximum context|prompt is too long|too many tokens", re.I)
+
+
+def _over_context(exc) -> bool:
+    """A 400/413/422 that says the prompt is over the model's context: OpenAI's error code, or the
+    server's own message where it sends none (Anthropic, vLLM, llama.cpp)."""
+    if getattr(exc, "code", None) == "context_length_exceeded":
+        return True
+    return bool(_CONTEXT_LENGTH.search(str(getattr(exc, "message", "") or "")))
+
+
+def sdk_error(sdk, exc: Exception, *, provider, key_var: str, connection_hint: str,
+              not_found: str, protocol: str, mid_stream: bool = False) -> ProviderError:
+    """The ProviderError for a failed call through the openai or anthropic SDK: one sentence, keys
+    redacted, and its `kind` (see errors.ProviderError) for callers that decide what to do next.
 
     Both SDKs share one exception hierarchy (APITimeoutError, APIConnectionError, APIStatusError and
     its subclasses), so one mapping serves both; `sdk` is the imported module. The other arguments
     carry the protocol's own wording: the base-URL variable, the 404 cause, the protocol's name.
-    mid_stream: the response had started, so a transport error cut an answer rather than a request.
+    mid_stream: the response had started, so a transport error cut an answer rather than a request
+    (kind incomplete_stream: part of it may already have been shown).
     The sentence says what happened (refused, broke off, timed out) and how many requests were sent.
     """
     url, spec, secret = provider.base_url, provider.spec, provider._key
@@ -185,38 +199,41 @@ def explain_sdk_error(sdk, exc: Exception, *, provider, key_var: str, connection
     network = _network_failure(sdk, exc)
     cause = detail(exc.__cause__ if isinstance(exc, sdk.APIError) else exc)
     because = f" ({cause})" if cause else ""
+    status = getattr(exc, "status_code", None) if isinstance(exc, sdk.APIStatusError) else None
     if network in ("timeout", "connect timeout") and mid_stream:
-        msg = f"{url} stopped sending mid-answer (nothing for {wait}); try again later or raise --timeout."
+        kind, msg = "incomplete_stream", f"{url} stopped sending mid-answer (nothing for {wait}); try again later or raise --timeout."
     elif network == "connect timeout":
-        msg = f"could not connect to {url} within {wait}{tries}: {connection_hint}"
+        kind, msg = "timeout", f"could not connect to {url} within {wait}{tries}: {connection_hint}"
     elif network == "timeout":
-        msg = f"{url} did not answer within {wait}{tries}; try again later or raise --timeout."
+        kind, msg = "timeout", f"{url} did not answer within {wait}{tries}; try again later or raise --timeout."
     elif network == "connect":
-        msg = f"cannot reach {url}{tries}: {connection_hint}"
+        kind, msg = "connection", f"cannot reach {url}{tries}: {connection_hint}"
     elif network == "broken" and mid_stream:
-        msg = f"the connection to {url} broke off mid-answer{because}; try again."
+        kind, msg = "incomplete_stream", f"the connection to {url} broke off mid-answer{because}; try again."
     elif network == "broken":
-        msg = (f"{url} broke off its response before it was complete{tries}{because}; "
-               f"try again, or check the server's logs.")
+        kind, msg = "connection", (f"{url} broke off its response before it was complete{tries}{because}; "
+                                   f"try again, or check the server's logs.")
     elif isinstance(exc, sdk.AuthenticationError):
-        msg = f"{url} rejected the API key (HTTP 401): check {provider.key_env or spec.api_key_env or key_var}."
+        kind, msg = "auth", f"{url} rejected the API key (HTTP 401): check {provider.key_env or spec.api_key_env or key_var}."
     elif isinstance(exc, sdk.PermissionDeniedError):
-        msg = f"{url} refused access to model '{spec.api_model}' (HTTP 403): check the key's permissions."
+        kind, msg = "auth", f"{url} refused access to model '{spec.api_model}' (HTTP 403): check the key's permissions."
     elif isinstance(exc, sdk.NotFoundError):
-        msg = f"{url} has no model '{spec.api_model}'{not_found} (HTTP 404): check --model and --base-url."
+        kind, msg = "not_found", f"{url} has no model '{spec.api_model}'{not_found} (HTTP 404): check --model and --base-url."
     elif isinstance(exc, sdk.RateLimitError):
         after = exc.response.headers.get("retry-after")
         asks = f"; it asks to wait {after} s" if after else ""
-        msg = f"{url} rate-limited the call (HTTP 429){tries}{asks}: wait and try again, or check your quota."
-    elif isinstance(exc, sdk.APIStatusError):
-        msg = (f"{url} failed with HTTP {exc.status_code} for model '{spec.id}'{tries}: "
+        kind, msg = "rate_limit", f"{url} rate-limited the call (HTTP 429){tries}{asks}: wait and try again, or check your quota."
+    elif status is not None:
+        kind = ("server" if status >= 500 else "timeout" if status == 408
+                else "context_length" if status in (400, 413, 422) and _over_context(exc) else "bad_request")
+        msg = (f"{url} failed with HTTP {status} for model '{spec.id}'{tries}: "
                f"{detail(getattr(exc, 'message', ''))}")
     elif isinstance(exc, _MALFORMED):  # json.JSONDecodeError, SDK parse errors, events in an unexpected shape
         what = "not valid JSON" if "JSONDecodeError" in type(exc).__name__ else f"unexpected {type(exc).__name__}"
-        msg = f"{url} sent a malformed response ({what}): is it {protocol}?"
+        kind, msg = "malformed", f"{url} sent a malformed response ({what}): is it {protocol}?"
     elif isinstance(exc, sdk.APIError):
-        msg = f"{url} returned an error for model '{spec.id}': {detail(exc)}"
+        kind, msg = "", f"{url} returned an error for model '{spec.id}': {detail(exc)}"
     else:
         text = detail(exc)
-        msg = f"calling {url} failed ({type(exc).__name__}){': ' + text if text else ''}"
-    return redact(msg, secret)
+        kind, msg = "", f"calling {url} failed ({type(exc).__name__}){': ' + text if text else ''}"
+    return ProviderError(redact(msg, secret), kind=kind)

@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Callable
 
 from ragkit.errors import ProviderError
-from ragkit.providers.base import Completion, StreamTracker, explain_sdk_error, resolve_key
+from ragkit.providers.base import Completion, StreamTracker, resolve_key, sdk_error
 
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 
@@ -64,7 +64,7 @@ class OpenAICompatProvider:
         except Exception as exc:  # every SDK/parse failure becomes one sentence, never a traceback
             if tracker is not None and exc is tracker.callback_error:
                 raise  # the caller's own on_text failed: theirs to see as it is
-            raise ProviderError(self._explain(exc, mid_stream=tracker is not None and tracker.mid_stream)) from None
+            raise self._error(exc, mid_stream=tracker is not None and tracker.mid_stream) from None
 
     def _response_format(self, schema) -> tuple[dict, str]:
         """(extra create() kwargs, enforcement) for a schema: strict json_schema where the registry says the
@@ -83,7 +83,7 @@ class OpenAICompatProvider:
         latency = time.perf_counter() - start
         if not getattr(resp, "choices", None):
             raise ProviderError(f"{self.base_url} answered without any choices; is it an OpenAI-compatible "
-                                f"Chat Completions endpoint?")
+                                f"Chat Completions endpoint?", kind="malformed")
         choice = resp.choices[0]
         text = (choice.message.content or "") if choice.message else ""
         usage = resp.usage
@@ -130,10 +130,10 @@ class OpenAICompatProvider:
     def _estimate(self, messages) -> int:
         return sum(self._estimate_text(m["content"]) for m in messages) + 4 * len(messages)
 
-    def _explain(self, exc: Exception, *, mid_stream: bool = False) -> str:
+    def _error(self, exc: Exception, *, mid_stream: bool = False) -> ProviderError:
         import openai
 
-        return explain_sdk_error(
+        return sdk_error(
             openai, exc, provider=self, key_var="OPENAI_API_KEY", mid_stream=mid_stream,
             connection_hint="check the URL (--base-url / OPENAI_BASE_URL) and that the server is running.",
             not_found=" or no Chat Completions route", protocol="an OpenAI-compatible endpoint")
