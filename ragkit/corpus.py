@@ -396,6 +396,7 @@ class Corpus:
             if self._gen is not None:
                 self._gen.close()
                 self._gen = None
+            self.store.close()
 
 
 def _wanted_backend(requested: str | None, have: dict | None):

@@ -41,7 +41,7 @@ MAX_VARCHAR = 65_535
 FILTER_FIELDS = "source, doc_id, title, rel, position, start_char, end_char, tokens"
 _CHUNK_FIELDS = ["id", "doc_id", "source", "position", "start_char", "end_char", "text", "tokens", "title"]
 _FILE_FIELDS = ["rel", "size", "mtime_ns", "sha256", "chunks", "skipped"]
-_clients: dict[str, object] = {}
+_clients: dict[str, list] = {}   # uri -> [client, number of open stores using it]
 _clients_lock = threading.Lock()
 
 
@@ -51,22 +51,44 @@ def _pymilvus():
     except ImportError:
         raise ConfigError("a Milvus store needs the [milvus] extra: pip install 'ragkit[milvus]'") from None
     logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # its errors reach the user as one sentence
+    # Milvus Lite's in-process gRPC server logs a traceback when the query iterator probes an RPC it
+    # lacks (AllocTimestamp) and falls back; the iterator works, the traceback would only alarm.
+    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+    logging.getLogger("milvus_lite").setLevel(logging.CRITICAL)  # "another process holds the lock": said once, below
     return pymilvus
 
 
-def _client(uri: str):
-    """One client per URI per process (Milvus Lite serves a .db to one process at a time)."""
+def _client(uri: str, hold: bool):
+    """One client per URI per process (Milvus Lite serves a .db to one process at a time); `hold` counts
+    a new user of it, released by _release."""
     pymilvus = _pymilvus()
     with _clients_lock:
         if uri not in _clients:
             try:
-                _clients[uri] = pymilvus.MilvusClient(uri)
+                _clients[uri] = [pymilvus.MilvusClient(uri), 0]
             except pymilvus.exceptions.MilvusException as exc:
                 where = (f"the Milvus Lite database {uri} is open in another process (Milvus Lite serves one "
                          f"process at a time: wait for it, or use a Milvus server, --store milvus://HOST:19530/NAME)"
                          if not uri.startswith("http") else f"cannot reach Milvus at {uri}; is the server running?")
                 raise IndexError_(f"{where} ({getattr(exc, 'message', exc)})") from None
-        return _clients[uri]
+        _clients[uri][1] += hold
+        return _clients[uri][0]
+
+
+def _release(uri: str) -> None:
+    """Closes the URI's client when its last store closes (frees a Milvus Lite .db for other processes)."""
+    with _clients_lock:
+        held = _clients.get(uri)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] <= 0:
+            del _clients[uri]
+            held[0].close()
+            if not uri.startswith("http"):  # closing the client leaves Milvus Lite's server holding the .db
+                from milvus_lite.server_manager import server_manager_instance
+
+                server_manager_instance.release_server(uri)
 
 
 def _gen_no(name: str | None) -> int:
@@ -85,8 +107,12 @@ class CollectionView:
         if client.get_load_state(name).get("state").name != "Loaded":  # a reopened database starts released
             client.load_collection(name)
             client.load_collection(name + "_files")
-        (row,) = client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
-        self.live_chunks = int(row["count(*)"])
+
+    @property
+    def live_chunks(self) -> int:
+        """Counted by Milvus each time: incremental updates change the collection in place."""
+        (row,) = self.client.query(self.name, filter="", output_fields=["count(*)"], consistency_level="Strong")
+        return int(row["count(*)"])
 
     @property
     def settings(self) -> dict:
@@ -119,13 +145,23 @@ class MilvusStore:
     def __init__(self, spec, state_dir: Path):
         self.spec, self.alias, self.state_dir = spec, spec.collection, state_dir
         self.location = spec.url
+        self._holding = False
+        self._hold_lock = threading.Lock()
         self.cache_path = state_dir / "embcache.sqlite"
         lite = (Path(spec.uri), Path(spec.uri + ".ragkit")) if spec.kind == "milvus-lite" else ()
         self.private_paths = (state_dir, *lite)   # never indexed as documents
 
     @property
     def client(self):
-        return _client(self.spec.uri)
+        with self._hold_lock:  # counted once per store, whichever thread asks first
+            hold, self._holding = not self._holding, True
+            return _client(self.spec.uri, hold)
+
+    def close(self) -> None:
+        with self._hold_lock:
+            held, self._holding = self._holding, False
+        if held:
+            _release(self.spec.uri)
 
     def index_hint(self, corpus_path: Path, default_dir: Path) -> str:
         return (f"no index in {self.location}; run `ragkit index {corpus_path} --store {self.location}` first")

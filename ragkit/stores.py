@@ -52,6 +52,8 @@ def parse_store(url: str | None) -> StoreSpec:
         path, _, coll = url.removeprefix("milvus-lite:").partition("#")
         if not path or (coll and not _COLLECTION.fullmatch(coll)):
             raise InputError(bad)
+        if not path.endswith(".db"):  # how pymilvus tells a Milvus Lite file from a server address
+            raise InputError(f"--store {url!r}: a Milvus Lite path ends in .db, e.g. milvus-lite:./index.db")
         return StoreSpec("milvus-lite", str(Path(path).expanduser().resolve()), coll or "ragkit")
     m = re.fullmatch(r"milvus://([A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\])(?::(\d{1,5}))?/([^/]+)", url)
     if not m or not _COLLECTION.fullmatch(m.group(3)):
@@ -125,6 +127,9 @@ class FolderStore:
         results = gen.search(vectors, k)
         rows = gen.chunks(sorted({i for r in results for i, _ in r}))
         return [[(rows[i], s) for i, s in r if i in rows] for r in results]
+
+    def close(self) -> None:
+        pass  # a generation holds its own files; Corpus.close() closes it
 
     def live_hashes(self, gen) -> set[str]:
         with gen._reading() as db:
