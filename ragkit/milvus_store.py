@@ -228,14 +228,14 @@ class MilvusStore:
 
     # -- writing ------------------------------------------------------------------------------------
     def write(self, old: CollectionView | None, settings: _store.Settings, *, remove_rels, file_records, new_chunks,
-              new_vectors, after: CollectionView | None = None, hnsw_threshold: int = 0) -> dict:
+              new_vectors, after: CollectionView | None = None, hnsw_threshold: int = _store.HNSW_THRESHOLD) -> dict:
         """Brings the alias's collection up to date: in place from `old`, or a new collection when old is None
         (first build, --rebuild) switched in by the alias. Returns the manifest."""
         import numpy as np
 
         vectors = np.ascontiguousarray(new_vectors, dtype="float32").reshape(-1, settings.dim)
         if old is None:
-            return self._build_new(settings, file_records, new_chunks, vectors, after)
+            return self._build_new(settings, file_records, new_chunks, vectors, after, hnsw_threshold)
         c = self.client
         touched = set(remove_rels) | {ch.rel for ch in new_chunks} | {f.rel for f in file_records if f.skipped}
         stale_ids = self._ids_of(old.name, sorted(touched))
@@ -249,14 +249,19 @@ class MilvusStore:
         self._upsert_files(old.name, file_records)
         return old.manifest
 
-    def _build_new(self, settings, file_records, new_chunks, vectors, after) -> dict:
+    def _build_new(self, settings, file_records, new_chunks, vectors, after, hnsw_threshold: int) -> dict:
         c = self.client
         name = f"{self.alias}__g{_gen_no(after.name if after else None) + 1:06d}"
         self._drop(name)  # left by a killed run: never aliased
+        # Chosen when the collection is made, at the folder's threshold; crossing it later keeps the
+        # collection's type until the next --rebuild (Milvus rebuilds an index only on a released collection).
+        index_type = "HNSW" if len(new_chunks) >= hnsw_threshold else "FLAT"
         manifest = {"format": FORMAT_VERSION, "generation": name, "settings": settings.to_dict(),
-                    "index_type": "milvus-FLAT", "metric": "IP",
+                    "index_type": f"milvus-{index_type}", "metric": "IP",
+                    "hnsw": {"M": _store.HNSW_M, "efConstruction": _store.HNSW_EF_CONSTRUCTION,
+                             "ef": _store.HNSW_EF_SEARCH} if index_type == "HNSW" else None,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        self._create(name, settings.dim, manifest)
+        self._create(name, settings.dim, manifest, index_type)
         self._insert_chunks(name, new_chunks, vectors)
         self._upsert_files(name, file_records)
         c.flush(name)
@@ -273,7 +278,7 @@ class MilvusStore:
                 self._drop(old)
         return manifest
 
-    def _create(self, name: str, dim: int, manifest: dict) -> None:
+    def _create(self, name: str, dim: int, manifest: dict, index_type: str) -> None:
         from pymilvus import DataType, MilvusClient
 
         c = self.client
@@ -286,7 +291,11 @@ class MilvusStore:
         for f in ("position", "start_char", "end_char", "tokens"):
             s.add_field(f, DataType.INT64)
         ip = c.prepare_index_params()
-        ip.add_index("vector", index_type="FLAT", metric_type="IP")  # exact, as the folder below 20K chunks
+        if index_type == "HNSW":
+            ip.add_index("vector", index_type="HNSW", metric_type="IP",
+                         params={"M": _store.HNSW_M, "efConstruction": _store.HNSW_EF_CONSTRUCTION})
+        else:
+            ip.add_index("vector", index_type="FLAT", metric_type="IP")  # exact, as the folder below 20K chunks
         ip.add_index("rel", index_type="INVERTED")
         c.create_collection(name, schema=s, index_params=ip, consistency_level="Strong",
                             properties={"ragkit.manifest": json.dumps(manifest)})
@@ -345,7 +354,9 @@ class MilvusStore:
             return []
         try:
             res = view.client.search(view.name, data=[v.tolist() for v in vectors], limit=k, filter=where or "",
-                                     output_fields=_CHUNK_FIELDS[1:], search_params={"metric_type": "IP"},
+                                     output_fields=_CHUNK_FIELDS[1:],
+                                     search_params={"metric_type": "IP", "params": {"ef": max(_store.HNSW_EF_SEARCH, k)}}
+                                     if view.kind == "milvus-HNSW" else {"metric_type": "IP"},
                                      consistency_level="Strong")
         except pymilvus.exceptions.MilvusException as exc:
             if where and getattr(exc, "code", None) in (6, 1100, 65535):

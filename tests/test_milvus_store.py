@@ -219,3 +219,12 @@ def test_ask_dry_run_through_the_cli_with_a_milvus_store(docs, url):
     assert "Mount Etna" in out["prompt"]["user"]
     bad = run("search", str(docs), "x", "--store", "milvus://host:1/bad-name")
     assert bad.returncode == 1 and bad.stderr.startswith("Error: --store") and len(bad.stderr.splitlines()) == 1
+
+
+def test_a_large_first_build_gets_an_hnsw_collection(docs, url):
+    corpus = Corpus.open(docs, store=url, hnsw_threshold=5, **SMALL)
+    report = corpus.index()
+    assert report.chunks_total >= 5 and report.index_type == "milvus-HNSW"
+    assert corpus._generation().manifest["hnsw"]["M"] == 32
+    assert corpus.search("Where is Mount Etna?", 1)[0].source == "geo/volcano.txt"
+    corpus.close()
