@@ -293,6 +293,11 @@ class Session:
         from ragkit.budget import plan_for_sources
         from ragkit.tokens import counter_for
 
+        if self.where:  # a filter selects retrieved chunks: stuffing would send every document regardless
+            if strategy == "stuff":
+                raise InputError("--where filters retrieved chunks, so it cannot be used with --strategy stuff; "
+                                 "drop one of them")
+            strategy = "retrieve"
         return plan_for_sources(spec, sources, question, answer_tokens=answer_tokens, strategy=strategy,
                                 counts=self._counts(counter_for(spec), sources), frame=frame)
 

@@ -210,13 +210,17 @@ def test_ask_dry_run_through_the_cli_with_a_milvus_store(docs, url):
                                     text=True, timeout=600)
     idx = run("index", str(docs), "--store", url, "-q", "--chunk-tokens", "48", "--overlap-tokens", "8")
     assert idx.returncode == 0 and "milvus-FLAT index ragkit__g000001" in idx.stdout, idx.stderr[-2000:]
-    ask = run("ask", str(docs), "Where is Mount Etna?", "--store", url, "--dry-run", "--json", "-s", "retrieve",
+    # The corpus fits gpt-4o-mini whole; --where makes the plan retrieve (a filter selects chunks).
+    ask = run("ask", str(docs), "Where is Mount Etna?", "--store", url, "--dry-run", "--json",
               "-m", "gpt-4o-mini", "--where", 'source like "geo/%"', "--no-ledger")
     assert ask.returncode == 0, ask.stderr[-2000:]
     out = json.loads(ask.stdout)
+    assert out["strategy"] == "retrieve" and out["plan"]["forced"]
     sources = {c["doc_id"] for c in out["context"]}
     assert "geo/volcano.txt" in sources and sources <= {"geo/volcano.txt", "geo/ocean.txt"}
     assert "Mount Etna" in out["prompt"]["user"]
+    stuffed = run("ask", str(docs), "x", "--store", url, "--dry-run", "-s", "stuff", "--where", 'source like "x%"')
+    assert stuffed.returncode == 1 and "cannot be used with --strategy stuff" in stuffed.stderr
     bad = run("search", str(docs), "x", "--store", "milvus://host:1/bad-name")
     assert bad.returncode == 1 and bad.stderr.startswith("Error: --store") and len(bad.stderr.splitlines()) == 1
 
