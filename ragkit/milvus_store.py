@@ -91,6 +91,12 @@ def _release(uri: str) -> None:
                 server_manager_instance.release_server(uri)
 
 
+def _str_list(values: list[str]) -> str:
+    """A Milvus list literal of strings. Not ASCII-escaped: Milvus's parser reads \" and \\ but not \\uXXXX,
+    so `café.txt` must stay as it is."""
+    return json.dumps(values, ensure_ascii=False)
+
+
 def _gen_no(name: str | None) -> int:
     try:
         return int(name.rsplit("__g", 1)[1]) if name else 0
@@ -245,7 +251,7 @@ class MilvusStore:
             c.delete(old.name, ids=stale_ids[i:i + 4096])
         gone = sorted(set(remove_rels) - {f.rel for f in file_records})
         for i in range(0, len(gone), 500):
-            c.delete(old.name + "_files", filter=f"rel in {json.dumps(gone[i:i + 500])}")
+            c.delete(old.name + "_files", filter=f"rel in {_str_list(gone[i:i + 500])}")
         self._upsert_files(old.name, file_records)
         return old.manifest
 
@@ -313,7 +319,7 @@ class MilvusStore:
     def _ids_of(self, name: str, rels: list[str]) -> list[int]:
         ids: list[int] = []
         for i in range(0, len(rels), 500):
-            it = self.client.query_iterator(name, batch_size=4096, filter=f"rel in {json.dumps(rels[i:i + 500])}",
+            it = self.client.query_iterator(name, batch_size=4096, filter=f"rel in {_str_list(rels[i:i + 500])}",
                                             output_fields=["id"], consistency_level="Strong")
             try:
                 while batch := it.next():

@@ -21,12 +21,13 @@ from ragkit.errors import IndexError_, InputError  # noqa: E402
 from ragkit.stores import parse_store  # noqa: E402
 
 SMALL = dict(chunk_tokens=48, overlap_tokens=8)
+BREAD = 'food/"pain" brioché.md'   # a name Milvus filter literals must quote and keep as it is
 TOPICS = {
     "geo/volcano.txt": ["Volcanoes erupt molten rock called lava.", "Mount Etna in Sicily is very active.",
                         "Ash clouds can ground aircraft for days."],
     "geo/ocean.txt": ["The Pacific is the deepest ocean.", "The Mariana Trench reaches eleven kilometres.",
                       "Coral reefs grow in warm shallow water."],
-    "food/bread.md": ["# Bread\n\nBread is baked from flour, water and yeast.", "Sourdough uses a wild starter culture.",
+    BREAD: ["# Bread\n\nBread is baked from flour, water and yeast.", "Sourdough uses a wild starter culture.",
                       "Baguettes are long thin French loaves."],
 }
 
@@ -90,11 +91,11 @@ def test_index_search_change_delete_embeds_only_changed_chunks(docs, url):
     assert old_text and not any(t in {t for _, t in after} for t in old_text)  # the old chunk is gone
     assert len(after) == report.chunks_total  # no stale copies left behind
 
-    (docs / "food/bread.md").unlink()
+    (docs / BREAD).unlink()
     gone = corpus.index()
     assert (gone.files_removed, gone.chunks_embedded) == (1, 0)
-    assert not any(s == "food/bread.md" for s, _ in _all(corpus))
-    assert "food/bread.md" not in corpus._generation().files()
+    assert not any(s == BREAD for s, _ in _all(corpus))
+    assert BREAD not in corpus._generation().files()
     corpus.close()
 
     # A new process (here: a new Corpus after the client was released) sees the same collection.
@@ -108,7 +109,7 @@ def test_where_filters_on_metadata_and_a_bad_filter_is_one_sentence(docs, url):
     corpus = Corpus.open(docs, store=url, **SMALL)
     corpus.index()
     hits = corpus.search("lava volcano eruption", 10, where='source like "food/%"')
-    assert hits and {h.source for h in hits} == {"food/bread.md"}
+    assert hits and {h.source for h in hits} == {BREAD}
     assert {h.source for h in corpus.search("x", 20, where='source in ["geo/ocean.txt"]')} == {"geo/ocean.txt"}
     with pytest.raises(InputError, match="is not a filter Milvus accepts"):
         corpus.search("x", 3, where='source lik "docs/%"')
@@ -232,3 +233,16 @@ def test_a_large_first_build_gets_an_hnsw_collection(docs, url):
     assert corpus._generation().manifest["hnsw"]["M"] == 32
     assert corpus.search("Where is Mount Etna?", 1)[0].source == "geo/volcano.txt"
     corpus.close()
+
+
+def test_without_pymilvus_a_milvus_store_is_one_line_naming_the_extra_and_the_folder_never_imports_it(docs, tmp_path):
+    code = ("import sys; sys.modules['pymilvus'] = None\n"   # as if the [milvus] extra were not installed
+            "from ragkit.cli import main\n"
+            "sys.argv = ['ragkit', 'search', sys.argv[1], 'x', '--store', sys.argv[2]]\nmain()")
+    proc = subprocess.run([sys.executable, "-c", code, str(docs), f"milvus-lite:{tmp_path / 'i.db'}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        "Error: a Milvus store needs the [milvus] extra: pip install 'ragkit[milvus]'"], proc.stderr[-2000:]
+    light = subprocess.run([sys.executable, "-c", "import sys; import ragkit.cli.index, ragkit.corpus, ragkit.stores; "
+                            "print('pymilvus' in sys.modules)"], capture_output=True, text=True, timeout=300)
+    assert light.stdout.strip() == "False", light.stderr[-2000:]
