@@ -246,3 +246,17 @@ def test_without_pymilvus_a_milvus_store_is_one_line_naming_the_extra_and_the_fo
     light = subprocess.run([sys.executable, "-c", "import sys; import ragkit.cli.index, ragkit.corpus, ragkit.stores; "
                             "print('pymilvus' in sys.modules)"], capture_output=True, text=True, timeout=300)
     assert light.stdout.strip() == "False", light.stderr[-2000:]
+
+
+def test_one_writer_at_a_time_the_second_gets_the_busy_error(docs, url):
+    from ragkit.errors import IndexBusy
+
+    corpus = Corpus.open(docs, store=url, **SMALL)
+    corpus.index()
+    _write(docs, "python.txt", ["Python is a programming language."])
+    with corpus.store.write_lock():  # another writer (a lock file next to the .db)
+        with pytest.raises(IndexBusy, match="already updating"):
+            Corpus.open(docs, store=url).index()
+        status = corpus.update_for_reading()  # a question meanwhile answers from the collection as it was
+        assert not status.fresh and "updating it" in status.note
+    corpus.close()
