@@ -260,3 +260,18 @@ def test_one_writer_at_a_time_the_second_gets_the_busy_error(docs, url):
         status = corpus.update_for_reading()  # a question meanwhile answers from the collection as it was
         assert not status.fresh and "updating it" in status.note
     corpus.close()
+
+
+def test_milvus_lite_open_in_another_process_is_one_line_saying_so(docs, url):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from ragkit.corpus import Corpus; "
+                               "Corpus.open(sys.argv[1], store=sys.argv[2]); print('open', flush=True); "
+                               "time.sleep(120)", str(docs), url], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        proc = subprocess.run([sys.executable, "-m", "ragkit.cli", "search", str(docs), "x", "--store", url],
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
+    assert "is open in another process (Milvus Lite serves one process at a time" in proc.stderr
