@@ -129,7 +129,8 @@ class Session:
     def __init__(self, path: str | Path, *, model: str | None = None, base_url: str | None = None,
                  timeout_s: float = 60.0, max_retries: int = 2, index_dir: str | Path | None = None,
                  ledger=True, log_question: bool = False, task: str = "ask", corpus=None,
-                 progress: bool = False, index_wait_s: float | None = None, embed_backend: str | None = None):
+                 progress: bool = False, index_wait_s: float | None = None, embed_backend: str | None = None,
+                 store: str | None = None, where: str | None = None):
         from ragkit.corpus import DEFAULT_INDEX_WAIT_S
         from ragkit.ledger import Ledger
 
@@ -140,6 +141,7 @@ class Session:
         self.max_retries = max_retries
         self.index_dir = index_dir
         self.embed_backend = embed_backend  # None: the index's own (a new index: the default)
+        self.store, self.where = store, where  # stores.parse_store URL (None: the FAISS folder); a retrieval filter
         self.log_question = log_question
         self.task = task
         self.progress = progress      # index-building progress bar on stderr
@@ -167,7 +169,8 @@ class Session:
             if self._corpus is None:
                 from ragkit.corpus import Corpus
 
-                self._corpus = Corpus.open(self.path, index_dir=self.index_dir, embed_backend=self.embed_backend)
+                self._corpus = Corpus.open(self.path, index_dir=self.index_dir, embed_backend=self.embed_backend,
+                                           store=self.store)
             return self._corpus
 
     def documents(self) -> list:
@@ -303,6 +306,11 @@ class Session:
         from ragkit.budget import plan_for_sources
         from ragkit.tokens import counter_for
 
+        if self.where:  # a filter selects retrieved chunks: stuffing would send every document regardless
+            if strategy == "stuff":
+                raise InputError("--where filters retrieved chunks, so it cannot be used with --strategy stuff; "
+                                 "drop one of them")
+            strategy = "retrieve"
         return plan_for_sources(spec, sources, question, answer_tokens=answer_tokens, strategy=strategy,
                                 counts=self._counts(counter_for(spec), sources), frame=frame)
 
@@ -342,7 +350,7 @@ class Session:
                              "lower --answer-tokens or shorten the question.")
         with self._retrieval_lock:
             packed = self.corpus.pack(question, budget_tokens=budget, model=spec, k=top_k,
-                                      per_chunk_overhead_tokens=per_chunk)
+                                      per_chunk_overhead_tokens=per_chunk, where=self.where)
         sources = [replace(s, title=titles.get(s.doc_id, s.title)) for s in as_sources(packed.chunks)]  # the whole title
         if not sources:
             raise InputError(f"retrieval found nothing that fits the {budget:,}-token budget for this question "

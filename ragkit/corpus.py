@@ -22,6 +22,7 @@ from ragkit.errors import IndexBusy, IndexError_, InputError
 from ragkit.loaders import Document, discover_files, load_file, warn_skip
 from ragkit.retrieve import DEFAULT_TOP_K, Hit, PackedContext, pack_hits
 from ragkit import store as _store
+from ragkit import stores as _stores
 
 log = logging.getLogger("ragkit")
 # New vectors reach the embedding cache every CACHE_COMMIT_TEXTS texts or CACHE_COMMIT_S seconds, whichever
@@ -94,16 +95,17 @@ class Corpus:
 
     def __init__(self, path: Path, index_dir: Path, *, embed_model: str | None, chunk: ChunkSettings | None,
                  text_field: str | None, include=(), exclude=(), hnsw_threshold: int = _store.HNSW_THRESHOLD,
-                 rebuild: bool = False, embed_backend: str | None = None):
+                 rebuild: bool = False, embed_backend: str | None = None, store: str | None = None):
         self.path = path
         self.index_dir = index_dir
+        self.store = _stores.open_store(store, index_dir, path)   # the FAISS folder unless --store says otherwise
         self.include, self.exclude = tuple(include), tuple(exclude)
         self.hnsw_threshold = hnsw_threshold
         self._requested = (embed_model, chunk, text_field)
         self._gen: _store.Generation | None = None
         self._gen_lock = threading.Lock()
         # rebuild=True: the old index's settings are ignored (index(rebuild=True) then discards it).
-        have = None if rebuild else _store.current_settings(self.index_dir)  # FAISS loads on the first search
+        have = None if rebuild else self.store.current_settings()  # FAISS loads on the first search
         # Unspecified settings follow the existing index; specified ones must match it.
         from ragkit.embed import resolve_model
 
@@ -118,7 +120,7 @@ class Corpus:
     def open(cls, path, index_dir=None, embed_model: str | None = None, *, chunk_tokens: int | None = None,
              overlap_tokens: int | None = None, text_field: str | None = None, include=(), exclude=(),
              hnsw_threshold: int = _store.HNSW_THRESHOLD, rebuild: bool = False,
-             embed_backend: str | None = None) -> "Corpus":
+             embed_backend: str | None = None, store: str | None = None) -> "Corpus":
         p = Path(path).expanduser()
         if not p.exists():
             raise InputError(f"{p} does not exist; pass a file or a folder of documents")
@@ -130,7 +132,7 @@ class Corpus:
         idx = Path(index_dir).expanduser().resolve() if index_dir else default_index_dir(p)
         return cls(p.resolve(), idx, embed_model=embed_model, chunk=chunk, text_field=text_field,
                    include=include, exclude=exclude, hnsw_threshold=hnsw_threshold, rebuild=rebuild,
-                   embed_backend=embed_backend)
+                   embed_backend=embed_backend, store=store)
 
     # -- settings -----------------------------------------------------------------------------
     def _wanted(self, dim: int | None) -> dict:
@@ -141,7 +143,7 @@ class Corpus:
         want = self._wanted(None)
         have_cmp = {k: have.get(k) for k in want}
         if have_cmp != want:
-            raise IndexError_(_store.mismatch_message(self.index_dir, have_cmp, want))
+            raise IndexError_(_store.mismatch_message(self.store.location, have_cmp, want))
 
     def _generation_unchecked(self) -> _store.Generation | None:
         return self._generation()
@@ -149,11 +151,11 @@ class Corpus:
     def _generation(self) -> _store.Generation | None:
         """The current generation, reopened when another process has published a newer one."""
         with self._gen_lock:
-            cur = _store.read_current(self.index_dir) if self.index_dir.is_dir() else None
+            cur = self.store.current_name()
             if self._gen is None or (cur and self._gen.name != cur):
                 # The old generation is not closed here: another thread may be reading it; it is
                 # released when the last reference goes (its files stay readable after deletion).
-                self._gen = _store.open_generation(self.index_dir) if cur else None
+                self._gen = self.store.open_current() if cur else None
             return self._gen
 
     # -- documents ----------------------------------------------------------------------------
@@ -164,7 +166,8 @@ class Corpus:
     def _source_files(self) -> list:
         """The files under the path that hold documents: discovered, minus the index folder's own."""
         _, files = discover_files(self.path, self.include, self.exclude)
-        return [sf for sf in files if not _is_index_path(sf.path, self.index_dir)]
+        private = (self.index_dir, *self.store.private_paths)
+        return [sf for sf in files if not any(_is_index_path(sf.path, d) for d in private)]
 
     # -- indexing -----------------------------------------------------------------------------
     def _scan(self, old: _store.Generation | None) -> tuple[list, dict, _store.Changes]:
@@ -182,10 +185,10 @@ class Corpus:
         chunker = Chunker(self._tokenizer(), self.chunk_settings)  # bad settings fail before anything is touched
         files = self._source_files()
         no_files = f"no files to index under {self.path}; check the path and --include/--exclude"
-        if not files and not self.index_dir.is_dir():
+        if not files and not self.store.exists():
             raise InputError(no_files)  # before the index folder exists: a failed first run leaves nothing behind
-        self.index_dir.mkdir(parents=True, exist_ok=True)
-        with _store.WriteLock(self.index_dir, timeout_s=lock_timeout_s):
+        self.store.prepare()
+        with self.store.write_lock(timeout_s=lock_timeout_s):
             try:
                 current = self._generation_unchecked()
             except IndexError_:
@@ -196,9 +199,9 @@ class Corpus:
             if old is not None:
                 self._check(old.settings)
             if rebuild:  # build from nothing; the current generation stays readable until the swap
-                for name in ("embcache.sqlite", "embcache.sqlite-wal", "embcache.sqlite-shm"):
-                    (self.index_dir / name).unlink(missing_ok=True)
-            _store.cleanup_stray(self.index_dir, current.name if current else None)
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{self.store.cache_path}{suffix}").unlink(missing_ok=True)
+            self.store.cleanup_stray(current.name if current else None)
             files, old_files, ch = self._scan(old)   # again under the lock: the files may have moved on
             if not files and old is None:
                 raise InputError(no_files)
@@ -239,9 +242,9 @@ class Corpus:
             settings = _store.Settings(self.embed_model, dim, self.chunk_settings.to_dict(), self.text_field,
                                        **self.backend.manifest())
             if old is not None and old.settings.get("dim") != dim:  # same name, different model files
-                raise IndexError_(_store.mismatch_message(self.index_dir, old.settings, settings.to_dict()))
+                raise IndexError_(_store.mismatch_message(self.store.location, old.settings, settings.to_dict()))
             # restat records (same content, new mtime) only refresh their file row; their chunks stay.
-            _store.write_generation(self.index_dir, old, settings, remove_rels=remove, after=current,
+            self.store.write(old, settings, remove_rels=remove, after=current,
                                     file_records=records, new_chunks=new_chunks, new_vectors=vectors,
                                     hnsw_threshold=self.hnsw_threshold)
             gen = self._generation()
@@ -278,7 +281,7 @@ class Corpus:
     def _report(self, gen, ch, skipped, t0, embed_s, added, removed, embedded, cached) -> IndexReport:
         # A skipped file is counted once, as skipped, not also as added/changed/unchanged.
         skip = {rel for rel, _ in skipped}
-        return IndexReport(str(self.index_dir), sum(f.rel not in skip for f in ch.added),
+        return IndexReport(self.store.location, sum(f.rel not in skip for f in ch.added),
                            sum(f.rel not in skip for f in ch.changed), len(ch.removed), ch.unchanged - len(skip & ch.unchanged_rels),
                            len(skipped), added, removed, gen.live_chunks, embedded, cached, gen.kind, gen.name,
                            round(time.perf_counter() - t0, 3), round(embed_s, 3), tuple(skipped))
@@ -309,7 +312,7 @@ class Corpus:
             return np.zeros((0, dim or 0), dtype="float32"), 0, 0, 0.0, dim if dim else self.embedder().dim
         emb = self.embedder()
         dim = emb.dim
-        cache = _store.EmbeddingCache(self.index_dir / "embcache.sqlite", self.backend.cache_key(self.embed_model), dim)
+        cache = _store.EmbeddingCache(self.store.cache_path, self.backend.cache_key(self.embed_model), dim)
         try:
             unique = list(dict.fromkeys(c.text_hash for c in chunks))
             found = cache.get_many(unique)
@@ -342,11 +345,10 @@ class Corpus:
             cache.close()
 
     def _prune_cache(self, gen) -> None:
-        path = self.index_dir / "embcache.sqlite"
+        path = self.store.cache_path
         if gen is None or not path.exists():
             return
-        with gen._db_lock:
-            live = {r[0] for r in gen.db.execute("SELECT text_hash FROM chunks")}
+        live = self.store.live_hashes(gen)
         cache = _store.EmbeddingCache(path, self.backend.cache_key(self.embed_model), gen.settings["dim"])
         try:
             cache.prune(live)
@@ -357,33 +359,32 @@ class Corpus:
     def _require(self) -> _store.Generation:
         gen = self._generation()
         if gen is None:
-            other = "" if self.index_dir.resolve() == default_index_dir(self.path) else f" --index-dir {self.index_dir}"
-            raise IndexError_(f"no index at {self.index_dir}; run `ragkit index {self.path}{other}` first")
+            raise IndexError_(self.store.index_hint(self.path, default_index_dir(self.path)))
         self._check(gen.settings)
         return gen
 
-    def search(self, query: str, k: int = 5) -> list[Hit]:
-        """The k chunks most similar to `query` (cosine), best first."""
-        return self.search_many([query], k)[0]
+    def search(self, query: str, k: int = 5, where: str | None = None) -> list[Hit]:
+        """The k chunks most similar to `query` (cosine), best first; `where` filters them (a Milvus store's
+        filter expression, e.g. 'source like "docs/%"')."""
+        return self.search_many([query], k, where)[0]
 
-    def search_many(self, queries: list[str], k: int = 5) -> list[list[Hit]]:
+    def search_many(self, queries: list[str], k: int = 5, where: str | None = None) -> list[list[Hit]]:
         """Batched search: one model call for all queries."""
         if k < 1:
             raise InputError("k must be at least 1")
+        self.store.check_where(where)
         gen = self._require()
         vecs = self.embedder().encode(list(queries))
-        results = gen.search(vecs, k)
-        rows = gen.chunks(sorted({i for r in results for i, _ in r}))
-        return [[Hit(rows[i].doc_id, rows[i].source, rows[i].start_char, rows[i].end_char, rows[i].text,
-                     rows[i].title or "", score=round(s, 6), position=rows[i].position, chunk_id=i)
-                 for i, s in r if i in rows] for r in results]
+        return [[Hit(row.doc_id, row.source, row.start_char, row.end_char, row.text, row.title or "",
+                     score=round(s, 6), position=row.position, chunk_id=row.id) for row, s in r]
+                for r in self.store.search(gen, vecs, k, where)]
 
     def pack(self, question: str, budget_tokens: int, model, k: int = DEFAULT_TOP_K, order: str = "edges", *,
-             per_chunk_overhead_tokens: int = 0) -> PackedContext:
+             per_chunk_overhead_tokens: int = 0, where: str | None = None) -> PackedContext:
         """The best chunks for `question` packed into `budget_tokens` of `model`'s tokens."""
         from ragkit.tokens import counter_for
 
-        return pack_hits(self.search(question, k), budget_tokens, counter_for(model), order=order,
+        return pack_hits(self.search(question, k, where), budget_tokens, counter_for(model), order=order,
                          per_chunk_overhead_tokens=per_chunk_overhead_tokens)
 
     def stats(self) -> dict:
@@ -395,6 +396,7 @@ class Corpus:
             if self._gen is not None:
                 self._gen.close()
                 self._gen = None
+            self.store.close()
 
 
 def _wanted_backend(requested: str | None, have: dict | None):

@@ -20,6 +20,13 @@ _embed_model = click.option("-e", "--embed-model", envvar="RAGKIT_EMBED_MODEL", 
                             help="sentence-transformers model name or path (default all-MiniLM-L6-v2, bundled; "
                                  "an existing index keeps its own).")
 
+STORE_OPTION = click.option("--store", default=None, envvar="RAGKIT_STORE", metavar="URL",
+                            help="Where the index lives: the FAISS folder (default), milvus-lite:PATH (embedded "
+                                 "Milvus) or milvus://HOST:19530/COLLECTION (a Milvus server).")
+WHERE_OPTION = click.option("--where", default=None, metavar="EXPR",
+                            help="Only chunks matching this Milvus filter, e.g. 'source like \"docs/%\"' "
+                                 "(a Milvus --store only).")
+
 embed_backend_option = click.option(
     "--embed-backend", type=click.Choice(BACKEND_KEYS, case_sensitive=False),
     default=None, help="How the embedding model runs (default onnx-int8, or $RAGKIT_EMBED_BACKEND; "
@@ -31,6 +38,7 @@ embed_backend_option = click.option(
 @INDEX_DIR_OPTION
 @_embed_model
 @embed_backend_option
+@STORE_OPTION
 @click.option("-i", "--include", multiple=True, help="Glob of files to index (repeatable), e.g. '*.md'.")
 @click.option("-x", "--exclude", multiple=True, help="Glob of files to skip (repeatable), e.g. 'drafts/*'.")
 @click.option("-f", "--text-field", default=None, help="JSON Lines field holding the text (default: text).")
@@ -39,7 +47,7 @@ embed_backend_option = click.option(
 @click.option("--rebuild", is_flag=True, help="Discard the index and embed everything again (after changing settings).")
 @click.option("-q", "--quiet", "--no-progress", "quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def index_cmd(path, index_dir, embed_model, embed_backend, include, exclude, text_field, chunk_tokens, overlap_tokens, rebuild,
+def index_cmd(path, index_dir, embed_model, embed_backend, store, include, exclude, text_field, chunk_tokens, overlap_tokens, rebuild,
               quiet, as_json):
     """Build or update the search index of a file or folder (only new or changed files are embedded).
 
@@ -53,7 +61,7 @@ def index_cmd(path, index_dir, embed_model, embed_backend, include, exclude, tex
 
     corpus = Corpus.open(path, index_dir=index_dir, embed_model=embed_model, chunk_tokens=chunk_tokens,
                          overlap_tokens=overlap_tokens, text_field=text_field, include=include, exclude=exclude,
-                         rebuild=rebuild, embed_backend=embed_backend)
+                         rebuild=rebuild, embed_backend=embed_backend, store=store)
     report = corpus.index(progress=not quiet and not as_json, rebuild=rebuild)  # skips: one warning line each
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
@@ -70,8 +78,10 @@ def index_cmd(path, index_dir, embed_model, embed_backend, include, exclude, tex
 @INDEX_DIR_OPTION
 @_embed_model
 @embed_backend_option
+@STORE_OPTION
+@WHERE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
-def search_cmd(path, query, k, queries, index_dir, embed_model, embed_backend, as_json):
+def search_cmd(path, query, k, queries, index_dir, embed_model, embed_backend, store, where, as_json):
     """Search an indexed file or folder: the chunks most similar to QUERY, best first.
 
     \b
@@ -86,15 +96,15 @@ def search_cmd(path, query, k, queries, index_dir, embed_model, embed_backend, a
 
     if (query is None) == (queries is None):
         raise InputError("give either a QUERY or --queries FILE (one query per line)")
-    corpus = Corpus.open(path, index_dir=index_dir, embed_model=embed_model, embed_backend=embed_backend)
+    corpus = Corpus.open(path, index_dir=index_dir, embed_model=embed_model, embed_backend=embed_backend, store=store)
     if queries is not None:
         lines = [line.strip() for line in queries if line.strip()]
         for start in range(0, len(lines), 256):  # batched: one model load, few model calls
             part = lines[start:start + 256]
-            for q, hits in zip(part, corpus.search_many(part, k)):
+            for q, hits in zip(part, corpus.search_many(part, k, where)):
                 click.echo(json.dumps({"query": q, "hits": [_hit_dict(h) for h in hits]}, ensure_ascii=False))
         return
-    hits = corpus.search(query, k)
+    hits = corpus.search(query, k, where)
     if as_json:
         click.echo(json.dumps({"query": query, "hits": [_hit_dict(h) for h in hits]}, indent=2, ensure_ascii=False))
         return
