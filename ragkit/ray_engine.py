@@ -29,8 +29,9 @@ from ragkit.errors import ConfigError, IndexError_, RagkitError
 
 CHUNK_TASK_RETRIES = 3
 EMBED_ACTOR_RESTARTS = 3
-# Chosen by measurement (benchmarks/bench_ray_engine.py): one single-threaded actor per CPU, and
-# batches large enough that Ray's per-call cost is small against ~30 ms of model work per text.
+# One single-threaded actor per CPU: onnx-int8 on one thread is the most work per core (README,
+# "Embedding backends"). 256 texts are 8-30 s of model work on a core (benchmarks/bench_ray_engine.py:
+# 8-33 chunks/s), so Ray's per-call cost (milliseconds) is noise; smaller batches only help a tiny corpus.
 DEFAULT_BATCH_SIZE = 256
 FILES_PER_TASK = 16
 
@@ -119,12 +120,13 @@ class RayEngine:
     Connects on first use, so an index with nothing to do never starts Ray. Use as a context manager."""
 
     def __init__(self, address: str | None = None, *, actors: int | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE, num_cpus: int | None = None):
+                 batch_size: int | None = None, num_cpus: int | None = None):
         if actors is not None and actors < 1:
             raise ConfigError("--ray-actors must be at least 1")
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ConfigError("--ray-batch-size must be at least 1")
-        self.address, self.actors, self.batch_size, self.num_cpus = address, actors, batch_size, num_cpus
+        self.address, self.actors, self.num_cpus = address, actors, num_cpus
+        self.batch_size = batch_size or DEFAULT_BATCH_SIZE
         self.ray = _import_ray()
         self._started = False
 

@@ -42,8 +42,8 @@ embed_backend_option = click.option(
 @click.option("--ray-address", default=None, help="Ray cluster to join (e.g. ray://HEAD:10001); default: a local instance.")
 @click.option("--ray-actors", type=click.IntRange(min=1), default=None,
               help="Embedding actors (default: one per GPU, else one per CPU of the cluster).")
-@click.option("--ray-batch-size", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Texts per call to an embedding actor.")
+@click.option("--ray-batch-size", type=click.IntRange(min=1), default=None,
+              help="Texts per call to an embedding actor (default 256, measured: README, Ray cluster).")
 @click.option("-q", "--quiet", "--no-progress", "quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def index_cmd(path, index_dir, embed_model, embed_backend, include, exclude, text_field, chunk_tokens, overlap_tokens, rebuild,
@@ -61,8 +61,8 @@ def index_cmd(path, index_dir, embed_model, embed_backend, include, exclude, tex
 
     from ragkit.corpus import Corpus
 
-    if engine != "ray" and (ray_address or ray_actors):
-        raise click.UsageError("--ray-address and --ray-actors need --engine ray")
+    if engine != "ray" and (ray_address or ray_actors or ray_batch_size):
+        raise click.UsageError("--ray-address, --ray-actors and --ray-batch-size need --engine ray")
     corpus = Corpus.open(path, index_dir=index_dir, embed_model=embed_model, chunk_tokens=chunk_tokens,
                          overlap_tokens=overlap_tokens, text_field=text_field, include=include, exclude=exclude,
                          rebuild=rebuild, embed_backend=embed_backend)
