@@ -66,6 +66,20 @@ def _fault_point(name: str) -> None:
         os._exit(1)
 
 
+def _check_reachable(address: str) -> None:
+    """A HOST:PORT that nothing answers on fails in seconds here; Ray itself retries for minutes."""
+    import socket
+
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and other forms: Ray's to judge
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); check --ray-address "
+                          f"(e.g. ray://HEAD:10001 or HEAD:6379) and that its head node is running") from None
+
+
 _chunkers: dict = {}
 
 
@@ -148,6 +162,7 @@ class RayEngine:
             quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
             try:
                 if self.address:
+                    _check_reachable(self.address)
                     ray.init(address=self.address, **quiet)
                 else:
                     ray.init(num_cpus=self.num_cpus or os.cpu_count(), include_dashboard=False, **quiet)

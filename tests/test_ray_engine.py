@@ -106,6 +106,19 @@ def test_missing_ray_is_one_line_naming_the_extra(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+def test_an_unreachable_ray_address_is_one_line_in_seconds(tmp_path):
+    pytest.importorskip("ray")
+    corpus = _make_corpus(tmp_path / "docs", n_files=1, per_file=2)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "ragkit.cli", "index", str(corpus), "--engine", "ray",
+                           "--ray-address", "127.0.0.1:1", "-q"], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "Error: cannot reach the Ray cluster at 127.0.0.1:1 (Connection refused); check --ray-address "
+        "(e.g. ray://HEAD:10001 or HEAD:6379) and that its head node is running"]
+    assert (corpus / ".ragkit" / "CURRENT").exists() is False
+
+
 @pytest.mark.slow
 def test_ray_engine_gives_the_local_paths_chunks_and_vectors(ray_instance, tmp_path):
     corpus = _make_corpus(tmp_path / "docs")
