@@ -177,10 +177,11 @@ class Corpus:
         return files, old_files, _store.scan_changes(files, old_files)
 
     def index(self, progress: bool = False, *, rebuild: bool = False, on_skip=None, on_progress=None,
-              lock_timeout_s: float = 0) -> IndexReport:
+              lock_timeout_s: float = 0, engine=None) -> IndexReport:
         """Brings the index up to date with the files: embeds only new or changed files, removes
         deleted ones. One writer at a time: the second waits up to lock_timeout_s, then gets
-        IndexBusy; atomic on disk."""
+        IndexBusy; atomic on disk. `engine` (e.g. ragkit.ray_engine.RayEngine) loads, chunks and
+        embeds the changed files elsewhere; everything before and after (scan, cache, write) is the same."""
         t0 = time.perf_counter()
         chunker = Chunker(self._tokenizer(), self.chunk_settings)  # bad settings fail before anything is touched
         files = self._source_files()
@@ -214,28 +215,15 @@ class Corpus:
 
             records: list[_store.FileRecord] = list(ch.restat.values())
             new_chunks: list[_store.NewChunk] = []
-            for sf in ch.added + ch.changed:
-                reasons: list[str] = []
-
-                def _skip(rel, reason, _r=reasons):
-                    _r.append(reason)
-                    report_skip(rel, reason)
-
-                docs = list(load_file(sf, text_field=self.text_field, on_skip=_skip))
-                chunks = chunker.split_many(docs)
-                try:
-                    st = sf.path.stat()
-                    size, mtime = st.st_size, st.st_mtime_ns
-                except OSError:
-                    size, mtime = -1, -1
-                skipped_reason = "; ".join(reasons) if not chunks else None
-                if skipped_reason:
-                    skipped.append((sf.rel, skipped_reason))
-                records.append(_store.FileRecord(sf.rel, size, mtime, ch.hashes.get(sf.rel, ""), len(chunks),
-                                                 skipped_reason))
-                new_chunks += [_store.NewChunk(sf.rel, c.doc_id, c.source, c.position, c.start_char, c.end_char,
-                                               c.tokens, c.text_hash, c.text, c.title) for c in chunks]
-            vectors, embedded, cached, embed_s, dim = self._vectors(new_chunks, progress, on_progress)
+            work = [(sf, ch.hashes.get(sf.rel, "")) for sf in ch.added + ch.changed]
+            done = (engine.chunk_files(self, work, report_skip) if engine is not None else
+                    (chunk_file(sf, digest, chunker, self.text_field, report_skip) for sf, digest in work))
+            for record, chunks in done:
+                if record.skipped:
+                    skipped.append((record.rel, record.skipped))
+                records.append(record)
+                new_chunks += chunks
+            vectors, embedded, cached, embed_s, dim = self._vectors(new_chunks, progress, on_progress, engine)
             remove = ch.removed + [sf.rel for sf in ch.changed]
             removed_chunks = sum(old_files[r].chunks for r in ch.removed + [sf.rel for sf in ch.changed]
                                  if r in old_files)
@@ -301,9 +289,10 @@ class Corpus:
 
         return get_embedder(self._model_arg(), self.backend.key)
 
-    def _vectors(self, chunks: list[_store.NewChunk], progress: bool, on_progress):
+    def _vectors(self, chunks: list[_store.NewChunk], progress: bool, on_progress, engine=None):
         """Vectors for new chunks: from the content-hash cache when possible, else the model (one model
-        batch per call, longest first so batches pad little; committed to the cache as they come)."""
+        batch per call, longest first so batches pad little; committed to the cache as they come).
+        An engine computes the missing ones elsewhere and streams back (hashes, vectors) batches."""
         import numpy as np
 
         gen = self._gen
@@ -322,12 +311,13 @@ class Corpus:
             bar = _ProgressBar(len(todo), enabled=progress)
             pending: list[str] = []
             last_commit = t0
+            items = [(h, text_of[h][0]) for h in todo]
+            done = 0
             try:
-                for i in range(0, len(todo), emb.batch_size):
-                    part = todo[i:i + emb.batch_size]
-                    found.update(zip(part, emb.encode([text_of[h][0] for h in part])))
+                for part, vecs in (engine.embed(self, items) if engine is not None else _embed_batches(emb, items)):
+                    found.update(zip(part, vecs))
                     pending += part
-                    done = i + len(part)
+                    done += len(part)
                     if (len(pending) >= CACHE_COMMIT_TEXTS or done == len(todo)
                             or time.perf_counter() - last_commit >= CACHE_COMMIT_S):
                         cache.put_many(pending, [found[h] for h in pending])
@@ -397,6 +387,33 @@ class Corpus:
                 self._gen.close()
                 self._gen = None
             self.store.close()
+
+
+def chunk_file(sf, digest: str, chunker: Chunker, text_field: str, on_skip) -> tuple[_store.FileRecord, list[_store.NewChunk]]:
+    """One changed file loaded and chunked: its file record (skipped, with the reasons, when it gave no
+    chunks) and its chunks. Every engine calls this, so chunk ids and texts are the same everywhere."""
+    reasons: list[str] = []
+
+    def _skip(rel, reason):
+        reasons.append(reason)
+        on_skip(rel, reason)
+
+    chunks = chunker.split_many(list(load_file(sf, text_field=text_field, on_skip=_skip)))
+    try:
+        st = sf.path.stat()
+        size, mtime = st.st_size, st.st_mtime_ns
+    except OSError:
+        size, mtime = -1, -1
+    record = _store.FileRecord(sf.rel, size, mtime, digest, len(chunks), "; ".join(reasons) if not chunks else None)
+    return record, [_store.NewChunk(sf.rel, c.doc_id, c.source, c.position, c.start_char, c.end_char,
+                                    c.tokens, c.text_hash, c.text, c.title) for c in chunks]
+
+
+def _embed_batches(emb, items: list[tuple[str, str]]):
+    """(hashes, vectors) per model batch, computed in this process."""
+    for i in range(0, len(items), emb.batch_size):
+        part = items[i:i + emb.batch_size]
+        yield [h for h, _ in part], emb.encode([t for _, t in part])
 
 
 def _wanted_backend(requested: str | None, have: dict | None):

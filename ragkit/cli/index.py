@@ -45,10 +45,17 @@ embed_backend_option = click.option(
 @click.option("--chunk-tokens", type=int, default=None, help="Max chunk size in the embedder's word pieces (default 240).")
 @click.option("--overlap-tokens", type=int, default=None, help="Overlap between chunks in word pieces (default 32).")
 @click.option("--rebuild", is_flag=True, help="Discard the index and embed everything again (after changing settings).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where changed files are chunked and embedded: this process, or Ray (needs ragkit[ray]).")
+@click.option("--ray-address", default=None, help="Ray cluster to join (e.g. ray://HEAD:10001); default: a local instance.")
+@click.option("--ray-actors", type=click.IntRange(min=1), default=None,
+              help="Embedding actors (default: one per GPU, else one per CPU of the cluster).")
+@click.option("--ray-batch-size", type=click.IntRange(min=1), default=None,
+              help="Texts per call to an embedding actor (default 256, measured: README, Ray cluster).")
 @click.option("-q", "--quiet", "--no-progress", "quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def index_cmd(path, index_dir, embed_model, embed_backend, store, include, exclude, text_field, chunk_tokens, overlap_tokens, rebuild,
-              quiet, as_json):
+def index_cmd(path, index_dir, embed_model, embed_backend, store, include, exclude, text_field, chunk_tokens,
+              overlap_tokens, rebuild, engine, ray_address, ray_actors, ray_batch_size, quiet, as_json):
     """Build or update the search index of a file or folder (only new or changed files are embedded).
 
     \b
@@ -56,13 +63,26 @@ def index_cmd(path, index_dir, embed_model, embed_backend, store, include, exclu
       ragkit index docs/
       ragkit index corpora/nq-wiki --include '*.jsonl' --text-field text
       ragkit index notes/ --chunk-tokens 128 --rebuild
+      ragkit index corpora/nq-wiki --engine ray --ray-address ray://head:10001
     """
+    from contextlib import nullcontext
+
     from ragkit.corpus import Corpus
 
+    if engine != "ray" and (ray_address or ray_actors or ray_batch_size):
+        raise click.UsageError("--ray-address, --ray-actors and --ray-batch-size need --engine ray")
     corpus = Corpus.open(path, index_dir=index_dir, embed_model=embed_model, chunk_tokens=chunk_tokens,
                          overlap_tokens=overlap_tokens, text_field=text_field, include=include, exclude=exclude,
                          rebuild=rebuild, embed_backend=embed_backend, store=store)
-    report = corpus.index(progress=not quiet and not as_json, rebuild=rebuild)  # skips: one warning line each
+    if engine == "ray":
+        from ragkit.ray_engine import RayEngine
+
+        runner = RayEngine(ray_address, actors=ray_actors, batch_size=ray_batch_size)
+    else:
+        runner = nullcontext()
+    with runner:  # skips: one warning line each
+        report = corpus.index(progress=not quiet and not as_json, rebuild=rebuild,
+                              engine=runner if engine == "ray" else None)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
