@@ -13,7 +13,7 @@ from ragkit.budget import plan
 from ragkit.tokens import get_encoding
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAVY = ("torch", "sentence_transformers", "faiss", "transformers", "openai", "anthropic", "ray")
+HEAVY = ("torch", "sentence_transformers", "faiss", "transformers", "openai", "anthropic", "ray", "pymilvus", "onnxruntime")
 
 
 def run(*args, cwd=None, check=True):
