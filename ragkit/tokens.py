@@ -67,22 +67,66 @@ def get_encoding(name: str):
         if name not in _BPE_FILES:
             raise ConfigError(f"unknown encoding '{name}'; ragkit ships {', '.join(_BPE_FILES)}.")
         import tiktoken
-        from tiktoken_ext import openai_public
 
         folder = cache_dir() / "tiktoken"
         _seed_tiktoken_cache(name, folder)
-        # tiktoken reads TIKTOKEN_CACHE_DIR at call time; point it at our folder for this one load.
-        saved = os.environ.get("TIKTOKEN_CACHE_DIR")
-        os.environ["TIKTOKEN_CACHE_DIR"] = str(folder)
-        try:
-            enc = tiktoken.Encoding(**openai_public.ENCODING_CONSTRUCTORS[name]())
-        finally:
-            if saved is None:
-                os.environ.pop("TIKTOKEN_CACHE_DIR", None)
-            else:
-                os.environ["TIKTOKEN_CACHE_DIR"] = saved
+        enc = tiktoken.Encoding(**_encoding_params(name, _mergeable_ranks(name, folder)))
         _encodings[name] = enc
         return enc
+
+
+def _ranks_file(name: str, folder: Path) -> Path:
+    """The parsed BPE ranks in marshal form (per Python and marshal version: its format may change)."""
+    import marshal
+    import sys
+
+    sha = _BPE_FILES[name][1][:16]
+    return folder / f"{name}-{sha}.py{sys.version_info[0]}{sys.version_info[1]}m{marshal.version}.ranks"
+
+
+def _mergeable_ranks(name: str, folder: Path) -> dict[bytes, int]:
+    """The encoding's ranks. Parsing the base64 BPE file costs ~0.5-1.4 s per process (most of a cold
+    `ragkit plan`); after the first parse they are kept as a checksummed marshal file that loads in a
+    fraction of that. A missing, stale or damaged file is parsed again from the verified BPE file."""
+    import marshal
+
+    path = _ranks_file(name, folder)
+    try:
+        raw = path.read_bytes()
+        if hashlib.sha256(raw[32:]).digest() == raw[:32]:
+            return marshal.loads(raw[32:])
+    except (OSError, ValueError, EOFError, TypeError):
+        pass
+    from tiktoken.load import load_tiktoken_bpe
+
+    url, sha256 = _BPE_FILES[name]
+    bpe_file = folder / hashlib.sha1(url.encode()).hexdigest()
+    ranks = load_tiktoken_bpe(str(bpe_file), expected_hash=sha256)  # tiktoken checks the sha256
+    blob = marshal.dumps(ranks)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_bytes(hashlib.sha256(blob).digest() + blob)
+        os.replace(tmp, path)  # atomic: a concurrent reader sees the old state or the whole file
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a read-only cache only costs speed
+    return ranks
+
+
+def _encoding_params(name: str, ranks: dict[bytes, int]) -> dict:
+    """tiktoken's own constructor for `name` (its pattern and special tokens), fed ranks already loaded."""
+    from tiktoken_ext import openai_public
+
+    url = _BPE_FILES[name][0]
+    original = openai_public.load_tiktoken_bpe
+
+    def load(blobpath, *args, **kwargs):  # only our file is answered from memory; anything else as usual
+        return ranks if blobpath == url else original(blobpath, *args, **kwargs)
+
+    openai_public.load_tiktoken_bpe = load
+    try:
+        return openai_public.ENCODING_CONSTRUCTORS[name]()
+    finally:
+        openai_public.load_tiktoken_bpe = original
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,27 @@ def test_encodings_are_real_tiktoken_built_offline():
         get_encoding("p50k_base")
 
 
+def test_parsed_ranks_are_kept_checksummed_and_a_damaged_copy_is_parsed_again(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from ragkit import tokens
+
+    monkeypatch.setenv("RAGKIT_CACHE_DIR", str(tmp_path))
+    probe = [sys.executable, "-c", "from ragkit.tokens import get_encoding as g; "
+             "e = g('cl100k_base'); print(e.encode('hello world'), e.n_vocab)"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout
+    ranks = tokens._ranks_file("cl100k_base", tmp_path / "tiktoken")
+    assert ranks.is_file() and first.startswith("[15339, 1917]")
+    blob = bytearray(ranks.read_bytes())
+    blob[-10] ^= 0xFF  # one flipped byte: the checksum no longer matches
+    ranks.write_bytes(bytes(blob))
+    again = subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout
+    assert again == first                                         # parsed again from the verified BPE file
+    assert ranks.read_bytes() != bytes(blob)                      # and the damaged copy replaced
+
+
 def test_gpt4o_counts_are_exact_o200k_and_claude_counts_are_marked_estimates():
     text = (ROOT / "corpora/nq-wiki-sample/passages.jsonl").read_text()
     gpt = counter_for("gpt-4o")
