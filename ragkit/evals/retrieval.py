@@ -45,18 +45,16 @@ def retrieve_units(units: Sequence[str], query: str, budget_tokens: int, counter
     return [int(c.doc_id) for c in packed.chunks]
 
 
-def stuff_units(units: Sequence[str], query: str, *, order: str = "document") -> list[int]:
-    """Every unit, as the stuff strategy sends them: in their own order ("document"), or ranked
-    against the question by the BM25 ordering `ragkit ask` gives stuffed documents, the strongest
-    at both edges ("edges"; for QA-style units: a needle haystack's pieces only read in order)."""
-    from ragkit.errors import InputError
-    from ragkit.retrieve import TermRanker, edges
+def stuff_units(texts: Sequence[str], query: str, *, order: str = "document") -> list[int]:
+    """Every unit, as the stuff strategy sends them: in their own order ("document"), or in the order
+    `ragkit ask --order edges` gives stuffed documents (retrieve.stuffed_order over `texts`, the units as
+    ask would read them: Task.ranking_texts), the strongest at both edges. (For QA-style units: a needle
+    haystack's pieces only read in order.)"""
+    from ragkit.retrieve import TermRanker, stuffed_order
 
     if order == "document":
-        return list(range(len(units)))
-    if order != "edges":
-        raise InputError(f"stuff order {order!r}: use document or edges")
-    return edges(TermRanker(list(units)).rank(query))
+        return list(range(len(texts)))
+    return stuffed_order(TermRanker(list(texts)), query, order)
 
 
 def planner_budget(spec, task, sample, answer_tokens: int) -> int:
