@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 from ragkit.errors import ConfigError, InputError
 from ragkit.evals.cache import CachedResponse, ResponseCache, call_key
-from ragkit.evals.records import EvalRecord, RecordLog, latest_by_call, plural, write_meta
+from ragkit.evals.records import EvalRecord, RecordLog, latest_by_call, plural, read_meta, write_meta
 from ragkit.evals.retrieval import Ranker, planner_budget, retrieve_units, stuff_units
 from ragkit.evals.tasks import Sample, Task
 from ragkit.redact import redact
@@ -363,6 +363,7 @@ def run_grid(task: Task, grid: GridSpec, out_dir: Path | str, *, provider=None, 
     counter = counter_for(spec)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _refuse_another_stuff_order(out, grid)
     cache = cache if cache is not None else ResponseCache()  # (an empty cache is falsy: it has __len__)
     log = RecordLog(out)  # drops a line torn by a kill before anything is appended after it
     previous = {cid: r for cid, r in latest_by_call(log.read()).items() if r.ok}
@@ -392,6 +393,16 @@ def run_grid(task: Task, grid: GridSpec, out_dir: Path | str, *, provider=None, 
     return RunResult(str(out), est, tally.made, sum(1 for r in lines if not r.ok),
                      sum(scores) / len(scores) if scores else None, round(tally.cost, 6),
                      round(time.monotonic() - started, 2))
+
+
+def _refuse_another_stuff_order(out: Path, grid: GridSpec) -> None:
+    """A folder holds one stuff order: the orders share call ids, so the other order's answers would
+    replace this folder's (and its report would mix the two)."""
+    before = read_meta(out).get("grid")
+    logged = before.get("stuff_order", "document") if before else None   # (older runs stuffed in file order)
+    if logged is not None and logged != grid.stuff_order and "stuff" in grid.strategies:
+        raise InputError(f"{out} holds a --stuff-order {logged} run: resume it with --stuff-order {logged}, "
+                         f"or write the {grid.stuff_order} run to another folder (-o).")
 
 
 class _NoBar:
