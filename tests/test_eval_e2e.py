@@ -346,3 +346,31 @@ def test_identical_prompts_in_a_grid_are_paid_once(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and lines[0]["key"] == lines[1]["key"] and all(r["score"] == 1.0 for r in lines)
     assert data["run"]["calls_made"] == 1
+
+
+def test_eval_qa_stuff_order_reaches_the_prompt_and_keeps_its_folder(tmp_path):
+    """`ragkit eval qa --stuff-order edges` sends ask's order (the gold, the best match, first wherever
+    it was placed); the default stays the paper's file order, and mixing the two in one folder is refused."""
+    from ragkit.evals.retrieval import stuff_units
+    from ragkit.evals.tasks import QATask
+
+    def first_document(req) -> Reply:
+        return Reply(re.search(r"Document \[1\]\(Title: ([^)]*)\)", req.prompt).group(1), input_tokens=900,
+                     output_tokens=3)
+
+    base = ["eval", "qa", "-m", "gpt-4o-mini", "--docs", "10", "--positions", "0,4,9", "-n", "1", "--distractors",
+            "random", "--cache", str(tmp_path / "c.sqlite"), "--json"]
+    with LLMServer(responder=first_document) as srv:
+        invoke(*base, "--base-url", srv.openai_base_url, "--stuff-order", "edges", "-o", str(tmp_path / "edges"))
+        invoke(*base, "--base-url", srv.openai_base_url, "-o", str(tmp_path / "file"))
+        refused = CliRunner().invoke(main, [*base, "--base-url", srv.openai_base_url, "-o", str(tmp_path / "edges")])
+    assert refused.exit_code == 1 and "holds a --stuff-order edges run" in refused.output
+    task = QATask(distractors="random")
+    sample = task.make_sample(COUNTER, 10, 4, 0)
+    gold_title = task.by_id[sample.meta["gold_passage_id"]]["title"]
+    assert stuff_units(task.ranking_texts(sample), sample.question, order="edges")[0] == 4  # (the gold ranks first)
+    for folder, first_at in (("edges", {0: 0, 4: 0, 9: 0}), ("file", {0: 0, 4: 4, 9: 9})):
+        meta = json.loads((tmp_path / folder / "run.json").read_text())
+        assert meta["grid"]["stuff_order"] == {"edges": "edges", "file": "document"}[folder]
+        for r in _read_log(tmp_path / folder / "results.jsonl"):
+            assert (r["prediction"] == gold_title) == (first_at[int(r["depth"])] == 0)
