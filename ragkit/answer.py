@@ -309,8 +309,9 @@ class Session:
     @staticmethod
     def _in_file_order(doc_sources: list[SourceRef], sources: list[SourceRef]) -> list[SourceRef]:
         """Retrieved chunks renumbered in the order their documents and characters appear in the corpus."""
-        position = {s.doc_id: i for i, s in enumerate(doc_sources)}
-        ordered = sorted(sources, key=lambda s: (position.get(s.doc_id, len(position)), s.start_char))
+        from ragkit.retrieve import in_file_order
+
+        ordered = in_file_order(sources, {s.doc_id: i for i, s in enumerate(doc_sources)})
         return [replace(s, number=n) for n, s in enumerate(ordered, 1)]
 
     def _retrieve(self, question: str, spec, counter, budget: int, top_k: int, per_source: int) -> list[SourceRef]:

@@ -169,6 +169,12 @@ def ranked_text(title: str, text: str) -> str:
     return f"{title}\n{text}" if title else text
 
 
+def in_file_order(spans: list, position: dict[str, int]) -> list:
+    """Passages in the order their documents (`position`: doc_id -> place in the corpus) and characters
+    appear: `--order document` for retrieved chunks, in ask and in the eval alike."""
+    return sorted(spans, key=lambda s: (position.get(s.doc_id, len(position)), s.start_char))
+
+
 def stuffed_order(ranker: TermRanker, question: str, order: str) -> list[int]:
     """Stuffed documents' indices in prompt order, the one ordering `ragkit ask` and the eval's stuff
     strategy share: the best matches for the question at both edges ("edges"), or as given ("document")."""

@@ -326,3 +326,16 @@ def test_eval_stuffs_qa_documents_in_the_order_ask_would_send_them(tmp_path):
         ask_order = [c.doc_id.rsplit("#", 1)[-1] for c in asked.context]
         eval_order = [ids[i] for i in stuff_units(task.ranking_texts(sample), sample.question, order="edges")]
         assert ask_order[0] == "gold" and eval_order == ask_order
+
+
+def test_eval_retrieve_in_document_order_keeps_the_units_file_order():
+    """As ask's `--order document` keeps retrieved chunks in corpus order: unit 10 comes after unit 2
+    (the units' ids are numbers, not strings to sort)."""
+    from ragkit.evals.retrieval import retrieve_units
+
+    units = [f"unit number {i} says something of its own, {i * 7}" for i in range(12)]
+    counter = counter_for(get_model("gpt-4o-mini"))
+    best_last = lambda texts, query: list(range(len(texts)))[::-1]  # noqa: E731 - a known ranking, no embedder
+    assert retrieve_units(units, QUESTION, 10_000, counter, order="document", ranker=best_last) == list(range(12))
+    edged = retrieve_units(units, QUESTION, 10_000, counter, order="edges", ranker=best_last)
+    assert edged[0] == 11 and edged[-1] == 10
