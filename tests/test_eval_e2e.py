@@ -318,6 +318,11 @@ def test_bundled_and_custom_suites_load(tmp_path):
     paper = load_suite("litm-paper-qa")
     qa = next(r for r in paper.runs if r.task == "qa")
     assert qa.lengths == (10, 20, 30) and qa.depths[:4] == (0, 4, 9, 14) and qa.options["distractors"] == "hard"
+    assert qa.stuff_order == "document"                               # the paper's setting: as placed
+    reordered = tmp_path / "edges.toml"
+    reordered.write_text('[[runs]]\ntask = "qa"\nlengths = [10]\ndepths = [4]\nstuff_order = "edges"\n')
+    assert load_suite(str(reordered)).runs[0].stuff_order == "edges"
+    assert "stuffed in edges order" in load_suite(str(reordered)).runs[0].describe()
 
 
 def test_a_smaller_rerun_into_the_same_folder_keeps_earlier_results(tmp_path):

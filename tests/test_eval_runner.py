@@ -118,3 +118,12 @@ def test_a_run_folder_keeps_one_stuff_order(tmp_path):
             run_grid(QATask(distractors="random"), qa_grid("edges"), tmp_path / "run", **kw)
         assert (tmp_path / "run" / "results.jsonl").read_text() == log
         run_grid(QATask(distractors="random"), qa_grid("document"), tmp_path / "run", **kw)  # resuming is fine
+
+
+def test_an_unknown_stuff_order_is_refused_when_the_grid_is_made():
+    import pytest
+
+    from ragkit.errors import InputError
+
+    with pytest.raises(InputError, match="stuff order 'middle': use document or edges"):
+        qa_grid("middle")

@@ -97,7 +97,8 @@ def _run(task_name: str, task_options: dict, *, model, lengths, depths, samples,
     task = make_task(task_name, seed=seed, **task_options)
     grid = GridSpec(task=task_name, model=spec.id, lengths=lengths, depths=depths, samples=samples,
                     strategies=_strategies(strategy), max_tokens=max_tokens, retrieve_budget_tokens=retrieve_budget,
-                    stuff_order=stuff_order, task_options={k: str(v) if isinstance(v, Path) else v for k, v in task_options.items()})
+                    stuff_order=stuff_order,
+                    task_options={k: str(v) if isinstance(v, Path) else v for k, v in task_options.items()})
     out_dir = Path(out) if out else Path("ragkit-evals") / f"{task_name}-{spec.id}"
     echo = (lambda m: click.echo(m, err=True))
     result = run_grid(task, grid, out_dir, base_url=base_url, cache=ResponseCache(cache_path),
@@ -320,7 +321,8 @@ def suite_cmd(suite, model, out, max_cost, samples, concurrency, base_url, cache
         task = make_task(r.task, **r.options)
         grid = GridSpec(task=r.task, model=spec.id, lengths=r.lengths, depths=r.depths, samples=samples or r.samples,
                         strategies=r.strategies, max_tokens=r.max_tokens, temperature=r.temperature,
-                        retrieve_budget_tokens=r.retrieve_budget_tokens, order=r.order, task_options=r.options)
+                        retrieve_budget_tokens=r.retrieve_budget_tokens, order=r.order, stuff_order=r.stuff_order,
+                        task_options=r.options)
         result = run_grid(task, grid, root / r.name, base_url=base_url, cache=cache, max_cost_usd=remaining,
                           concurrency=concurrency, progress=not no_progress and not as_json,
                           echo=lambda m: click.echo(m, err=True), render=False)

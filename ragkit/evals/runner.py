@@ -53,6 +53,8 @@ class GridSpec:
             raise InputError(f"unknown strategy {bad[0]!r}: use stuff, retrieve or both (stuff,retrieve)")
         if not self.lengths or not self.depths or self.samples < 1:
             raise InputError("an eval needs at least one length, one depth and one sample")
+        if self.stuff_order not in ("document", "edges"):
+            raise InputError(f"stuff order {self.stuff_order!r}: use document or edges")
 
     def to_dict(self) -> dict:
         d = asdict(self)
