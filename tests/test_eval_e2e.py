@@ -377,5 +377,7 @@ def test_eval_qa_stuff_order_reaches_the_prompt_and_keeps_its_folder(tmp_path):
     for folder, first_at in (("edges", {0: 0, 4: 0, 9: 0}), ("file", {0: 0, 4: 4, 9: 9})):
         meta = json.loads((tmp_path / folder / "run.json").read_text())
         assert meta["grid"]["stuff_order"] == {"edges": "edges", "file": "document"}[folder]
+        report = (tmp_path / folder / "report.md").read_text()
+        assert ("a position is where the gold was placed before that reordering" in report) == (folder == "edges")
         for r in _read_log(tmp_path / folder / "results.jsonl"):
             assert (r["prediction"] == gold_title) == (first_at[int(r["depth"])] == 0)
