@@ -143,8 +143,9 @@ def plan_calls(task: Task, grid: GridSpec, spec, counter, cache: ResponseCache, 
     lookup = _memo(cache.get)
     system_tokens = counter.count(task.system) + MESSAGE_OVERHEAD_TOKENS
     units = [counter.count_many(s.units) for s in samples]
-    stuffed = [_call(task, grid, spec, "stuff", s, stuff_units(task.ranking_texts(s), s.question, order=grid.stuff_order), n,
-                     system_tokens, counter) for s, n in zip(samples, units)]
+    stuffed = [_call(task, grid, spec, "stuff", s,
+                     stuff_units(task.ranking_texts(s), s.question, order=grid.stuff_order), n, system_tokens, counter)
+               for s, n in zip(samples, units)]
     budgets = [(grid.retrieve_budget_tokens or planner_budget(spec, task, s, grid.max_tokens))
                if "retrieve" in grid.strategies else 0 for s in samples]
     if max_cost_usd is not None:
