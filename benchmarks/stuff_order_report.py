@@ -97,12 +97,15 @@ def main() -> None:
              "only document right | only edges right |",
              "|---|---|---|---|---|---|---|---|---|"]
     by_q: dict[int, list[float]] = defaultdict(list)
+    swing: dict[int, tuple[int, int, list[float]]] = {}   # position -> (edges gains, edges losses, diffs)
     for depth in sorted({d for d, _ in pairs}):
         cell = [p for p in pairs if p[0] == depth]
         a = [runs["document"][p].score for p in cell]
         b = [runs["edges"][p].score for p in cell]
         for p, x, y in zip(cell, a, b):
             by_q[p[1]].append(y - x)
+        swing[int(depth)] = (sum(y > x for x, y in zip(a, b)), sum(x > y for x, y in zip(a, b)),
+                             [y - x for x, y in zip(a, b)])
         lines.append(f"| {depth:g} | {len(cell)} | {pct(sum(a) / len(a))} | {interval(*wilson(sum(a), len(a)))} | "
                      f"{pct(sum(b) / len(b))} | {interval(*wilson(sum(b), len(b)))} | "
                      f"{points([y - x for x, y in zip(a, b)])} | {sum(x > y for x, y in zip(a, b))} | "
@@ -139,12 +142,34 @@ def main() -> None:
         lines.append(f"| {slot} | {len(fa)} | {pct(sum(fa) / len(fa)) if fa else '–'} | {len(ea)} | "
                      f"{pct(sum(ea) / len(ea)) if ea else '–'} |")
     tokens = [runs["edges"][p].input_tokens for p in pairs]
+    firsts = {i for (d, i), slot in gold_at.items() if slot == 0}
+    paid = {o: [r for r in runs[o].values() if not r.cached] for o in runs}
+    lines += ["", f"BM25 ranked the gold first for {len(firsts)} of {len({i for _, i in pairs})} questions (the hard "
+              "distractors are the embedding retriever's near-misses, so a term ranker still tells them apart). "
+              "The mechanism is the gold's slot: " + "; ".join(
+                  f"placed at {d} ({'an edge already' if d in edge_slots else 'the middle'}), the reorder gained "
+                  f"{gained} questions and lost {lost}, {points(diffs)}"
+                  for d, (gained, lost, diffs) in sorted(swing.items())) +
+              f". {'Some' if any(lo > 0 or hi < 0 for lo, hi in (paired_bootstrap(d) for *_, d in swing.values())) else 'No'}"
+              " per-position interval excludes 0."]
     lines += ["", "## Verdict", "",
               f"**{verdict[0].upper() + verdict[1:]}** (edges − document {points(per_question)}, by question).", "",
               f"Prompts average {sum(tokens) / len(tokens):,.0f} input tokens, within the {spec.practical_limit_tokens:,}-token "
               f"practical limit the registry gives {spec.name} (a CPU-time default, not an accuracy measurement). "
               f"File-order accuracy is {pct(sum(a) / n)} over these calls: the 0.5B model misses most questions "
-              "wherever the gold sits, and 20 questions per position can only show a large effect.", ""]
+              "wherever the gold sits, and 20 questions per position can only show a large effect.", "",
+              "## How it was run", "",
+              "```",
+              f"RAGKIT_THREADS=1 ragkit eval qa -m local --docs {args.length} --positions "
+              f"{','.join(f'{d:g}' for d in sorted({d for d, _ in pairs}))} -n {len({i for _, i in pairs})} "
+              f"--max-tokens {grid['max_tokens']} --stuff-order edges -o {args.edges_run}",
+              f"python benchmarks/stuff_order_report.py {args.file_run} {args.edges_run} -o {args.out}",
+              "```", "",
+              f"The file-order calls come from {args.file_run} (the same command without --stuff-order, the part of "
+              f"its grid at {args.length} documents). Model time: {len(paid['edges'])} edges calls "
+              f"({sum(r.latency_s for r in paid['edges']):,.0f} s; identical prompts are sent once) against the "
+              f"{len(paid['document'])} file-order calls paired here "
+              f"({sum(r.latency_s for r in paid['document']):,.0f} s), on a shared 2-core machine.", ""]
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))
 
