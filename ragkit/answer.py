@@ -317,22 +317,22 @@ class Session:
     def _stuffed(self, sources: list[SourceRef], question: str, order: str) -> list[SourceRef]:
         """Every document, renumbered in prompt order: the best matches for the question (BM25, see
         retrieve.TermRanker) at the edges like retrieved chunks, or file order."""
-        from ragkit.retrieve import TermRanker, edges
+        from ragkit.retrieve import TermRanker, ranked_text, stuffed_order
 
         if order == "document" or len(sources) < 2:
             return sources
         with self._lock:
             known = self._term_ranker
             if known is None or known[0] is not sources:
-                texts = [f"{s.title}\n{s.text}" if s.title else s.text for s in sources]
-                known = self._term_ranker = (sources, TermRanker(texts))
-        return [replace(sources[i], number=n) for n, i in enumerate(edges(known[1].rank(question)), 1)]
+                known = self._term_ranker = (sources, TermRanker([ranked_text(s.title, s.text) for s in sources]))
+        return [replace(sources[i], number=n) for n, i in enumerate(stuffed_order(known[1], question, order), 1)]
 
     @staticmethod
     def _in_file_order(doc_sources: list[SourceRef], sources: list[SourceRef]) -> list[SourceRef]:
         """Retrieved chunks renumbered in the order their documents and characters appear in the corpus."""
-        position = {s.doc_id: i for i, s in enumerate(doc_sources)}
-        ordered = sorted(sources, key=lambda s: (position.get(s.doc_id, len(position)), s.start_char))
+        from ragkit.retrieve import in_file_order
+
+        ordered = in_file_order(sources, {s.doc_id: i for i, s in enumerate(doc_sources)})
         return [replace(s, number=n) for n, s in enumerate(ordered, 1)]
 
     def _retrieve(self, question: str, spec, counter, budget: int, top_k: int, per_source: int) -> list[SourceRef]:

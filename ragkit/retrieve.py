@@ -164,6 +164,29 @@ class TermRanker:
         return sorted(range(self.n), key=lambda i: -scores[i])
 
 
+def ranked_text(title: str, text: str) -> str:
+    """What TermRanker reads of a document: its title (a field, never a word of the text) and its text."""
+    return f"{title}\n{text}" if title else text
+
+
+def in_file_order(spans: list, position: dict[str, int]) -> list:
+    """Passages in the order their documents (`position`: doc_id -> place in the corpus) and characters
+    appear: `--order document` for retrieved chunks, in ask and in the eval alike."""
+    return sorted(spans, key=lambda s: (position.get(s.doc_id, len(position)), s.start_char))
+
+
+def stuffed_order(ranker: TermRanker, question: str, order: str) -> list[int]:
+    """Stuffed documents' indices in prompt order, the one ordering `ragkit ask` and the eval's stuff
+    strategy share: the best matches for the question at both edges ("edges"), or as given ("document")."""
+    from ragkit.errors import InputError
+
+    if order not in ("edges", "document"):
+        raise InputError(f"order {order!r}: use edges or document.")
+    if order == "document" or ranker.n < 2:
+        return list(range(ranker.n))
+    return edges(ranker.rank(question))
+
+
 def pack_hits(hits: list[Hit], budget_tokens: int, counter, *, order: str = "edges",
               per_chunk_overhead_tokens: int = 0, dedupe_jaccard: float = DEFAULT_DEDUPE_JACCARD) -> PackedContext:
     """Packs hits (any order; sorted by score here) into `budget_tokens` of `counter`'s tokens.

@@ -318,6 +318,11 @@ def test_bundled_and_custom_suites_load(tmp_path):
     paper = load_suite("litm-paper-qa")
     qa = next(r for r in paper.runs if r.task == "qa")
     assert qa.lengths == (10, 20, 30) and qa.depths[:4] == (0, 4, 9, 14) and qa.options["distractors"] == "hard"
+    assert qa.stuff_order == "document"                               # the paper's setting: as placed
+    reordered = tmp_path / "edges.toml"
+    reordered.write_text('[[runs]]\ntask = "qa"\nlengths = [10]\ndepths = [4]\nstuff_order = "edges"\n')
+    assert load_suite(str(reordered)).runs[0].stuff_order == "edges"
+    assert "stuffed in edges order" in load_suite(str(reordered)).runs[0].describe()
 
 
 def test_a_smaller_rerun_into_the_same_folder_keeps_earlier_results(tmp_path):
@@ -346,3 +351,33 @@ def test_identical_prompts_in_a_grid_are_paid_once(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and lines[0]["key"] == lines[1]["key"] and all(r["score"] == 1.0 for r in lines)
     assert data["run"]["calls_made"] == 1
+
+
+def test_eval_qa_stuff_order_reaches_the_prompt_and_keeps_its_folder(tmp_path):
+    """`ragkit eval qa --stuff-order edges` sends ask's order (the gold, the best match, first wherever
+    it was placed); the default stays the paper's file order, and mixing the two in one folder is refused."""
+    from ragkit.evals.retrieval import stuff_units
+    from ragkit.evals.tasks import QATask
+
+    def first_document(req) -> Reply:
+        return Reply(re.search(r"Document \[1\]\(Title: ([^)]*)\)", req.prompt).group(1), input_tokens=900,
+                     output_tokens=3)
+
+    base = ["eval", "qa", "-m", "gpt-4o-mini", "--docs", "10", "--positions", "0,4,9", "-n", "1", "--distractors",
+            "random", "--cache", str(tmp_path / "c.sqlite"), "--json"]
+    with LLMServer(responder=first_document) as srv:
+        invoke(*base, "--base-url", srv.openai_base_url, "--stuff-order", "edges", "-o", str(tmp_path / "edges"))
+        invoke(*base, "--base-url", srv.openai_base_url, "-o", str(tmp_path / "file"))
+        refused = CliRunner().invoke(main, [*base, "--base-url", srv.openai_base_url, "-o", str(tmp_path / "edges")])
+    assert refused.exit_code == 1 and "holds a --stuff-order edges run" in refused.output
+    task = QATask(distractors="random")
+    sample = task.make_sample(COUNTER, 10, 4, 0)
+    gold_title = task.by_id[sample.meta["gold_passage_id"]]["title"]
+    assert stuff_units(task.ranking_texts(sample), sample.question, order="edges")[0] == 4  # (the gold ranks first)
+    for folder, first_at in (("edges", {0: 0, 4: 0, 9: 0}), ("file", {0: 0, 4: 4, 9: 9})):
+        meta = json.loads((tmp_path / folder / "run.json").read_text())
+        assert meta["grid"]["stuff_order"] == {"edges": "edges", "file": "document"}[folder]
+        report = (tmp_path / folder / "report.md").read_text()
+        assert ("a position is where the gold was placed before that reordering" in report) == (folder == "edges")
+        for r in _read_log(tmp_path / folder / "results.jsonl"):
+            assert (r["prediction"] == gold_title) == (first_at[int(r["depth"])] == 0)

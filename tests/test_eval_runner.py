@@ -5,6 +5,7 @@ from __future__ import annotations
 from llm_server import LLMServer, Reply
 
 from ragkit.evals.cache import ResponseCache
+from ragkit.evals.records import RecordLog
 from ragkit.evals.runner import GridSpec, run_grid
 from ragkit.evals.tasks import NeedleTask
 from ragkit.ledger import Ledger
@@ -54,3 +55,75 @@ def test_each_prompt_is_rendered_once_and_the_cache_asked_once_per_prompt(tmp_pa
     rows = Ledger().entries()
     assert len(rows) == distinct and {r.task for r in rows} == {"eval:needle"}
     assert {r.strategy for r in rows} == {"stuff", "retrieve"}
+
+
+def first_title(req) -> Reply:
+    """Answers with the title of the prompt's first document: an answer only its own order gives."""
+    import re
+
+    return Reply(re.search(r"Document \[1\]\(Title: ([^)]*)\)", req.prompt).group(1), input_tokens=300, output_tokens=2)
+
+
+def qa_grid(stuff_order: str) -> GridSpec:
+    return GridSpec(task="qa", model="gpt-4o-mini", lengths=(10,), depths=(0, 4, 9), samples=2,
+                    stuff_order=stuff_order, task_options={"distractors": "random"})
+
+
+def test_the_two_stuff_orders_never_share_a_cached_answer(tmp_path):
+    """Same questions, same documents, same cache: the edges run pays for every prompt its order
+    changed and logs the answer to its own prompt, never the file-order run's."""
+    from ragkit.evals.retrieval import stuff_units
+    from ragkit.evals.tasks import QATask
+    from ragkit.tokens import counter_for
+    from ragkit.models import get_model
+
+    cache = ResponseCache(tmp_path / "cache.sqlite")
+    runs = {}
+    with LLMServer(responder=first_title) as srv:
+        for stuff_order in ("document", "edges"):
+            before = len(srv.requests)
+            runs[stuff_order] = run_grid(QATask(distractors="random"), qa_grid(stuff_order), tmp_path / stuff_order,
+                                         base_url=srv.openai_base_url, cache=cache, max_cost_usd=1.0,
+                                         progress=False, echo=lambda m: None, render=False, ledger=None)
+            runs[stuff_order + "_paid"] = len(srv.requests) - before
+    task = QATask(distractors="random")
+    samples = task.samples(counter_for(get_model("gpt-4o-mini")), (10,), (0, 4, 9), 2)
+    def prompts(stuff_order):
+        return {tuple(s.meta["passage_ids"][i] for i in stuff_units(task.ranking_texts(s), s.question,
+                                                                     order=stuff_order)) for s in samples}
+
+    # Edges ranks the same documents the same wherever the gold was placed: one prompt per question.
+    assert runs["document_paid"] == len(prompts("document")) == 6 and len(prompts("edges")) == 2
+    assert runs["edges_paid"] == len(prompts("edges") - prompts("document")) == 2   # (so a shared answer would show)
+    for stuff_order in ("document", "edges"):
+        for r in RecordLog(tmp_path / stuff_order).read():
+            s = next(x for x in samples if (x.depth, x.sample) == (r.depth, r.sample))
+            first = stuff_units(task.ranking_texts(s), s.question, order=stuff_order)[0]
+            assert r.prediction == task.by_id[s.meta["passage_ids"][first]]["title"]
+
+
+def test_a_run_folder_keeps_one_stuff_order(tmp_path):
+    """Resuming a file-order folder with the other order would replace its answers: refused, nothing lost."""
+    import pytest
+
+    from ragkit.errors import InputError
+    from ragkit.evals.tasks import QATask
+
+    with LLMServer(responder=first_title) as srv:
+        kw = dict(base_url=srv.openai_base_url, cache=ResponseCache(tmp_path / "cache.sqlite"), max_cost_usd=1.0,
+                  progress=False, echo=lambda m: None, render=False, ledger=None)
+        run_grid(QATask(distractors="random"), qa_grid("document"), tmp_path / "run", **kw)
+        log = (tmp_path / "run" / "results.jsonl").read_text()
+        with pytest.raises(InputError, match="--stuff-order document"):
+            run_grid(QATask(distractors="random"), qa_grid("edges"), tmp_path / "run", **kw)
+        assert (tmp_path / "run" / "results.jsonl").read_text() == log
+        run_grid(QATask(distractors="random"), qa_grid("document"), tmp_path / "run", **kw)  # resuming is fine
+
+
+def test_an_unknown_stuff_order_is_refused_when_the_grid_is_made():
+    import pytest
+
+    from ragkit.errors import InputError
+
+    with pytest.raises(InputError, match="stuff order 'middle': use document or edges"):
+        qa_grid("middle")

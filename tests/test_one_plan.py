@@ -291,3 +291,51 @@ def test_eval_retrieve_budget_reserves_the_eval_prompt_as_rendered():
     assert edged[0] == 1 and edged[-1] == 3 and sorted(edged) == [0, 1, 2, 3, 4]
     with pytest.raises(InputError):
         stuff_units(units, QUESTION, order="middle")
+
+
+def test_eval_stuffs_qa_documents_in_the_order_ask_would_send_them(tmp_path):
+    """The eval's `--stuff-order edges` is ask's order, not a look-alike: the same passages as a JSONL
+    corpus, the same question, the same prompt order. The question shares only the word "title" with
+    the distractors, which ask never sees (a JSONL title is a field) and the eval's rendered
+    "(Title: ...)" units all hold: ranking those would sort the distractors by length, not keep file order."""
+    from ragkit.evals.retrieval import stuff_units
+    from ragkit.evals.tasks import QATask
+
+    rng = random.Random(5)
+    filler = "museum harbour market tower library garden school festival council century".split()
+    passages = [{"id": "gold", "title": "Skyfall", "text": "Adele sang the Skyfall theme song in 2012."}]
+    passages += [{"id": f"d{i}", "title": f"Place {i}",
+                  "text": " ".join(rng.choice(filler) for _ in range(rng.randint(8, 60))) + "."} for i in range(9)]
+    corpus = tmp_path / "passages"
+    corpus.mkdir()
+    (corpus / "passages.jsonl").write_text("".join(json.dumps(p) + "\n" for p in passages))
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"question": "who sang the skyfall title song", "answers": ["Adele"],
+                                     "passage_id": "gold"}) + "\n")
+    task = QATask(corpus=corpus, questions=questions, distractors="random")
+    counter = counter_for(get_model("gpt-4o-mini"))
+    by_unit = {QATask.unit(p): p["id"] for p in passages}
+    for position in (0, 4, 9):
+        sample = task.make_sample(counter, 10, position, 0)
+        ids = [by_unit[u] for u in sample.units]
+        # ask, over the same passages in the same file order
+        (corpus / "passages.jsonl").write_text(
+            "".join(json.dumps(next(p for p in passages if p["id"] == i)) + "\n" for i in ids))
+        with Session(corpus, model="gpt-4o-mini", ledger=False) as s:
+            asked = s.prepare(sample.question, strategy="stuff", order="edges")
+        ask_order = [c.doc_id.rsplit("#", 1)[-1] for c in asked.context]
+        eval_order = [ids[i] for i in stuff_units(task.ranking_texts(sample), sample.question, order="edges")]
+        assert ask_order[0] == "gold" and eval_order == ask_order
+
+
+def test_eval_retrieve_in_document_order_keeps_the_units_file_order():
+    """As ask's `--order document` keeps retrieved chunks in corpus order: unit 10 comes after unit 2
+    (the units' ids are numbers, not strings to sort)."""
+    from ragkit.evals.retrieval import retrieve_units
+
+    units = [f"unit number {i} says something of its own, {i * 7}" for i in range(12)]
+    counter = counter_for(get_model("gpt-4o-mini"))
+    best_last = lambda texts, query: list(range(len(texts)))[::-1]  # noqa: E731 - a known ranking, no embedder
+    assert retrieve_units(units, QUESTION, 10_000, counter, order="document", ranker=best_last) == list(range(12))
+    edged = retrieve_units(units, QUESTION, 10_000, counter, order="edges", ranker=best_last)
+    assert edged[0] == 11 and edged[-1] == 10

@@ -86,7 +86,7 @@ def common_options(fn):
 
 def _run(task_name: str, task_options: dict, *, model, lengths, depths, samples, strategy, max_cost, out,
          max_tokens, concurrency, base_url, cache_path, retrieve_budget, seed, floor, save_limit, force, overrides,
-         no_progress, as_json):
+         no_progress, as_json, stuff_order="document"):
     from ragkit.evals.cache import ResponseCache
     from ragkit.evals.report import render_report
     from ragkit.evals.runner import GridSpec, run_grid
@@ -97,6 +97,7 @@ def _run(task_name: str, task_options: dict, *, model, lengths, depths, samples,
     task = make_task(task_name, seed=seed, **task_options)
     grid = GridSpec(task=task_name, model=spec.id, lengths=lengths, depths=depths, samples=samples,
                     strategies=_strategies(strategy), max_tokens=max_tokens, retrieve_budget_tokens=retrieve_budget,
+                    stuff_order=stuff_order,
                     task_options={k: str(v) if isinstance(v, Path) else v for k, v in task_options.items()})
     out_dir = Path(out) if out else Path("ragkit-evals") / f"{task_name}-{spec.id}"
     echo = (lambda m: click.echo(m, err=True))
@@ -210,7 +211,11 @@ def needle_cmd(lengths, depths, corpus, n_needles, needle, question, answer, **k
 @click.option("--corpus", type=click.Path(exists=True), default=None, help="Passages (default: bundled nq-wiki).")
 @click.option("--questions", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Questions JSONL: question, answers, passage_id (default: bundled nq-wiki questions).")
-def qa_cmd(docs, positions, lengths, depths, distractors, corpus, questions, **kw):
+@click.option("--stuff-order", type=click.Choice(["document", "edges"]), default="document", show_default=True,
+              help="Stuffed documents as placed (the gold at --positions), or ordered as `ragkit ask --order edges` "
+                   "orders them: best matches for the question first and last (--positions is then where the gold "
+                   "was before reordering).")
+def qa_cmd(docs, positions, lengths, depths, distractors, corpus, questions, stuff_order, **kw):
     """Multi-document QA: the gold passage at a position among distractors (Liu et al. 2023).
 
     \b
@@ -223,7 +228,7 @@ def qa_cmd(docs, positions, lengths, depths, distractors, corpus, questions, **k
         sizes, where = parse_sizes(lengths), parse_numbers(depths or "0,25,50,75,100")
     else:
         sizes, where = parse_sizes(docs), parse_numbers(positions)
-    _run("qa", options, lengths=sizes, depths=where, **kw)
+    _run("qa", options, lengths=sizes, depths=where, stuff_order=stuff_order, **kw)
 
 
 @eval_group.command("kv", short_help="Key-value retrieval: one UUID key in a JSON object.")
@@ -316,7 +321,8 @@ def suite_cmd(suite, model, out, max_cost, samples, concurrency, base_url, cache
         task = make_task(r.task, **r.options)
         grid = GridSpec(task=r.task, model=spec.id, lengths=r.lengths, depths=r.depths, samples=samples or r.samples,
                         strategies=r.strategies, max_tokens=r.max_tokens, temperature=r.temperature,
-                        retrieve_budget_tokens=r.retrieve_budget_tokens, order=r.order, task_options=r.options)
+                        retrieve_budget_tokens=r.retrieve_budget_tokens, order=r.order, stuff_order=r.stuff_order,
+                        task_options=r.options)
         result = run_grid(task, grid, root / r.name, base_url=base_url, cache=cache, max_cost_usd=remaining,
                           concurrency=concurrency, progress=not no_progress and not as_json,
                           echo=lambda m: click.echo(m, err=True), render=False)

@@ -295,6 +295,10 @@ def render_report(out_dir: Path | str, *, floor: float | None = None, plots: boo
                      f"{grid.get('samples')} samples per cell (the tables give each cell's n), max "
                      f"{grid.get('max_tokens')} output tokens, temperature "
                      f"{grid.get('temperature')}. Scorer: {meta.get('task', {}).get('scorer')}.")
+        if grid.get("stuff_order") == "edges":
+            lines.append("Stuffed documents were ordered as `ragkit ask --order edges` orders them (BM25 against the "
+                         "question, best matches first and last): a position is where the gold was placed before "
+                         "that reordering, not where the model read it.")
     lines.append(f"{plural(len(records), 'call')}: {n_ok} scored, {n_failed} failed (failed calls are unscored, not wrong). "
                  f"Cost of the calls ${paid:.4f}; median latency "
                  f"{latency[len(latency) // 2] if latency else float('nan'):.2f} s.")

@@ -35,28 +35,29 @@ def rank_units(units: Sequence[str], query: str) -> list[int]:
 def retrieve_units(units: Sequence[str], query: str, budget_tokens: int, counter, *, order: str = "edges",
                    ranker: Ranker | None = None) -> list[int]:
     """The units `ragkit ask` would send: ranked, packed by ragkit.retrieve.pack_hits into the budget
-    (model tokens, estimates inflated by the margin), ordered against lost-in-the-middle."""
-    from ragkit.retrieve import Hit, pack_hits
+    (model tokens, estimates inflated by the margin), ordered against lost-in-the-middle, or in the
+    units' own order ("document", as ask puts chunks in corpus order)."""
+    from ragkit.retrieve import Hit, in_file_order, pack_hits
 
     ranked = (ranker or rank_units)(units, query)
     hits = [Hit(str(i), f"unit-{i}", 0, len(units[i]), units[i], score=1.0 - k / (len(ranked) + 1), chunk_id=i)
             for k, i in enumerate(ranked)]
-    packed = pack_hits(hits, budget_tokens, counter, order=order)
-    return [int(c.doc_id) for c in packed.chunks]
+    packed = pack_hits(hits, budget_tokens, counter, order=order).chunks
+    if order == "document":
+        packed = in_file_order(list(packed), {str(i): i for i in range(len(units))})
+    return [int(c.doc_id) for c in packed]
 
 
-def stuff_units(units: Sequence[str], query: str, *, order: str = "document") -> list[int]:
-    """Every unit, as the stuff strategy sends them: in their own order ("document"), or ranked
-    against the question by the BM25 ordering `ragkit ask` gives stuffed documents, the strongest
-    at both edges ("edges"; for QA-style units: a needle haystack's pieces only read in order)."""
-    from ragkit.errors import InputError
-    from ragkit.retrieve import TermRanker, edges
+def stuff_units(texts: Sequence[str], query: str, *, order: str = "document") -> list[int]:
+    """Every unit, as the stuff strategy sends them: in their own order ("document"), or in the order
+    `ragkit ask --order edges` gives stuffed documents (retrieve.stuffed_order over `texts`, the units as
+    ask would read them: Task.ranking_texts), the strongest at both edges. (For QA-style units: a needle
+    haystack's pieces only read in order.)"""
+    from ragkit.retrieve import TermRanker, stuffed_order
 
     if order == "document":
-        return list(range(len(units)))
-    if order != "edges":
-        raise InputError(f"stuff order {order!r}: use document or edges")
-    return edges(TermRanker(list(units)).rank(query))
+        return list(range(len(texts)))
+    return stuffed_order(TermRanker(list(texts)), query, order)
 
 
 def planner_budget(spec, task, sample, answer_tokens: int) -> int:

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 from ragkit.errors import ConfigError, InputError
 from ragkit.evals.cache import CachedResponse, ResponseCache, call_key
-from ragkit.evals.records import EvalRecord, RecordLog, latest_by_call, plural, write_meta
+from ragkit.evals.records import EvalRecord, RecordLog, latest_by_call, plural, read_meta, write_meta
 from ragkit.evals.retrieval import Ranker, planner_budget, retrieve_units, stuff_units
 from ragkit.evals.tasks import Sample, Task
 from ragkit.redact import redact
@@ -53,6 +53,8 @@ class GridSpec:
             raise InputError(f"unknown strategy {bad[0]!r}: use stuff, retrieve or both (stuff,retrieve)")
         if not self.lengths or not self.depths or self.samples < 1:
             raise InputError("an eval needs at least one length, one depth and one sample")
+        if self.stuff_order not in ("document", "edges"):
+            raise InputError(f"stuff order {self.stuff_order!r}: use document or edges")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -141,8 +143,9 @@ def plan_calls(task: Task, grid: GridSpec, spec, counter, cache: ResponseCache, 
     lookup = _memo(cache.get)
     system_tokens = counter.count(task.system) + MESSAGE_OVERHEAD_TOKENS
     units = [counter.count_many(s.units) for s in samples]
-    stuffed = [_call(task, grid, spec, "stuff", s, stuff_units(s.units, s.question, order=grid.stuff_order), n,
-                     system_tokens, counter) for s, n in zip(samples, units)]
+    stuffed = [_call(task, grid, spec, "stuff", s,
+                     stuff_units(task.ranking_texts(s), s.question, order=grid.stuff_order), n, system_tokens, counter)
+               for s, n in zip(samples, units)]
     budgets = [(grid.retrieve_budget_tokens or planner_budget(spec, task, s, grid.max_tokens))
                if "retrieve" in grid.strategies else 0 for s in samples]
     if max_cost_usd is not None:
@@ -363,6 +366,7 @@ def run_grid(task: Task, grid: GridSpec, out_dir: Path | str, *, provider=None, 
     counter = counter_for(spec)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _refuse_another_stuff_order(out, grid)
     cache = cache if cache is not None else ResponseCache()  # (an empty cache is falsy: it has __len__)
     log = RecordLog(out)  # drops a line torn by a kill before anything is appended after it
     previous = {cid: r for cid, r in latest_by_call(log.read()).items() if r.ok}
@@ -392,6 +396,16 @@ def run_grid(task: Task, grid: GridSpec, out_dir: Path | str, *, provider=None, 
     return RunResult(str(out), est, tally.made, sum(1 for r in lines if not r.ok),
                      sum(scores) / len(scores) if scores else None, round(tally.cost, 6),
                      round(time.monotonic() - started, 2))
+
+
+def _refuse_another_stuff_order(out: Path, grid: GridSpec) -> None:
+    """A folder holds one stuff order: the orders share call ids, so the other order's answers would
+    replace this folder's (and its report would mix the two)."""
+    before = read_meta(out).get("grid")
+    logged = before.get("stuff_order", "document") if before else None   # (older runs stuffed in file order)
+    if logged is not None and logged != grid.stuff_order and "stuff" in grid.strategies:
+        raise InputError(f"{out} holds a --stuff-order {logged} run: resume it with --stuff-order {logged}, "
+                         f"or write the {grid.stuff_order} run to another folder (-o).")
 
 
 class _NoBar:

@@ -20,7 +20,7 @@ from ragkit.errors import InputError
 from ragkit.config import bundled
 
 RUN_KEYS = {"name", "task", "lengths", "depths", "samples", "strategies", "max_tokens", "temperature",
-            "retrieve_budget_tokens", "order", "options"}
+            "retrieve_budget_tokens", "order", "stuff_order", "options"}
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class SuiteRun:
     retrieve_budget_tokens: int | None
     order: str
     options: dict
+    stuff_order: str = "document"   # "edges": stuffed documents ordered as `ragkit ask` orders them
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -52,6 +53,8 @@ class SuiteRun:
         parts = [f"{lengths} {'documents' if length_unit == 'docs' else 'tokens'}",
                  f"{'gold positions' if depth_unit == 'position' else 'depths'} {depths}",
                  plural(samples or self.samples, "sample"), ", ".join(self.strategies)]
+        if self.stuff_order != "document":
+            parts.append(f"stuffed in {self.stuff_order} order")
         parts += [f"{key} {str(value).lower() if isinstance(value, bool) else value}"
                   for key, value in self.options.items()]
         return f"{self.name} ({self.task}): " + "; ".join(parts)
@@ -106,7 +109,7 @@ def load_suite(name_or_file: str) -> Suite:
             samples=int(r.get("samples", 3)), strategies=tuple(r.get("strategies", ["stuff"])),
             max_tokens=int(r.get("max_tokens", 64)), temperature=float(r.get("temperature", 0.0)),
             retrieve_budget_tokens=r.get("retrieve_budget_tokens"), order=str(r.get("order", "edges")),
-            options=dict(r.get("options", {}))))
+            options=dict(r.get("options", {})), stuff_order=str(r.get("stuff_order", "document"))))
     if not runs:
         raise InputError(f"{path} has no [[runs]]")
     return Suite(str(data.get("name", path.stem)), str(data.get("description", "")), str(path), tuple(runs))

@@ -80,6 +80,10 @@ class Task:
     def score(self, prediction: str, sample: Sample) -> float:
         return scoring.SCORERS[self.scorer_name]()(prediction, sample.answers)
 
+    def ranking_texts(self, sample: Sample) -> Sequence[str]:
+        """Each unit as `ragkit ask` would read it to order stuffed documents (default: the unit itself)."""
+        return sample.units
+
     def describe(self) -> dict:
         return {"task": self.name, "scorer": self.scorer_name}
 
@@ -359,6 +363,7 @@ class QATask(Task):
         if self.by_tokens:
             pool = self._distractor_ids(q, self.max_distractors)
             docs: list[str] = []
+            ids: list[str] = []
             total = counter.count(self.docs_block([self.unit(gold)]))
             for pid in pool:
                 if total >= length:
@@ -366,24 +371,32 @@ class QATask(Task):
                     if total >= length:
                         break
                 docs.append(self.unit(self.by_id[pid]))
+                ids.append(pid)
                 total += counter.count(docs[-1]) + 5
             if counter.count(self.docs_block([self.unit(gold)] + docs)) < length:
                 raise InputError(f"not enough distractors to reach {length} tokens; use shorter --lengths")
             position = round(len(docs) * depth / 100.0)
-            units = docs[:position] + [self.unit(gold)] + docs[position:]
         else:
             n_docs = int(length)
             position = int(depth)
             if not 0 <= position < n_docs:
                 raise InputError(f"gold position {position} is outside 0..{n_docs - 1} for {n_docs} documents")
-            docs = [self.unit(self.by_id[pid]) for pid in self._distractor_ids(q, n_docs - 1)]
-            if len(docs) < n_docs - 1:
-                raise InputError(f"only {len(docs)} distractors for {n_docs} documents; use fewer --lengths")
-            units = docs[:position] + [self.unit(gold)] + docs[position:]
+            ids = self._distractor_ids(q, n_docs - 1)
+            if len(ids) < n_docs - 1:
+                raise InputError(f"only {len(ids)} distractors for {n_docs} documents; use fewer --lengths")
+        ids = ids[:position] + [q["passage_id"]] + ids[position:]
+        units = [self.unit(self.by_id[pid]) for pid in ids]
         sample = Sample(self.name, index, int(length), self.length_unit, depth, self.depth_unit, q["question"],
-                        tuple(q["answers"]), tuple(units), (position,), {"gold_passage_id": q["passage_id"]})
+                        tuple(q["answers"]), tuple(units), (position,),
+                        {"gold_passage_id": q["passage_id"], "passage_ids": tuple(ids)})
         sample.meta["context_tokens"] = counter.count(self.docs_block(units))
         return sample
+
+    def ranking_texts(self, sample: Sample) -> list[str]:
+        """The passages as `ragkit ask` reads a JSONL record: the title a field, the text as stored."""
+        from ragkit.retrieve import ranked_text
+
+        return [ranked_text(self.by_id[pid]["title"], self.by_id[pid]["text"]) for pid in sample.meta["passage_ids"]]
 
     @staticmethod
     def docs_block(units: Sequence[str]) -> str:
