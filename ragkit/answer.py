@@ -129,7 +129,8 @@ class Session:
     def __init__(self, path: str | Path, *, model: str | None = None, base_url: str | None = None,
                  timeout_s: float = 60.0, max_retries: int = 2, index_dir: str | Path | None = None,
                  ledger=True, log_question: bool = False, task: str = "ask", corpus=None,
-                 progress: bool = False, index_wait_s: float | None = None, embed_backend: str | None = None):
+                 progress: bool = False, index_wait_s: float | None = None, embed_backend: str | None = None,
+                 nprobe: int | None = None):
         from ragkit.corpus import DEFAULT_INDEX_WAIT_S
         from ragkit.ledger import Ledger
 
@@ -140,6 +141,7 @@ class Session:
         self.max_retries = max_retries
         self.index_dir = index_dir
         self.embed_backend = embed_backend  # None: the index's own (a new index: the default)
+        self.nprobe = nprobe  # IVF-PQ indexes: clusters scanned per query (None: the index's measured default)
         self.log_question = log_question
         self.task = task
         self.progress = progress      # index-building progress bar on stderr
@@ -162,7 +164,8 @@ class Session:
             if self._corpus is None:
                 from ragkit.corpus import Corpus
 
-                self._corpus = Corpus.open(self.path, index_dir=self.index_dir, embed_backend=self.embed_backend)
+                self._corpus = Corpus.open(self.path, index_dir=self.index_dir, embed_backend=self.embed_backend,
+                                           nprobe=self.nprobe)
             return self._corpus
 
     def documents(self) -> list:
