@@ -201,3 +201,43 @@ def test_ondisk_lists_survive_process_exit_and_the_generation_switch(tmp_path):
     assert g1.search(vecs[:1], 1)[0][0][0] == 0               # and still serves what it served
     assert 0 not in {i for i, _ in g2.search(vecs[:1], 10)[0]}  # the new one no longer has chunk 0
     assert json.loads((d / "CURRENT").read_text())["generation"] == "g000002"
+
+
+@pytest.mark.slow
+def test_ragkit_index_prints_the_measured_recall_and_search_takes_nprobe(tmp_path, monkeypatch):
+    """Through the real CLI: the vectors come from a pre-filled embedding cache (by content hash, as
+    an unchanged chunk's would), so 1,200 chunks need no model time; queries use the real model."""
+    from click.testing import CliRunner
+
+    from ragkit.chunking import Chunker
+    from ragkit.cli import main
+    from ragkit.corpus import Corpus
+    from ragkit.embed import load_piece_tokenizer
+    from ragkit.loaders import load_documents
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    with open(docs / "facts.jsonl", "w") as f:
+        for i in range(1200):
+            f.write(json.dumps({"id": f"d{i}", "text": f"Fact number {i} is about topic {i % 37}."}) + "\n")
+    chunks = Chunker(load_piece_tokenizer()).split_many(load_documents(docs))
+    assert len(chunks) == 1200
+    corpus = Corpus.open(docs)
+    corpus.index_dir.mkdir(parents=True)
+    cache = store.EmbeddingCache(corpus.index_dir / "embcache.sqlite", corpus.backend.cache_key(corpus.embed_model), DIM)
+    cache.put_many([c.text_hash for c in chunks], _vectors(1200, seed=3))
+    cache.close()
+    monkeypatch.setattr(store, "IVFPQ_THRESHOLD", 1000)
+    runner = CliRunner()
+    res = runner.invoke(main, ["index", str(docs), "-q"])
+    assert res.exit_code == 0, res.output + res.stderr
+    assert "(0 embedded, 1200 from cache); ivfpq index g000001" in res.output
+    assert "recall@10 " in res.output and "vs exact search at nprobe" in res.output
+    (docs / "more.jsonl").write_text(json.dumps({"id": "x", "text": "Volcanoes erupt lava."}) + "\n")
+    res = runner.invoke(main, ["index", str(docs), "--json", "--nprobe", "8"])
+    report = json.loads(res.output)
+    assert report["index_type"] == "ivfpq" and report["nprobe"] == 8 and report["chunks_embedded"] == 1
+    assert 0 < report["recall_at_10"] <= 1 and report["recall_measured_in"] == "g000001"
+    res = runner.invoke(main, ["search", str(docs), "volcano lava", "--nprobe", "64", "--json", "-k", "1"])
+    assert res.exit_code == 0 and json.loads(res.output)["hits"][0]["doc_id"].endswith("#x")
+    assert runner.invoke(main, ["search", str(docs), "lava", "--nprobe", "0"]).exit_code == 2
