@@ -57,8 +57,10 @@ HNSW_EF_CONSTRUCTION = 40
 HNSW_EF_SEARCH = 128           # recall@10 0.98 -> 0.99 vs 64 on real NQ questions, ~1 ms a query
 TOMBSTONE_REBUILD_FRACTION = 0.2
 # IVF-PQ tier (see the module docstring and benchmarks/bench_ivfpq.py for the figures behind these).
-IVFPQ_THRESHOLD = 1_000_000    # live chunks; HNSW below. HNSW costs ~1.8 KB a 384-d chunk in RAM and
-                               # its build slows with size; IVF-PQ ~IVFPQ_M + 8 bytes, so 100M fit in ~6 GB
+IVFPQ_THRESHOLD = 5_000_000    # live chunks; HNSW below. HNSW serves from ~1.85 KB a 384-d chunk and a
+                               # (re)build also holds the 1.5 KB vectors: ~17 GB at 5M, the most a 24 GB
+                               # machine carries; IVF-PQ 56 bytes (100M in ~6 GB) but its recall is lower
+                               # (benchmarks/bench_ivfpq.py), so HNSW stays as long as it fits
 IVFPQ_M = 48                   # PQ sub-quantizers (bytes per vector at 8 bits); 384-d -> 8-d sub-vectors
 IVFPQ_NBITS = 8
 IVFPQ_TRAIN_PER_LIST = 40      # k-means sample: points per cluster (FAISS warns below 39)
