@@ -107,6 +107,8 @@ def _gen_no(name: str | None) -> int:
 class CollectionView:
     """One chunk collection as readers see it (what Corpus keeps as its current generation)."""
 
+    nprobe = None  # a FAISS IVF-PQ setting (store.Generation.nprobe); Milvus tunes its own search
+
     def __init__(self, client, name: str, manifest: dict):
         self.client, self.name, self.manifest = client, name, manifest
         self.kind = manifest.get("index_type", "milvus")
