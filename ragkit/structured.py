@@ -94,6 +94,8 @@ def parse_shorthand(text: str) -> dict:
         name, _, typ = item.partition(" ")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise SchemaError(f"schema shorthand: {name!r} is not a field name; write fields like 'name str, score float'.")
+        if name in props:
+            raise SchemaError(f"schema shorthand: the field {name!r} is given twice; give each field once.")
         props[name] = _short_type(typ or "str", f"field {name!r}")
         if desc.strip():
             props[name]["description"] = desc.strip()
@@ -103,24 +105,43 @@ def parse_shorthand(text: str) -> dict:
 
 
 def _load_text(text: str) -> dict:
-    stripped = text.strip()
-    if stripped.startswith("{"):
-        try:
-            return json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            raise SchemaError(f"the schema is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
-                              "fix it or use the shorthand, e.g. 'name str, score float'.") from None
+    """JSON text, a JSON Schema file's path, or shorthand (what --schema takes)."""
+    stripped = text.lstrip("\ufeff").strip()
+    if stripped.startswith(("{", "[")):
+        return _json(stripped, "the schema")
     path = Path(stripped)
-    if stripped.endswith(".json") or path.is_file():
-        try:
-            return _load_text(path.read_text(encoding="utf-8")) if path.is_file() else _missing(path)
-        except OSError as exc:
-            raise SchemaError(f"cannot read the schema file {path}: {exc.strerror or exc}.") from None
+    if stripped and path.is_dir():
+        raise SchemaError(f"the schema file {path} is a directory; give a JSON Schema file or shorthand like 'name str'.")
+    if stripped and path.is_file():
+        return _read_file(path)
+    if stripped.endswith(".json"):
+        raise SchemaError(f"the schema file {path} does not exist; give a JSON Schema file or shorthand like 'name str'.")
     return parse_shorthand(stripped)
 
 
-def _missing(path: Path):
-    raise SchemaError(f"the schema file {path} does not exist; give a JSON Schema file or shorthand like 'name str'.")
+def _read_file(path: Path) -> dict:
+    """A schema file holds JSON Schema: one JSON object (a UTF-8 byte-order mark is allowed)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise SchemaError(f"the schema file {path} is not UTF-8 text; save it as UTF-8 JSON.") from None
+    except OSError as exc:
+        raise SchemaError(f"cannot read the schema file {path}: {exc.strerror or exc}.") from None
+    value = _json(text, f"the schema file {path}")
+    if not isinstance(value, dict):
+        raise SchemaError(f"the schema file {path} holds {_kind(value)}, not a JSON Schema object; write e.g. "
+                          '{"type": "object", "properties": {"name": {"type": "string"}}}.')
+    return value
+
+
+def _json(text: str, what: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SchemaError(f"{what} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
+                          "fix it or use the shorthand, e.g. 'name str, score float'.") from None
+    except RecursionError:
+        raise SchemaError(f"{what} nests deeper than JSON can be read here; flatten it.") from None
 
 
 MAX_DEPTH = 32  # nesting ragkit accepts: far past any real answer shape, well inside every recursion limit

@@ -172,3 +172,53 @@ def test_a_refused_schema_never_reaches_the_model(tmp_path):
             with pytest.raises(SchemaError):
                 s.ask("Which book did Darwin write?", schema=schema)
             assert srv.requests == [], schema
+
+
+# ------------------------------------------------------------------ schema files and shorthand (--schema)
+
+GOOD = {"type": "object", "properties": {"title": {"type": "string"}}, "required": ["title"]}
+
+
+@pytest.mark.parametrize("name, content, words", [
+    ("null.json", "null", "holds null, not a JSON Schema object"),
+    ("list.json", "[]", "holds list, not a JSON Schema object"),
+    ("latin1.json", b'{"title": "caf\xe9"}', "is not UTF-8 text"),
+    ("schema.json", None, "is a directory"),
+    ("range.json", json.dumps({"type": "object", "properties": {"n": {"type": "integer", "minimum": 9,
+                                                                     "maximum": 1}}}), "minimum 9 above maximum 1"),
+    ("enum.json", json.dumps({"type": "object", "properties": {"k": {"enum": []}}}), '"enum": []'),
+    (None, "title str, title int", "the field 'title' is given twice"),
+])
+def test_cli_schema_file_edge_cases_are_one_sentence_before_any_call(tmp_path, name, content, words):
+    from click.testing import CliRunner
+
+    from ragkit.cli import main
+
+    corpus = tmp_path / "docs"
+    corpus.mkdir()
+    (corpus / "darwin.txt").write_text("On the Origin of Species was written by Charles Darwin.\n")
+    arg = content
+    if name is not None:
+        target = tmp_path / name
+        if content is None:
+            target.mkdir()
+        elif isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            target.write_text(content)
+        arg = str(target)
+    with LLMServer(responder=lambda r: "{}") as srv:
+        res = CliRunner().invoke(main, ["ask", str(corpus), "q", "-m", "gpt-4o-mini", "-u", srv.openai_base_url,
+                                        "--schema", arg])
+        assert srv.requests == []
+    assert res.exit_code == 1, res.output
+    [line] = res.output.strip().splitlines()
+    assert line.startswith("Error: ") and words in line, line
+
+
+def test_a_schema_file_or_text_with_a_byte_order_mark_reads_as_json(tmp_path):
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode())
+    assert make_schema(path).schema == GOOD
+    assert make_schema(str(path)).schema == GOOD
+    assert make_schema("\ufeff" + json.dumps(GOOD)).schema == GOOD
