@@ -42,6 +42,9 @@ class CachedResponse:
         return dict(self.__dict__)
 
 
+_COLUMNS = ("text", "input_tokens", "output_tokens", "latency_s", "cost_usd", "created", "ttft_s")
+
+
 def _m001_initial(db: sqlite3.Connection) -> None:
     db.execute("""CREATE TABLE responses (
         key TEXT PRIMARY KEY, model TEXT NOT NULL, text TEXT NOT NULL,
@@ -80,10 +83,27 @@ class ResponseCache:
                     self._db.execute("COMMIT")
 
     def get(self, key: str) -> CachedResponse | None:
+        """The cached answer, or None. A row whose columns hold the wrong types (SQLite lets any cell hold
+        anything) is a miss, with one warning per cache: the call is asked again and its row replaced."""
+        from ragkit.evals.records import wrong_type
+
         with self._lock:
             row = self._db.execute("SELECT text, input_tokens, output_tokens, latency_s, cost_usd, created, ttft_s "
                                    "FROM responses WHERE key = ?", (key,)).fetchone()
-        return CachedResponse(*row) if row else None
+        if not row:
+            return None
+        wrong = wrong_type(CachedResponse, dict(zip(_COLUMNS, row)))
+        if wrong is None:
+            return CachedResponse(*row)
+        if not self._warned_damaged:
+            self._warned_damaged = True
+            from ragkit.console import warn
+
+            warn(f"the eval cache {self.path} has a damaged row ({wrong}); such calls are asked again and "
+                 "their rows replaced.")
+        return None
+
+    _warned_damaged = False  # get() warns about damaged rows once per cache
 
     def put(self, key: str, model: str, response: CachedResponse) -> None:
         with self._lock:
