@@ -113,18 +113,20 @@ def extraction_tasks(n: int = DEFAULT_TASKS, *, corpus=None, questions=None,
     return tasks
 
 
-def score_fields(value: dict | None, task: ExtractionTask) -> dict[str, float]:
-    """1.0 / 0.0 per field: title equal (normalised), answer containing a gold answer (the QA eval's
-    subspan match), year equal (null when the passage has none). No valid object: every field 0."""
+def score_fields(value: dict | None, reference: dict) -> dict[str, float]:
+    """1.0 / 0.0 per field against a task's reference: title equal (normalised); answer holding one of the
+    gold answers (the QA eval's subspan match) in at most twice its words plus 5, so a copied passage does
+    not count; year equal (null when the passage has none). No valid object: every field 0."""
     from ragkit.evals.scoring import normalize_answer
 
     if not isinstance(value, dict):
         return {f: 0.0 for f in FIELDS}
-    title = value.get("title")
+    title, year = value.get("title"), value.get("year")
     answer = normalize_answer(str(value.get("answer") or ""))
-    return {"title": float(isinstance(title, str) and normalize_answer(title) == normalize_answer(task.title)),
-            "answer": float(bool(answer) and any(normalize_answer(a) in answer for a in task.answers)),
-            "year": float(value.get("year") == task.year and type(value.get("year")) is type(task.year))}
+    golds = [g for g in map(normalize_answer, reference["answer"]) if g]
+    return {"title": float(isinstance(title, str) and normalize_answer(title) == normalize_answer(reference["title"])),
+            "answer": float(any(g in answer and len(answer.split()) <= 2 * len(g.split()) + 5 for g in golds)),
+            "year": float(year == reference["year"] and type(year) is type(reference["year"]))}
 
 
 # ---------------------------------------------------------------- modes: how the schema is enforced
@@ -257,7 +259,7 @@ class _SchemaCaller:
                    "output_tokens": [c.output_tokens for c in calls],
                    "decode_s": [round(max(0.0, c.latency_s - c.ttft_s), 4) for c in calls],
                    "paid": provider.paid, "value": value, "reference": call.task.reference,
-                   "fields": score_fields(value, call.task), "error": error}
+                   "fields": score_fields(value, call.task.reference), "error": error}
         record = EvalRecord(**self._where(call), status="ok", prediction=calls[-1].text,
                             score=sum(metrics["fields"].values()) / len(FIELDS),
                             input_tokens=sum(c.input_tokens for c in calls),
@@ -390,8 +392,10 @@ def summarize_group(records: Sequence[EvalRecord]) -> dict:
     ok = [r for r in records if r.ok]
     m = [r.metrics or {} for r in ok]
     n = len(ok)
-    first_errors = [x["first_error"] for x in m if x.get("first_error")]
-    not_json = sum(1 for e in first_errors if e.startswith("the reply is not valid JSON"))
+    fields = [score_fields(x.get("value"), x["reference"]) for x in m]  # scored now: the scorer may have improved
+    first = [(x.get("first_error") or "", bool((x.get("cut_at_limit") or [False])[0])) for x in m]
+    not_json = [cut for e, cut in first if e.startswith("the reply is not valid JSON")]
+    wrong_shape = sum(1 for e, _ in first if e and not e.startswith("the reply is not valid JSON"))
     out_tokens = sum(t for x in m for t in x.get("output_tokens", ()))
     decode_s = sum(s for x in m for s in x.get("decode_s", ()))
     first_tokens = [x["output_tokens"][0] for x in m if x.get("output_tokens")]
@@ -400,11 +404,11 @@ def summarize_group(records: Sequence[EvalRecord]) -> dict:
         "n": n, "failed": len(records) - n,
         "valid_first": _rate(sum(1 for x in m if x.get("valid_first")), n),
         "valid_after_repair": _rate(sum(1 for x in m if x.get("valid")), n),
-        "malformed_json_first": _rate(not_json, n),
-        "schema_mismatch_first": _rate(len(first_errors) - not_json, n),
-        "cut_at_limit_first": _rate(sum(1 for x in m if (x.get("cut_at_limit") or [False])[0]), n),
-        "field_accuracy": _rate(sum(r.score for r in ok), n),
-        "fields": {f: _rate(sum(x.get("fields", {}).get(f, 0.0) for x in m), n) for f in FIELDS},
+        "not_json_first": _rate(len(not_json), n),
+        "not_json_cut_first": _rate(sum(not_json), n),        # of those, cut at max tokens
+        "wrong_shape_first": _rate(wrong_shape, n),           # valid JSON that does not match the schema
+        "field_accuracy": _rate(sum(sum(f.values()) / len(FIELDS) for f in fields), n),
+        "fields": {f: _rate(sum(x[f] for x in fields), n) for f in FIELDS},
         "repairs": sum(x.get("repairs", 0) for x in m), "calls": sum(x.get("calls", 1) for x in m),
         "repairs_per_task": sum(x.get("repairs", 0) for x in m) / n if n else None,
         "output_tokens": out_tokens, "decode_s": round(decode_s, 2),
@@ -435,8 +439,9 @@ def summarize_schema(meta: dict, records: Sequence[EvalRecord]) -> dict:
             if not both:
                 continue
             row = {"a": a, "b": b, "n": len(both)}
+            accuracy = lambda r: sum(score_fields(r.metrics.get("value"), r.metrics["reference"]).values()) / len(FIELDS)  # noqa: E731
             for name, get in (("valid_first", lambda r: float(r.metrics["valid_first"])),
-                              ("field_accuracy", lambda r: r.score)):
+                              ("field_accuracy", accuracy)):
                 diffs = [get(ra[s]) - get(rb[s]) for s in both]
                 lo, hi = paired_bootstrap(diffs)
                 row[name] = {"diff": sum(diffs) / len(diffs), "low": lo, "high": hi}
@@ -461,19 +466,19 @@ def render_markdown(summary: dict, records: Sequence[EvalRecord]) -> str:
              f"Max {summary['max_tokens']} output tokens per reply, temperature {summary['temperature']}, at most "
              f"{summary['max_repairs']} repair round-trip (the validation error sent back). References from the data: "
              "`title` = the passage's title (normalised equality), `answer` = one of the NQ gold answers found in the "
-             "cut passage (subspan match), `year` = the first four-digit year 1000-2099 in the cut passage, null if "
+             "cut passage (subspan match, in at most twice its words plus 5), `year` = the first four-digit year 1000-2099 in the cut passage, null if "
              "none (equality). A reply that never validates scores 0 on every field. Intervals: 95% Wilson; "
              "differences: paired bootstrap over tasks.", "",
-             "| model / enforcement | tasks | schema-valid, first reply | not JSON | valid JSON, wrong shape | cut at "
-             "max tokens | valid after repair | repairs | field accuracy | title | answer | year | decode tok/s | "
-             "s / task |",
+             "| model / enforcement | tasks | schema-valid, first reply | not JSON | of which cut at max tokens | "
+             "valid JSON, wrong shape | valid after repair | repairs | field accuracy | title | answer | year | "
+             "decode tok/s | s / task |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, g in summary["groups"].items():
         f = g["fields"]
         failed = f" (+{g['failed']} failed)" if g["failed"] else ""
         lines.append(f"| {label} | {g['n']}{failed} | "
-                     f"{_pct(g['valid_first'])} | {_pct(g['malformed_json_first'])} | "
-                     f"{_pct(g['schema_mismatch_first'])} | {_pct(g['cut_at_limit_first'])} | "
+                     f"{_pct(g['valid_first'])} | {_pct(g['not_json_first'])} | {_pct(g['not_json_cut_first'])} | "
+                     f"{_pct(g['wrong_shape_first'])} | "
                      f"{_pct(g['valid_after_repair'])} | {g['repairs']} ({g['calls']} calls) | "
                      f"{_pct(g['field_accuracy'])} | {_pct(f['title'])} | {_pct(f['answer'])} | {_pct(f['year'])} | "
                      f"{g['tokens_per_s'] if g['tokens_per_s'] is not None else '-'} | "
