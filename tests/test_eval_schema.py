@@ -174,7 +174,7 @@ def test_cli_runs_and_re_renders_a_schema_eval(tmp_path, tasks):
     res = runner.invoke(main, ["eval", "report", str(out), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["summary"]["groups"]["gpt-4o-mini/strict"]["valid_first"]["rate"] == 1.0
-    res = runner.invoke(main, ["eval", "schema", "-m", "gpt-4o-mini", "-e", "grammar", "-n", "1", "-o", str(out)])
+    res = runner.invoke(main, ["eval", "schema", "-m", "gpt-4o-mini", "--enforcement", "grammar", "-n", "1", "-o", str(out)])
     assert res.exit_code == 1 and res.output.startswith("Error: --enforcement 'grammar' does not apply to gpt-4o-mini")
 
 

@@ -246,11 +246,11 @@ def kv_cmd(lengths, depths, source, **kw):
 
 @eval_group.command("schema", short_help="Structured answers: schema-valid rate and field accuracy.")
 @click.option("-m", "--model", "models", multiple=True, help="Model id or alias (repeatable; default: $RAGKIT_MODEL).")
-@click.option("-e", "--enforcement", default="native,validated", show_default=True,
+@click.option("--enforcement", default="native,validated", show_default=True,
               help="native (the registry's structured_output: local grammar, OpenAI strict/json_mode, Anthropic "
                    "tool), validated (no enforcement: the reply is only validated), or both, comma-separated.")
-@click.option("-n", "--tasks", "n_tasks", default=100, show_default=True, type=int,
-              help="Extraction tasks (NQ passages with their question).")
+@click.option("-n", "--samples", "n_tasks", default=100, show_default=True, type=int,
+              help="Extraction tasks: NQ passages, each with its question.")
 @click.option("--max-chars", default=1200, show_default=True, type=int, help="Each passage cut to this many characters.")
 @click.option("--max-tokens", default=80, show_default=True, type=int, help="Output tokens per reply.")
 @click.option("--corpus", type=click.Path(exists=True), default=None, help="Passages (default: bundled nq-wiki).")
