@@ -167,10 +167,6 @@ class SchemaCall:
     key: str                      # the first completion's cache key (the record's key)
 
 
-def _extra(schema, label: str) -> dict:
-    return {"schema": schema.wire(), "enforcement": label}
-
-
 def plan_schema(tasks: Sequence[ExtractionTask], runs: Sequence[tuple[str, object, object]], schema, answered: dict,
                 *, max_tokens: int, temperature: float) -> Plan:
     """Every call, task by task (then model, then mode) so that a partial run compares modes on the same
@@ -181,7 +177,7 @@ def plan_schema(tasks: Sequence[ExtractionTask], runs: Sequence[tuple[str, objec
     for task in tasks:
         system, user = build_prompt(task.question, [task.source], frame=schema.frame)
         for label, spec, provider in runs:
-            key = call_key(spec.id, spec.api_model, system, user, max_tokens, temperature, _extra(schema, label))
+            key = call_key(spec.id, spec.api_model, system, user, max_tokens, temperature, schema_key_extra(schema, spec))
             calls.append(SchemaCall(f"{spec.id}/{label}/{task.passage_id}", task, label, spec, provider,
                                     system, user, key))
     todo = [c for c in calls if answered.get(c.call_id) != c.key]
@@ -190,36 +186,72 @@ def plan_schema(tasks: Sequence[ExtractionTask], runs: Sequence[tuple[str, objec
 
 # ---------------------------------------------------------------- executing: complete_structured, cached, accounted
 
-class _CachedProvider:
-    """The provider behind complete_structured for one task: each completion is looked up in the response
-    cache first; a paid one gets its ledger row, then its cache entry (the runner's order)."""
+class CachedProvider:
+    """A provider behind complete_structured for one question: each completion (the repair too) is looked up
+    in the response cache first, keyed with `extra` (the schema and its enforcement); a paid one gets its
+    ledger row, then its cache entry (the runner's order: a kill never hides a cost or pays twice)."""
 
-    def __init__(self, call: SchemaCall, cache: ResponseCache, ledger, schema, temperature: float):
-        self.call, self.cache, self.ledger, self.schema, self.temperature = call, cache, ledger, schema, temperature
-        self.cached = self.paid = 0
+    def __init__(self, provider, spec, cache: ResponseCache, *, extra: dict, ledger, task: str, strategy: str,
+                 question: str, log_question: bool = False):
+        self.provider, self.spec, self.cache, self.extra, self.ledger = provider, spec, cache, extra, ledger
+        self.task, self.strategy, self.question, self.log_question = task, strategy, question, log_question
+        self.paid = 0
         self.cost = 0.0
 
     def complete(self, system, prompt, *, max_tokens, temperature=0.0, on_text=None, schema=None):
         from ragkit.ledger import account
         from ragkit.providers.base import Completion
 
-        c = self.call
-        key = call_key(c.spec.id, c.spec.api_model, system, prompt, max_tokens, temperature, _extra(self.schema, c.label))
+        spec = self.spec
+        key = call_key(spec.id, spec.api_model, system, prompt, max_tokens, temperature, self.extra)
         hit = self.cache.get(key)
         if hit is not None:
-            self.cached += 1
             return Completion(hit.text, hit.input_tokens, hit.output_tokens, hit.ttft_s or hit.latency_s,
-                              hit.latency_s, c.spec.api_model,
-                              "length" if hit.output_tokens >= max_tokens else "stop",
-                              enforcement=_ENFORCED.get(c.label, "validated"))
-        done = c.provider.complete(system, prompt, max_tokens=max_tokens, temperature=temperature, schema=schema)
-        cost = account(done, c.spec, task=f"eval:{TASK}", strategy=c.label, question=c.task.question,
-                       ledger=self.ledger).cost_usd
-        self.cache.put(key, c.spec.id, CachedResponse(done.text, done.input_tokens, done.output_tokens,
-                                                       done.latency_s, cost, time.time(), done.ttft_s))
+                              hit.latency_s, spec.api_model, "length" if hit.output_tokens >= max_tokens else "stop",
+                              enforcement=_ENFORCED.get(self.extra.get("enforcement"), "validated"))
+        done = self.provider.complete(system, prompt, max_tokens=max_tokens, temperature=temperature, schema=schema)
+        cost = account(done, spec, task=self.task, strategy=self.strategy, question=self.question,
+                       log_question=self.log_question, ledger=self.ledger).cost_usd
+        self.cache.put(key, spec.id, CachedResponse(done.text, done.input_tokens, done.output_tokens,
+                                                     done.latency_s, cost, time.time(), done.ttft_s))
         self.paid += 1
         self.cost += cost
         return done
+
+
+def schema_key_extra(schema, spec) -> dict:
+    """What a structured call's cache key adds: the schema sent and how it is enforced."""
+    setting = spec.structured_output
+    return {"schema": schema.wire(), "enforcement": "validated" if setting == "none" else setting}
+
+
+def structured_outcome(schema, calls: Sequence, value, enforcement: str, error: str | None) -> dict:
+    """The facts of one structured answer every report reads: validity on the first reply and after the
+    repair, why the first failed, repairs, calls, the tokens and decode time of each call."""
+    first = _first_reply(schema, calls[0].text)
+    return {"valid_first": first is None, "valid": value is not None, "first_error": first,
+            "first_reply": calls[0].text if len(calls) > 1 else None,
+            "repairs": len(calls) - 1, "calls": len(calls), "enforcement": enforcement,
+            "cut_at_limit": [c.finish_reason == "length" for c in calls],
+            "output_tokens": [c.output_tokens for c in calls],
+            "decode_s": [round(max(0.0, c.latency_s - c.ttft_s), 4) for c in calls],
+            "value": value, "error": error}
+
+
+def complete_cached(provider: CachedProvider, schema, system: str, user: str, *, max_tokens: int,
+                    temperature: float, n_sources: int) -> tuple[list, dict]:
+    """complete_structured through the cache: (the calls, structured_outcome). A reply that never validates
+    is an outcome (valid False); a provider failure raises."""
+    from ragkit.structured import StructuredOutputError, complete_structured
+
+    calls: list = []
+    try:
+        result = complete_structured(provider, schema, system, user, max_tokens=max_tokens, temperature=temperature,
+                                     n_sources=n_sources, on_call=calls.append)
+        value, error, enforcement = result.parsed.value, None, result.enforcement
+    except StructuredOutputError as exc:  # measured: invalid after the repair, not a failed call
+        value, error, enforcement = None, str(exc), getattr(calls[-1], "enforcement", "") or "validated"
+    return calls, structured_outcome(schema, calls, value, enforcement, error)
 
 
 # What each provider reports for a mode (json_mode: JSON only, the schema itself is validated).
@@ -237,31 +269,20 @@ class _SchemaCaller:
     temperature: float
 
     def send(self, call: SchemaCall) -> tuple[EvalRecord, CachedResponse | None]:
-        from ragkit.structured import StructuredOutputError, complete_structured
-
-        provider = _CachedProvider(call, self.cache, self.ledger, self.schema, self.temperature)
-        calls: list = []
+        provider = CachedProvider(call.provider, call.spec, self.cache, extra=schema_key_extra(self.schema, call.spec),
+                                  ledger=self.ledger, task=f"eval:{TASK}", strategy=call.label,
+                                  question=call.task.question)
         t0 = time.monotonic()
         try:
-            result = complete_structured(provider, self.schema, call.system, call.user, max_tokens=self.max_tokens,
-                                         temperature=self.temperature, n_sources=1, on_call=calls.append)
-            value, error, enforcement = result.parsed.value, None, result.enforcement
-        except StructuredOutputError as exc:  # a measured outcome (invalid after the repair), not a failed call
-            value, error, enforcement = None, str(exc), getattr(calls[-1], "enforcement", "") or "validated"
+            calls, outcome = complete_cached(provider, self.schema, call.system, call.user, max_tokens=self.max_tokens,
+                                             temperature=self.temperature, n_sources=1)
         except Exception as exc:  # noqa: BLE001 - a provider failure is logged unscored, retried on resume
             return EvalRecord(**self._where(call), status="failed", error=redact(f"{type(exc).__name__}: {exc}")[:500],
                               latency_s=round(time.monotonic() - t0, 3), metrics={}), None
-        first = _first_reply(self.schema, calls[0].text)
-        metrics = {"valid_first": first is None, "valid": value is not None, "first_error": first,
-                   "first_reply": calls[0].text if len(calls) > 1 else None,
-                   "repairs": len(calls) - 1, "calls": len(calls), "enforcement": enforcement,
-                   "cut_at_limit": [c.finish_reason == "length" for c in calls],
-                   "output_tokens": [c.output_tokens for c in calls],
-                   "decode_s": [round(max(0.0, c.latency_s - c.ttft_s), 4) for c in calls],
-                   "paid": provider.paid, "value": value, "reference": call.task.reference,
-                   "fields": score_fields(value, call.task.reference), "error": error}
+        fields = score_fields(outcome["value"], call.task.reference)
+        metrics = {**outcome, "paid": provider.paid, "reference": call.task.reference, "fields": fields}
         record = EvalRecord(**self._where(call), status="ok", prediction=calls[-1].text,
-                            score=sum(metrics["fields"].values()) / len(FIELDS),
+                            score=sum(fields.values()) / len(FIELDS),
                             input_tokens=sum(c.input_tokens for c in calls),
                             output_tokens=sum(c.output_tokens for c in calls), cost_usd=round(provider.cost, 8),
                             latency_s=round(sum(c.latency_s for c in calls), 3), ttft_s=round(calls[0].ttft_s, 3),
