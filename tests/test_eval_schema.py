@@ -187,3 +187,49 @@ def test_real_local_model_one_task_under_the_grammar_is_schema_valid(tmp_path):
     assert record.metrics["valid_first"] and record.metrics["repairs"] == 0
     assert set(record.metrics["value"]) == set(FIELDS)
     assert [r.task for r in Ledger().entries()] == ["eval:schema"]
+
+
+# ---------------------------------------------------------------- ragkit compare --schema
+
+BOOKS = {"darwin.txt": "On the Origin of Species was written by Charles Darwin and published in 1859.",
+         "bridge.txt": "The Sydney Harbour Bridge opened in 1932; its chief engineer was John Bradfield."}
+GOLDEN = [{"question": "Which book did Darwin write, and when?", "answers": ["Origin of Species"],
+           "reference": {"title": "On the Origin of Species", "year": 1859}},
+          {"question": "When did the Sydney Harbour Bridge open?", "answers": ["1932"],
+           "reference": {"title": "Sydney Harbour Bridge", "year": 1932}}]
+
+
+def _book_model(request):
+    """JSON mode (json_object): a first reply that is not JSON, then the right object; strict: right at once."""
+    darwin = "Darwin" in request.prompt.split("Question:")[-1]
+    value = {"title": "On the Origin of Species", "year": 1859} if darwin else {"title": "Sydney Harbour Bridge",
+                                                                                  "year": 1931}
+    fmt = request.body.get("response_format", {}).get("type")
+    if fmt == "json_object" and "Your previous reply was" not in request.prompt:
+        return "Here is the JSON: {"
+    return json.dumps({"answer": value, "citations": {"title": [1], "year": [1]}})
+
+
+def test_compare_with_a_schema_reports_validity_repairs_and_field_accuracy_per_model(tmp_path):
+    corpus = tmp_path / "docs"
+    corpus.mkdir()
+    for name, text in BOOKS.items():
+        (corpus / name).write_text(text + "\n")
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text("".join(json.dumps(g) + "\n" for g in GOLDEN))
+    args = ["compare", str(corpus), "--questions", str(golden), "-m", "gpt-4o-mini", "-m", "llama-3.1-70b",
+            "--schema", "title str, year int | null", "--cache", str(tmp_path / "c.sqlite"), "-o", str(tmp_path / "out"),
+            "--json", "-q"]
+    with LLMServer(responder=_book_model) as srv:
+        res = CliRunner().invoke(main, [*args, "-u", srv.openai_base_url])
+        assert res.exit_code == 0, res.output
+        paid = len(srv.requests)
+        again = CliRunner().invoke(main, [*args, "-u", srv.openai_base_url])
+        assert again.exit_code == 0 and len(srv.requests) == paid  # resumed: nothing paid twice
+    groups = {g["label"]: g for g in json.loads(res.stdout)["summary"]["groups"]}
+    strict, json_mode = groups["gpt-4o-mini"], groups["llama-3.1-70b"]
+    assert (strict["schema_valid_first"], strict["schema_valid"], strict["repairs"]) == (1.0, 1.0, 0)
+    assert (json_mode["schema_valid_first"], json_mode["schema_valid"], json_mode["repairs"]) == (0.0, 1.0, 2)
+    assert strict["field_accuracy"] == json_mode["field_accuracy"] == pytest.approx(3 / 4)  # 1931 is wrong
+    assert paid == 2 + 4 and len(Ledger().entries()) == paid
+    assert "| llama-3.1-70b | 0.0% | 100.0% | 2 | 75.0% |" in (tmp_path / "out" / "report.md").read_text()
