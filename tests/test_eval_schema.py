@@ -171,11 +171,26 @@ def test_cli_runs_and_re_renders_a_schema_eval(tmp_path, tasks):
                                    "--cache", str(tmp_path / "c.sqlite"), "-o", str(out), "-q"])
     assert res.exit_code == 0, res.output
     assert re.search(r"gpt-4o-mini/validated: schema-valid 0% on the first reply, 100% after a repair", res.output)
+    assert "Partial run" not in (out / "report.md").read_text()
     res = runner.invoke(main, ["eval", "report", str(out), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["summary"]["groups"]["gpt-4o-mini/strict"]["valid_first"]["rate"] == 1.0
     res = runner.invoke(main, ["eval", "schema", "-m", "gpt-4o-mini", "--enforcement", "grammar", "-n", "1", "-o", str(out)])
     assert res.exit_code == 1 and res.output.startswith("Error: --enforcement 'grammar' does not apply to gpt-4o-mini")
+
+
+def test_a_partial_run_says_so_and_how_to_resume(tmp_path):
+    tasks = extraction_tasks(N + 1)
+    good = _extractor(tasks)
+    out = tmp_path / "run"
+    with LLMServer(responder=lambda r: Fault.status(400) if tasks[N].question in r.prompt else good(r)) as srv:
+        res = CliRunner().invoke(main, ["eval", "schema", "-m", "gpt-4o-mini", "-u", srv.openai_base_url,
+                                        "-n", str(N + 1), "--enforcement", "native", "-o", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    report = (out / "report.md").read_text()
+    assert f"**Partial run**: {N} of the {N + 1} tasks answered by every model / enforcement" in report
+    assert (f"Resume: `ragkit eval schema -m gpt-4o-mini -n {N + 1} --enforcement native --max-chars 1200 "
+            f"--max-tokens 80 -u {srv.openai_base_url} -o {out}`") in report
 
 
 @pytest.mark.slow

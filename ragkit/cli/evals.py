@@ -284,13 +284,19 @@ def schema_cmd(models, enforcement, n_tasks, max_chars, max_tokens, corpus, ques
     from ragkit.evals.extraction import run_schema_eval
     from ragkit.models import get_model
 
+    import shlex
+
     models = models or (config.default_model(),)
     out_dir = Path(out) if out else Path("ragkit-evals") / f"schema-{'+'.join(get_model(m).id for m in models)}"
+    command = shlex.join(["ragkit", "eval", "schema", *(a for m in models for a in ("-m", m)), "-n", str(n_tasks),
+                          "--enforcement", enforcement, "--max-chars", str(max_chars), "--max-tokens", str(max_tokens),
+                          *(["--cache", cache_path] if cache_path else []), *(["-u", base_url] if base_url else []),
+                          "-o", str(out_dir)])
     result = run_schema_eval(models, out_dir, n=n_tasks, enforcement=tuple(e for e in enforcement.split(",") if e.strip()),
                              max_chars=max_chars, max_tokens=max_tokens, corpus=corpus, questions=questions,
                              cache=ResponseCache(cache_path), base_url=base_url, max_cost_usd=max_cost,
                              concurrency=concurrency, progress=not no_progress and not as_json,
-                             echo=lambda m: click.echo(m, err=True), render=False)
+                             echo=lambda m: click.echo(m, err=True), render=False, command=command)
     _finish_schema(out_dir, result.to_dict(), as_json)
 
 

@@ -333,9 +333,11 @@ def run_schema_eval(models: Sequence[str], out_dir: Path | str, *, n: int = DEFA
                     max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0, corpus=None, questions=None,
                     cache: ResponseCache | None = None, base_url: str | None = None,
                     max_cost_usd: float | None = None, concurrency: int | None = None, ledger=True,
-                    progress: bool = True, echo: Callable[[str], None] = print, render: bool = True) -> SchemaEvalResult:
+                    progress: bool = True, echo: Callable[[str], None] = print, render: bool = True,
+                    command: str | None = None) -> SchemaEvalResult:
     """Runs (or resumes) the schema eval into out_dir: run.json + results.jsonl (+ report.md, summary.json).
-    Every completion paid is priced and recorded in the cost ledger (`ledger`: True = the user's, None = none)."""
+    Every completion paid is priced and recorded in the cost ledger (`ledger`: True = the user's, None = none).
+    command: the command line that runs it, kept in run.json so a partial report says how to resume."""
     from ragkit.costs import cost_usd
     from ragkit.ledger import Ledger
     from ragkit.models import get_model
@@ -373,7 +375,7 @@ def run_schema_eval(models: Sequence[str], out_dir: Path | str, *, n: int = DEFA
                      "max_chars": max_chars, "max_tokens": max_tokens, "temperature": temperature,
                      "max_repairs": MAX_REPAIRS, "corpus": str(corpus or "bundled:nq-wiki"),
                      "questions": str(questions or "bundled:nq-wiki.jsonl"),
-                     "models": [s.id for s in specs], "modes": {f"{s.id}/{label}": s.structured_output
+                     "command": command, "models": [s.id for s in specs], "modes": {f"{s.id}/{label}": s.structured_output
                                                                 for label, s, _ in runs}})
     caller = _SchemaCaller(cache, Ledger() if ledger is True else (ledger or None), schema, max_tokens, temperature)
     tally = _Tally([previous[cid] for cid in plan.done_ids])
@@ -468,7 +470,7 @@ def summarize_schema(meta: dict, records: Sequence[EvalRecord]) -> dict:
                 row[name] = {"diff": sum(diffs) / len(diffs), "low": lo, "high": hi}
             paired.append(row)
     return {"format": meta.get("format"), "created": meta.get("created"), "schema": meta.get("schema"),
-            "tasks": meta.get("tasks"), "max_chars": meta.get("max_chars"), "max_tokens": meta.get("max_tokens"),
+            "tasks": meta.get("tasks"), "command": meta.get("command"), "max_chars": meta.get("max_chars"), "max_tokens": meta.get("max_tokens"),
             "temperature": meta.get("temperature"), "max_repairs": meta.get("max_repairs"),
             "groups": {label: summarize_group(rs) for label, rs in groups.items()}, "paired": paired}
 
@@ -483,6 +485,7 @@ def render_markdown(summary: dict, records: Sequence[EvalRecord]) -> str:
     lines = ["# Structured answers: schema-valid rate and field accuracy, by enforcement", "",
              f"{summary['tasks']} extraction tasks from the bundled NQ passages (each passage cut to "
              f"{summary['max_chars']:,} characters, sent as source [1] with its NQ question), schema:", "",
+             *_partial(summary),
              "```", summary["schema"] or "", "```", "",
              f"Max {summary['max_tokens']} output tokens per reply, temperature {summary['temperature']}, at most "
              f"{summary['max_repairs']} repair round-trip (the validation error sent back). References from the data: "
@@ -526,6 +529,17 @@ def render_markdown(summary: dict, records: Sequence[EvalRecord]) -> str:
               "only (the constraint's cost per token; the prompt's prefill is in s / task).",
               f"Re-render without calling a model: `ragkit eval report {'{this folder}'}`."]
     return "\n".join(lines) + "\n"
+
+
+def _partial(summary: dict) -> list[str]:
+    """A line saying the run is not complete (and how to resume it), or nothing."""
+    done = min((g["n"] for g in summary["groups"].values()), default=0)
+    if not summary.get("tasks") or done >= summary["tasks"]:
+        return []
+    resume = f" Resume: `{summary['command']}`." if summary.get("command") else " Resume with the same command."
+    return [f"**Partial run**: {done} of the {summary['tasks']} tasks answered by every model / enforcement so "
+            f"far (tasks run in order, each under every enforcement in turn, so the rows below compare the same "
+            f"tasks).{resume}", ""]
 
 
 def render_schema_report(out_dir: Path | str) -> dict:
