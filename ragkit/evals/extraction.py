@@ -481,11 +481,10 @@ def _pct(rate: dict) -> str:
     return f"{100 * rate['rate']:.1f}% ({100 * rate['low']:.0f}-{100 * rate['high']:.0f})"
 
 
-def render_markdown(summary: dict, records: Sequence[EvalRecord]) -> str:
-    lines = ["# Structured answers: schema-valid rate and field accuracy, by enforcement", "",
+def render_markdown(summary: dict, records: Sequence[EvalRecord], folder: str = "FOLDER") -> str:
+    lines = ["# Structured answers: schema-valid rate and field accuracy, by enforcement", "", *_partial(summary),
              f"{summary['tasks']} extraction tasks from the bundled NQ passages (each passage cut to "
              f"{summary['max_chars']:,} characters, sent as source [1] with its NQ question), schema:", "",
-             *_partial(summary),
              "```", summary["schema"] or "", "```", "",
              f"Max {summary['max_tokens']} output tokens per reply, temperature {summary['temperature']}, at most "
              f"{summary['max_repairs']} repair round-trip (the validation error sent back). References from the data: "
@@ -527,7 +526,7 @@ def render_markdown(summary: dict, records: Sequence[EvalRecord]) -> str:
                          f"{'repaired' if r.metrics.get('valid') else 'still invalid after the repair'}.")
     lines += ["", "Decode tok/s: output tokens after the first, over the time after the first token, first replies "
               "only (the constraint's cost per token; the prompt's prefill is in s / task).",
-              f"Re-render without calling a model: `ragkit eval report {'{this folder}'}`."]
+              f"Re-render without calling a model: `ragkit eval report {folder}`."]
     return "\n".join(lines) + "\n"
 
 
@@ -552,5 +551,5 @@ def render_schema_report(out_dir: Path | str) -> dict:
         raise InputError(f"{out}/results.jsonl is empty: nothing to report.")
     summary = summarize_schema(meta, records)
     atomic_write(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    atomic_write(out / "report.md", render_markdown(summary, records))
+    atomic_write(out / "report.md", render_markdown(summary, records, str(out)))
     return summary
