@@ -21,10 +21,15 @@ def default_cache_path() -> Path:
     return eval_cache_path()
 
 
-def call_key(model_id: str, api_model: str, system: str, prompt: str, max_tokens: int, temperature: float) -> str:
-    """sha256 over everything that changes the answer (not the endpoint: same model, same answer)."""
-    payload = json.dumps({"model": model_id, "api_model": api_model, "system": system, "prompt": prompt,
-                          "max_tokens": max_tokens, "temperature": temperature}, sort_keys=True, ensure_ascii=False)
+def call_key(model_id: str, api_model: str, system: str, prompt: str, max_tokens: int, temperature: float,
+             extra: dict | None = None) -> str:
+    """sha256 over everything that changes the answer (not the endpoint: same model, same answer).
+    extra: anything else that does (a schema and how it is enforced); absent, keys are as before."""
+    fields = {"model": model_id, "api_model": api_model, "system": system, "prompt": prompt,
+              "max_tokens": max_tokens, "temperature": temperature}
+    if extra:
+        fields["extra"] = extra
+    payload = json.dumps(fields, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
