@@ -3,6 +3,11 @@
 A file name is data from the folder being read: a name holding a newline could forge an output
 line ("files: 0 skipped"), an escape sequence could rewrite the terminal. Every path or name ragkit
 prints goes through `safe_path`; every warning goes through `warn`, one line with one prefix.
+
+A name can also hold bytes that are not UTF-8 (`caf\\xe9.txt` written in Latin-1): Python reads them
+as lone surrogates, which no encoder accepts (SQLite, JSON bodies, the terminal). A name becomes
+text once, where it is found (`encodable`, used by loaders.discover_files): each such byte is shown
+as its escape, the same one `safe_path` prints, so citations and warnings name the file alike.
 """
 from __future__ import annotations
 
@@ -26,7 +31,33 @@ def _escape(ch: str) -> str:
     if ch in _NAMED:
         return _NAMED[ch]
     n = ord(ch)
+    if 0xDC80 <= n <= 0xDCFF:  # an undecodable byte, surrogate-escaped by Python: show the byte itself
+        n -= 0xDC00
     return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}"
+
+
+def _lone_surrogate(ch: str) -> bool:
+    return "\ud800" <= ch <= "\udfff"
+
+
+def encodable(text: str) -> str:
+    """`text` with every lone surrogate (an undecodable byte of a file name) replaced by its visible
+    escape (`caf\\xe9.txt`), so it can be stored, sent and printed; any other text is returned as is."""
+    if not any(_lone_surrogate(ch) for ch in text):
+        return text
+    return "".join(_escape(ch) if _lone_surrogate(ch) else ch for ch in text)
+
+
+def require_text(text: str, what: str) -> str:
+    """`text` unchanged, or InputError when it holds a lone surrogate (a byte that was not UTF-8 in
+    a command-line argument, or a "\\ud800" escape in JSON): a question is refused, not guessed at."""
+    at = next((i for i, ch in enumerate(text) if _lone_surrogate(ch)), None)
+    if at is not None:
+        from ragkit.errors import InputError
+
+        raise InputError(f"{what} is not valid text: character {at + 1} ({_escape(text[at])}) is a byte that is not "
+                         f"UTF-8 or a lone surrogate; write it again in UTF-8.")
+    return text
 
 
 def safe_path(text) -> str:

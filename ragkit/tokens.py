@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ragkit.config import cache_dir
+from ragkit.console import encodable
 from ragkit.errors import ConfigError
 
 # Official file locations and their sha256 (from tiktoken_ext/openai_public.py): the cache file
@@ -189,7 +190,7 @@ def file_stamps(root: Path, rels, read_since_ns: int) -> dict[str, tuple[str, in
         except OSError:
             continue
         if st.st_mtime_ns < read_since_ns - RACY_NS:
-            stamps[rel] = (str(path), st.st_size, st.st_mtime_ns)
+            stamps[rel] = (encodable(str(path)), st.st_size, st.st_mtime_ns)  # the root may not be UTF-8
     return stamps
 
 
