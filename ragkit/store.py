@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ragkit.atomic_dir import crash_point as _crash_point  # corpus.py: _store._crash_point
-from ragkit.console import warn
+from ragkit.cache_file import open_cache
 from ragkit.errors import IndexBusy, IndexError_
 
 FORMAT_VERSION = 1
@@ -152,16 +152,11 @@ class EmbeddingCache:
 
     def __init__(self, path: Path, model: str, dim: int):
         self.path, self.model, self.dim = path, model, dim
-        try:
-            self.db = self._connect()
-        except sqlite3.DatabaseError as exc:  # only a cache: keep the damaged file for a look, start afresh
-            aside = self._move_aside()
-            warn(f"the embedding cache {path} is damaged ({exc}); moved it to {aside.name} and started a new one "
-                 f"(vectors it held are computed again)")
-            self.db = self._connect()
+        self.db = open_cache(path, self._connect, "embedding cache", "vectors it held are computed again")
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(str(self.path), timeout=30)
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(str(path), timeout=30)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
@@ -171,14 +166,6 @@ class EmbeddingCache:
             db.close()
             raise
         return db
-
-    def _move_aside(self) -> Path:
-        """Renames the cache to <name>.damaged (replacing an older one); called under the write lock."""
-        aside = self.path.with_name(self.path.name + ".damaged")
-        os.replace(self.path, aside)
-        for suffix in ("-wal", "-shm"):
-            Path(str(self.path) + suffix).unlink(missing_ok=True)
-        return aside
 
     def get_many(self, hashes: list[str]) -> dict:
         import numpy as np

@@ -205,12 +205,23 @@ class CountCache:
     def __init__(self, path: Path | None = None):
         self.path = Path(path) if path else cache_dir() / "token-counts.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS counts (encoding TEXT, sha256 TEXT, tokens INTEGER, "
-                         "PRIMARY KEY (encoding, sha256))")
-        self._db.execute("CREATE TABLE IF NOT EXISTS file_totals (path TEXT, encoding TEXT, shape TEXT, size INTEGER, "
-                         "mtime_ns INTEGER, totals TEXT, PRIMARY KEY (path, encoding, shape))")
+        from ragkit.cache_file import open_cache
+
+        self._db = open_cache(self.path, self._connect, "token-count cache", "counts it held are counted again")
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, timeout=30)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE IF NOT EXISTS counts (encoding TEXT, sha256 TEXT, tokens INTEGER, "
+                       "PRIMARY KEY (encoding, sha256))")
+            db.execute("CREATE TABLE IF NOT EXISTS file_totals (path TEXT, encoding TEXT, shape TEXT, size INTEGER, "
+                       "mtime_ns INTEGER, totals TEXT, PRIMARY KEY (path, encoding, shape))")
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def count_many(self, counter: TokenCounter, texts: list[str]) -> list[int]:
         keys = [hashlib.sha256(t.encode("utf-8", "surrogatepass")).hexdigest() for t in texts]

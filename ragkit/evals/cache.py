@@ -56,6 +56,18 @@ def _m002_ttft(db: sqlite3.Connection) -> None:
 MIGRATIONS = [_m001_initial, _m002_ttft]
 
 
+def _migrate(db: sqlite3.Connection) -> None:
+    """Applies the migrations a new connection's file lacks (before the connection is shared)."""
+    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied REAL)")
+    done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
+    for migration in MIGRATIONS:
+        if migration.__name__ not in done:
+            db.execute("BEGIN IMMEDIATE")
+            migration(db)
+            db.execute("INSERT INTO _migrations VALUES (?, ?)", (migration.__name__, time.time()))
+            db.execute("COMMIT")
+
+
 class ResponseCache:
     """Thread-safe (one connection behind a lock; WAL so a crash mid-write loses nothing committed)."""
 
@@ -63,21 +75,22 @@ class ResponseCache:
         self.path = Path(path) if path else default_cache_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
+        from ragkit.cache_file import open_cache
 
-    def _migrate(self) -> None:
-        with self._lock:
-            self._db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied REAL)")
-            done = {row[0] for row in self._db.execute("SELECT name FROM _migrations")}
-            for migration in MIGRATIONS:
-                if migration.__name__ not in done:
-                    self._db.execute("BEGIN IMMEDIATE")
-                    migration(self._db)
-                    self._db.execute("INSERT INTO _migrations VALUES (?, ?)", (migration.__name__, time.time()))
-                    self._db.execute("COMMIT")
+        self._db = open_cache(self.path, self._connect, "eval response cache",
+                              "answers it held are asked for again, and paid for, when next needed")
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            _migrate(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def get(self, key: str) -> CachedResponse | None:
         with self._lock:
