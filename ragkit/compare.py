@@ -47,13 +47,14 @@ class GoldQuestion:
 def load_golden(path: Path | str, sample: int | None = None, seed: int = SAMPLE_SEED) -> tuple[list[GoldQuestion], str]:
     """The golden set (JSON Lines: question, answers, optional gold / passage_id) and its sha256.
 
+    A line that is not such an object, and a question asked twice, are refused naming the line(s).
     `sample` keeps that many questions, drawn with a fixed seed (the same questions every run)."""
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read the golden set {path}: {exc.strerror}.") from None
-    questions = []
+    questions, first_line = [], {}
     for n, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
             continue
@@ -62,15 +63,13 @@ def load_golden(path: Path | str, sample: int | None = None, seed: int = SAMPLE_
         except json.JSONDecodeError:
             raise InputError(f"{path} line {n} is not JSON; each line must be an object like "
                              '{"question": "...", "answers": ["..."]}.') from None
-        if not isinstance(row, dict) or not str(row.get("question") or "").strip():
-            raise InputError(f'{path} line {n} has no "question"; each line needs "question" and "answers".')
-        answers = row.get("answers", row.get("answer"))
-        answers = [answers] if isinstance(answers, str) else answers
-        if not answers or not all(isinstance(a, str) and a.strip() for a in answers):
-            raise InputError(f'{path} line {n} has no "answers": give the acceptable answers as a list of strings.')
-        gold = row.get("gold", row.get("passage_id")) or ()
-        gold = (gold,) if isinstance(gold, str) else tuple(str(g) for g in gold)
-        questions.append(GoldQuestion(len(questions), row["question"].strip(), tuple(answers), gold))
+        q = GoldQuestion(len(questions), *_golden_fields(row, f"{path} line {n}"))
+        # The question is the call's identity (GoldQuestion.qid, stable across runs for resume): one line each.
+        if q.qid in first_line:
+            raise InputError(f"{path} lines {first_line[q.qid]} and {n} ask the same question; merge their answers "
+                             f"into one line.")
+        first_line[q.qid] = n
+        questions.append(q)
     if not questions:
         raise InputError(f"{path} holds no questions.")
     if sample is not None:
@@ -79,6 +78,41 @@ def load_golden(path: Path | str, sample: int | None = None, seed: int = SAMPLE_
         if sample < len(questions):
             questions = sorted(random.Random(seed).sample(questions, sample), key=lambda q: q.index)
     return questions, hashlib.sha256(raw).hexdigest()
+
+
+def _golden_fields(row, where: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """(question, answers, gold) of one golden line; InputError naming `where` (file and line) when a field
+    is missing, of the wrong type, or not valid text (a lone "\\ud800" escape)."""
+    from ragkit.console import require_text
+
+    question = row.get("question") if isinstance(row, dict) else None
+    if question is None or (isinstance(question, str) and not question.strip()):
+        raise InputError(f'{where} has no "question"; each line needs "question" and "answers".')
+    if not isinstance(question, str):
+        raise InputError(f'{where}: "question" must be a string, not {_json_type(question)}.')
+    answers = row.get("answers", row.get("answer"))
+    answers = [answers] if isinstance(answers, str) else answers
+    if not answers or not isinstance(answers, list) or not all(isinstance(a, str) and a.strip() for a in answers):
+        raise InputError(f'{where} has no "answers": give the acceptable answers as a list of strings.')
+    given = row.get("gold", row.get("passage_id"))
+    def an_id(g) -> bool:  # a path or record id; a number is an id too (a passage_id of 17)
+        return isinstance(g, (str, int)) and not isinstance(g, bool)
+
+    gold = [] if given in (None, "", []) else [given] if an_id(given) else given
+    wrong = [g for g in gold if not an_id(g)] if isinstance(gold, list) else [given]
+    if wrong:
+        held = f"a list holding {_json_type(wrong[0])}" if isinstance(gold, list) else _json_type(given)
+        raise InputError(f'{where}: "gold" must be a source path or record id, or a list of them, not {held}.')
+    require_text(question, f"{where}: the question")
+    for text in (*answers, *map(str, gold)):
+        require_text(text, f"{where}: an answer or gold id")
+    return question.strip(), tuple(answers), tuple(str(g) for g in gold)
+
+
+def _json_type(value) -> str:
+    """The JSON name of a parsed value's type, for messages about a file the user wrote."""
+    return {bool: "true/false", int: "a number", float: "a number", str: "a string", list: "a list",
+            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
 
 
 # ---------------------------------------------------------------- scoring one answer
