@@ -111,7 +111,7 @@ def _golden_fields(row, where: str) -> tuple[str, tuple[str, ...], tuple[str, ..
 
 def _json_type(value) -> str:
     """The JSON name of a parsed value's type, for messages about a file the user wrote."""
-    return {bool: "true/false", int: "a number", float: "a number", str: "a string", list: "a list",
+    return {bool: "true/false", int: "a number", float: "a fractional number", str: "a string", list: "a list",
             dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
 
 
@@ -166,11 +166,15 @@ class CompareCall:
 
 
 def plan_compare(session, questions: Sequence[GoldQuestion], models: Sequence[str], strategies: Sequence[str],
-                 cache: ResponseCache, answered: dict[str, str], *, temperature: float = 0.0) -> Plan:
-    """Every call, its prompt prepared by the ask path; `answered` maps call ids to logged cache keys."""
+                 cache: ResponseCache, answered: dict[str, str], *, temperature: float = 0.0,
+                 max_cost_usd: float | None = None, judge: Judge | None = None) -> Plan:
+    """Every call, its prompt prepared by the ask path; `answered` maps call ids to logged cache keys.
+
+    max_cost_usd: refuse as soon as the calls prepared so far already cost more (the same upper bound
+    estimate_compare sums, judge included), so a huge golden set is refused without preparing it all."""
     from ragkit.models import get_model
 
-    calls = []
+    calls, total, bound = [], len(models) * len(strategies) * len(questions), 0.0
     for model in models:
         spec = get_model(model)
         for strategy in strategies:
@@ -178,6 +182,15 @@ def plan_compare(session, questions: Sequence[GoldQuestion], models: Sequence[st
                 p = session.prepare(q.question, model=spec.id, strategy=None if strategy == "auto" else strategy)
                 key = call_key(spec.id, spec.api_model, p.system, p.user, p.plan.answer_tokens, temperature)
                 calls.append(CompareCall(f"{spec.id}/{strategy}/{q.qid}", spec.id, strategy, q, p, key))
+                if max_cost_usd is None or answered.get(calls[-1].call_id) == key:
+                    continue
+                bound += (judge.estimated_cost_usd(1, p.plan.answer_tokens) if judge else 0.0) + \
+                    (p.estimated_cost_usd if cache.get(key) is None else 0.0)
+                if bound > max_cost_usd and len(calls) < total:
+                    raise ConfigError(f"the estimated cost exceeds --max-cost ${max_cost_usd:.4f}: the first {len(calls):,} "
+                                      f"of {total:,} calls may already cost ${bound:.4f} (about "
+                                      f"${bound * total / len(calls):.2f} for all of them); use --sample, fewer models "
+                                      f"or raise --max-cost.")
     todo = [c for c in calls if answered.get(c.call_id) != c.key]
     hits = {c.key: hit for c in todo if (hit := cache.get(c.key)) is not None}
     return Plan(calls, todo, hits)
@@ -320,8 +333,9 @@ def run_compare(corpus: Path | str, golden: Path | str, models: Sequence[str], o
                 if r.ok and (r.metrics or {}).get("judge_model") == judge_id}
     with Session(corpus, base_url=base_url, index_dir=index_dir, ledger=ledger, task="compare",
                  progress=progress, max_retries=max_retries, timeout_s=timeout_s) as session:
-        plan = plan_compare(session, questions, models, strategies, cache, {c: r.key for c, r in previous.items()})
         grader = Judge(session, judge_id, cache) if judge_id else None
+        plan = plan_compare(session, questions, models, strategies, cache, {c: r.key for c, r in previous.items()},
+                            max_cost_usd=max_cost_usd, judge=grader)
         est = estimate_compare(plan, grader)
         echo(est.describe())
         if max_cost_usd is not None and est.cost_usd > max_cost_usd:

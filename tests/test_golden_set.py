@@ -67,3 +67,20 @@ def test_a_numeric_passage_id_is_an_id(tmp_path):
     golden.write_text(_line("q?", passage_id=17) + "\n" + _line("r?", gold=["a.txt", 0]) + "\n")
     questions, _ = load_golden(golden)
     assert [q.gold for q in questions] == [("17",), ("a.txt", "0")]
+
+
+def test_a_huge_golden_set_over_max_cost_is_refused_without_preparing_every_prompt(world):
+    """20,000 questions at --max-cost 0.01: refused once the prompts prepared so far pass it, in seconds."""
+    import time
+
+    srv, corpus, tmp = world
+    golden = tmp / "huge.jsonl"
+    golden.write_text("".join(_line(f"What is the code of item {i % 40} (variant {i})?") + "\n" for i in range(20_000)))
+    t0 = time.monotonic()
+    code, out, err = run(["compare", str(corpus), "--questions", str(golden), "-m", "big", "--max-cost", "0.01",
+                          "-o", str(tmp / "o"), "--cache", str(tmp / "c.sqlite")])
+    elapsed = time.monotonic() - t0
+    assert code == 1 and "Traceback" not in err, out + err
+    assert err.startswith("Error: the estimated cost exceeds --max-cost $0.0100: the first ") and "of 20,000 calls" in err
+    assert elapsed < 10, elapsed   # on the base it prepared all 20,000 prompts first (minutes)
+    assert srv.requests == [] and Ledger().entries() == []
