@@ -133,6 +133,9 @@ def discover_files(path: str | os.PathLike, include=(), exclude=()) -> tuple[Pat
     return root, _one_file_per_rel(files)
 
 
+_SHADOWED: set[Path] = set()   # undecodable names already warned about in this process
+
+
 def _one_file_per_rel(files: list[SourceFile]) -> list[SourceFile]:
     """Sorted by rel, one file per rel. Two files share one only when an undecodable name, escaped,
     spells another file's real name (`caf\\xe9.txt`); the real name keeps it, the other is skipped."""
@@ -142,7 +145,10 @@ def _one_file_per_rel(files: list[SourceFile]) -> list[SourceFile]:
         if other is not None:
             real_name = sf.path.as_posix().endswith("/" + sf.rel)   # not an escaped one
             escaped, by_rel[sf.rel] = (other, sf) if real_name else (sf, other)
-            warn_skip(escaped.rel, "its name is not UTF-8 and, escaped, is the name of another file here; rename it")
+            if escaped.path not in _SHADOWED:  # a folder is discovered more than once per command
+                _SHADOWED.add(escaped.path)
+                warn_skip(escaped.rel, "its name is not UTF-8 and, escaped, is the name of another file here; "
+                                       "rename it")
             continue
         by_rel[sf.rel] = sf
     return sorted(by_rel.values(), key=lambda f: f.rel)

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from ragkit.atomic_dir import crash_point as _crash_point  # corpus.py: _store._crash_point
 from ragkit.cache_file import open_cache
+from ragkit.console import encodable
 from ragkit.errors import IndexBusy, IndexError_
 
 FORMAT_VERSION = 1
@@ -212,6 +213,28 @@ def _index_vectors(index):
     return ids, np.ascontiguousarray(vecs)
 
 
+def read_faiss(path: Path):
+    """faiss.read_index, also under a folder whose name is not UTF-8 (FAISS takes only UTF-8 paths:
+    such a file is read by Python and handed over as bytes)."""
+    import faiss
+
+    if encodable(str(path)) == str(path):
+        return faiss.read_index(str(path))
+    import numpy as np
+
+    return faiss.deserialize_index(np.fromfile(path, dtype="uint8"))
+
+
+def write_faiss(index, path: Path) -> None:
+    """faiss.write_index, also under a folder whose name is not UTF-8 (see read_faiss)."""
+    import faiss
+
+    if encodable(str(path)) == str(path):
+        faiss.write_index(index, str(path))
+    else:
+        faiss.serialize_index(index).tofile(path)
+
+
 def new_faiss_index(kind: str, dim: int):
     import faiss
 
@@ -243,7 +266,7 @@ class Generation:
         self._db_lock = threading.Lock()
         try:
             self.db.execute("SELECT 1 FROM files LIMIT 1").fetchall()  # reads the header: garbage fails here
-            self.index = faiss.read_index(str(self.path / "index.faiss"))
+            self.index = read_faiss(self.path / "index.faiss")
         except BaseException:
             self.db.close()
             raise
@@ -515,7 +538,7 @@ def write_generation(index_dir: Path, old: Generation | None, settings: Settings
     dim = settings.dim
     new_vectors = np.ascontiguousarray(new_vectors, dtype="float32").reshape(-1, dim)
     want_kind = "hnsw" if live >= hnsw_threshold else "flat"
-    index = faiss.read_index(str(old.path / "index.faiss")) if old else None
+    index = read_faiss(old.path / "index.faiss") if old else None
     old_kind = old.kind if old else None
     if index is not None and old_kind == "hnsw" and want_kind == "flat" and live > hnsw_threshold // 2:
         want_kind = "hnsw"  # hysteresis: don't flip back and forth around the threshold
@@ -537,7 +560,7 @@ def write_generation(index_dir: Path, old: Generation | None, settings: Settings
     db.commit()
     db.close()
     _crash_point("before_index_write")
-    faiss.write_index(index, str(tmp / "index.faiss"))
+    write_faiss(index, tmp / "index.faiss")
 
     manifest = {
         "format": FORMAT_VERSION, "generation": name, "settings": settings.to_dict(),

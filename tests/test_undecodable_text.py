@@ -97,3 +97,23 @@ def test_an_escaped_name_never_shadows_a_real_file_of_that_name(latin1_docs, cap
     assert capsys.readouterr().err.splitlines() == [
         f"ragkit: warning: skipped {SHOWN}: its name is not UTF-8 and, escaped, is the name of another file here; "
         "rename it"]
+
+
+def test_a_corpus_folder_whose_own_name_is_not_utf8_is_indexed_updated_and_asked(tmp_path, monkeypatch):
+    folder = os.fsencode(tmp_path) + b"/r\xe9sum\xe9s"
+    os.mkdir(folder)
+    with open(folder + b"/caf\xe9.txt", "wb") as f:
+        f.write(b"Charles Darwin wrote On the Origin of Species in 1859.\n")
+    root = os.fsdecode(folder)
+    assert run("index", root, "-q").exit_code == 0
+    with open(folder + b"/ocean.txt", "wb") as f:
+        f.write(b"The Pacific is the largest ocean on Earth.\n")
+    res = run("index", root, "--json")          # reads the FAISS file back and writes the next one
+    assert res.exit_code == 0 and json.loads(res.stdout)["files_added"] == 1, res.output + res.stderr
+    res = run("count", root)
+    assert res.exit_code == 0 and "r\\xe9sum\\xe9s in " in res.stdout.replace("\n", ""), res.output  # rich wraps the title
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with LLMServer(responder=lambda req: "Darwin [1].") as srv:
+        res = run("ask", root, "who wrote the origin of species?", "-u", srv.openai_base_url, "-s", "retrieve",
+                  "-k", "1", "--no-stream")
+    assert res.exit_code == 0 and f"[1] {SHOWN} chars 0-" in res.stdout, res.output + res.stderr
