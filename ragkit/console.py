@@ -11,6 +11,7 @@ as its escape, the same one `safe_path` prints, so citations and warnings name t
 """
 from __future__ import annotations
 
+import re
 import sys
 import unicodedata
 
@@ -36,27 +37,24 @@ def _escape(ch: str) -> str:
     return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}"
 
 
-def _lone_surrogate(ch: str) -> bool:
-    return "\ud800" <= ch <= "\udfff"
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")   # Python never pairs them in a str: each one is lone
 
 
 def encodable(text: str) -> str:
     """`text` with every lone surrogate (an undecodable byte of a file name) replaced by its visible
     escape (`caf\\xe9.txt`), so it can be stored, sent and printed; any other text is returned as is."""
-    if not any(_lone_surrogate(ch) for ch in text):
-        return text
-    return "".join(_escape(ch) if _lone_surrogate(ch) else ch for ch in text)
+    return _LONE_SURROGATE.sub(lambda m: _escape(m.group()), text) if _LONE_SURROGATE.search(text) else text
 
 
 def require_text(text: str, what: str) -> str:
     """`text` unchanged, or InputError when it holds a lone surrogate (a byte that was not UTF-8 in
     a command-line argument, or a "\\ud800" escape in JSON): a question is refused, not guessed at."""
-    at = next((i for i, ch in enumerate(text) if _lone_surrogate(ch)), None)
-    if at is not None:
+    found = _LONE_SURROGATE.search(text)
+    if found:
         from ragkit.errors import InputError
 
-        raise InputError(f"{what} is not valid text: character {at + 1} ({_escape(text[at])}) is a byte that is not "
-                         f"UTF-8 or a lone surrogate; write it again in UTF-8.")
+        raise InputError(f"{what} is not valid text: character {found.start() + 1} ({_escape(found.group())}) is a "
+                         f"byte that is not UTF-8 or a lone surrogate; write it again in UTF-8.")
     return text
 
 

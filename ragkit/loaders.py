@@ -331,9 +331,11 @@ def _iter_jsonl(sf: SourceFile, text_field: str, bad: list[tuple[int, str]]) -> 
                 bad.append((lineno, f"no text in field {text_field!r}"))
                 continue
             rid = rec.get("id", f"L{lineno}")
-            meta = {k: v for k, v in rec.items() if k != text_field and isinstance(v, (str, int, float, bool))}
+            # JSON may escape a lone surrogate ("\\ud800"), which nothing downstream can encode: shown escaped
+            meta = {encodable(k): encodable(v) if isinstance(v, str) else v for k, v in rec.items()
+                    if k != text_field and isinstance(v, (str, int, float, bool))}
             meta["line"] = lineno
-            yield Document(id=f"{sf.rel}#{rid}", source=sf.rel, text=text, meta=meta)
+            yield Document(id=encodable(f"{sf.rel}#{rid}"), source=sf.rel, text=encodable(text), meta=meta)
 
 
 def _jsonl_problem(records: int, bad: list[tuple[int, str]], text_field: str) -> str:
@@ -370,13 +372,13 @@ def load_file(sf: SourceFile, *, text_field: str = "text", on_skip: SkipHandler 
                 text, title = _html_text(text)
                 meta["format"] = "html"
                 if title:
-                    meta["title"] = title
+                    meta["title"] = encodable(title)
             else:
                 meta["format"] = {".md": "markdown", ".markdown": "markdown", ".rst": "rst",
                                   ".rest": "rst"}.get(suffix, "text")
         if not text.strip():
             raise _Skip("empty (no text)")
-        yield Document(id=sf.rel, source=sf.rel, text=text, meta=meta)
+        yield Document(id=sf.rel, source=sf.rel, text=encodable(text), meta=meta)  # a PDF's text may hold a lone surrogate
     except _Skip as exc:
         on_skip(sf.rel, str(exc))
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:  # what a truncated or corrupt .gz raises

@@ -117,3 +117,18 @@ def test_a_corpus_folder_whose_own_name_is_not_utf8_is_indexed_updated_and_asked
         res = run("ask", root, "who wrote the origin of species?", "-u", srv.openai_base_url, "-s", "retrieve",
                   "-k", "1", "--no-stream")
     assert res.exit_code == 0 and f"[1] {SHOWN} chars 0-" in res.stdout, res.output + res.stderr
+
+
+def test_a_json_lines_record_with_lone_surrogate_escapes_is_indexed_and_asked(tmp_path, monkeypatch):
+    folder = tmp_path / "recs"
+    folder.mkdir()
+    (folder / "recs.jsonl").write_text('{"id": "r\\ud800", "title": "T\\udce9", "text": "Lava is molten rock \\ud800 '
+                                       'from volcanoes."}\n{"id": "ok", "text": "The Pacific is an ocean."}\n')
+    assert run("index", folder, "-q").exit_code == 0
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with LLMServer(responder=lambda req: "Lava [1].") as srv:
+        for strategy in ("stuff", "retrieve"):
+            res = run("ask", folder, "what is lava?", "-u", srv.openai_base_url, "-s", strategy, "--no-stream")
+            assert res.exit_code == 0, res.output + res.stderr
+            assert "[1] recs.jsonl#r\\ud800 chars 0-42 — T\\xe9" in res.stdout, res.stdout
+        assert "molten rock \\ud800 from" in srv.requests[-1].prompt
