@@ -247,6 +247,14 @@ def new_faiss_index(kind: str, dim: int):
     return faiss.IndexIDMap2(inner)
 
 
+def read_only_uri(path: Path) -> str:
+    """The SQLite URI opening `path` read-only. Its bytes are percent-encoded: a folder named `what?`,
+    `#1` or `100%` would otherwise end the path early (and open another file), one not UTF-8 fail."""
+    from urllib.parse import quote
+
+    return f"file:{quote(os.fsencode(path))}?mode=ro"
+
+
 class Generation:
     """A readable, complete generation of an index folder (what searches use)."""
 
@@ -262,7 +270,7 @@ class Generation:
         self.kind = self.manifest["index_type"]
         if "dim" not in self.manifest["settings"]:
             raise KeyError("settings.dim")
-        self.db = sqlite3.connect(f"file:{self.path / 'chunks.sqlite'}?mode=ro", uri=True, check_same_thread=False)
+        self.db = sqlite3.connect(read_only_uri(self.path / "chunks.sqlite"), uri=True, check_same_thread=False)
         self._db_lock = threading.Lock()
         try:
             self.db.execute("SELECT 1 FROM files LIMIT 1").fetchall()  # reads the header: garbage fails here

@@ -132,3 +132,14 @@ def test_a_json_lines_record_with_lone_surrogate_escapes_is_indexed_and_asked(tm
             assert res.exit_code == 0, res.output + res.stderr
             assert "[1] recs.jsonl#r\\ud800 chars 0-42 — T\\xe9" in res.stdout, res.stdout
         assert "molten rock \\ud800 from" in srv.requests[-1].prompt
+
+
+def test_a_corpus_folder_named_with_uri_characters_is_indexed_and_searched(tmp_path):
+    """The chunk table is opened read-only by URI: `?`, `#` and `%` in a folder name are data, not URI syntax."""
+    folder = tmp_path / "what?#%41 x"
+    folder.mkdir()
+    (folder / "a.txt").write_text("Lava is molten rock.\n")
+    assert run("index", folder, "-q").exit_code == 0
+    res = run("search", folder, "lava", "-k", "1")
+    assert res.exit_code == 0 and "a.txt" in res.stdout, res.output + res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["what?#%41 x"]   # no stray file at the cut-off path
