@@ -1,13 +1,15 @@
 """Opening a SQLite cache file that may be damaged (the embedding, token-count and eval response caches).
 
 A cache only saves work, so a file that is not a database any more (garbage, a truncated copy, another
-program's file) is not an error: it is moved aside to `<name>.damaged` (kept for a look, replacing an
-older one), one warning line says so, and a new cache starts. The ledger is different: it is a record,
-never moved or rewritten (ragkit.ledger).
+program's file, a damaged page found later) is not an error: it is moved aside to `<name>.damaged` (kept
+for a look, replacing an older one), one warning line says so, and a new cache starts. The ledger is
+different: it is a record, never moved or rewritten (ragkit.ledger).
 """
 from __future__ import annotations
 
+import functools
 import os
+from contextlib import nullcontext
 import sqlite3
 from pathlib import Path
 from typing import Callable
@@ -24,28 +26,58 @@ def _damaged(exc: sqlite3.DatabaseError) -> bool:
     return ((getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF) in _DAMAGED_CODES
 
 
+def _inode(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
 def open_cache(path: Path, connect: Connect, what: str, loss: str) -> sqlite3.Connection:
     """`connect(path)`: a connection with the cache's tables set up, or sqlite3.DatabaseError (having
-    closed what it opened). On that error the damaged file is moved aside and `connect` runs again.
-
-    Many processes may open one damaged cache at once: the move happens under a lock file and only
-    after opening again still fails there, so a cache another process has just started is kept."""
+    closed what it opened). When the file is damaged it is moved aside and `connect` runs again."""
+    damaged_inode = _inode(path)
     try:
         return connect(path)
     except sqlite3.DatabaseError as exc:
         if not _damaged(exc):
             raise
+        return _start_afresh(path, connect, what, loss, exc, damaged_inode)
+
+
+def _start_afresh(path: Path, connect: Connect, what: str, loss: str, exc: Exception,
+                  damaged_inode: int | None) -> sqlite3.Connection:
+    """Moves the damaged file aside and connects to a new one. Many processes may find one damaged
+    cache at once: the move happens under a lock file, and only while `path` is still the file found
+    damaged, so a cache another process has just started is kept."""
     from filelock import FileLock
 
     with FileLock(str(path) + ".lock", timeout=60):
-        try:
-            return connect(path)
-        except sqlite3.DatabaseError as exc:
-            if not _damaged(exc):
-                raise
+        if damaged_inode is not None and _inode(path) == damaged_inode:
             aside = move_aside(path)
             warn(f"the {what} {path} is damaged ({exc}); moved it to {aside.name} and started a new one ({loss})")
         return connect(path)
+
+
+def recovering(method):
+    """For a method of a cache class (attributes path, _db, _connect, WHAT, LOSS and, when threads
+    share it, _lock): a damaged page met while it runs moves the file aside with one warning, starts a
+    new cache and runs the method again on it."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        db, inode = self._db, _inode(self.path)
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if not _damaged(exc):
+                raise
+            lock = getattr(self, "_lock", None)
+            with lock if lock is not None else nullcontext():
+                if self._db is db:  # another thread has not replaced it already
+                    db.close()
+                    self._db = _start_afresh(self.path, self._connect, self.WHAT, self.LOSS, exc, inode)
+        return method(self, *args, **kwargs)
+    return wrapper
 
 
 def move_aside(path: Path) -> Path:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ragkit.atomic_dir import crash_point as _crash_point  # corpus.py: _store._crash_point
-from ragkit.cache_file import open_cache
+from ragkit.cache_file import open_cache, recovering
 from ragkit.console import encodable
 from ragkit.errors import IndexBusy, IndexError_
 
@@ -149,11 +149,14 @@ def mismatch_message(index_dir: Path, have: dict, want: dict) -> str:
 
 
 class EmbeddingCache:
-    """content hash -> float32 vector, per model; committed in batches so a killed build keeps its work."""
+    """content hash -> float32 vector, per model; committed in batches so a killed build keeps its work.
+    A damaged file is moved aside and the cache started afresh (ragkit.cache_file)."""
+
+    WHAT, LOSS = "embedding cache", "vectors it held are computed again"   # cache_file's warning
 
     def __init__(self, path: Path, model: str, dim: int):
         self.path, self.model, self.dim = path, model, dim
-        self.db = open_cache(path, self._connect, "embedding cache", "vectors it held are computed again")
+        self._db = open_cache(path, self._connect, self.WHAT, self.LOSS)
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
@@ -168,6 +171,7 @@ class EmbeddingCache:
             raise
         return db
 
+    @recovering
     def get_many(self, hashes: list[str]) -> dict:
         import numpy as np
 
@@ -175,30 +179,32 @@ class EmbeddingCache:
         for i in range(0, len(hashes), 900):
             part = hashes[i:i + 900]
             q = f"SELECT hash, vec FROM vectors WHERE model=? AND hash IN ({','.join('?' * len(part))})"
-            for h, blob in self.db.execute(q, [self.model, *part]):
+            for h, blob in self._db.execute(q, [self.model, *part]):
                 v = np.frombuffer(blob, dtype="float32")
                 if v.shape[0] == self.dim:
                     out[h] = v
         return out
 
+    @recovering
     def put_many(self, hashes: list[str], vecs) -> None:
-        self.db.executemany("INSERT OR REPLACE INTO vectors VALUES (?,?,?)",
+        self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?,?,?)",
                             [(self.model, h, v.astype("float32").tobytes()) for h, v in zip(hashes, vecs)])
-        self.db.commit()
+        self._db.commit()
 
+    @recovering
     def prune(self, live_hashes: set[str]) -> None:
         """Drops vectors no live chunk uses, once they outnumber the live ones by half."""
-        (n,) = self.db.execute("SELECT COUNT(*) FROM vectors").fetchone()
+        (n,) = self._db.execute("SELECT COUNT(*) FROM vectors").fetchone()
         if n <= max(1000, 1.5 * len(live_hashes)):
             return
-        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS keep (hash TEXT PRIMARY KEY)")
-        self.db.execute("DELETE FROM keep")
-        self.db.executemany("INSERT OR IGNORE INTO keep VALUES (?)", [(h,) for h in live_hashes])
-        self.db.execute("DELETE FROM vectors WHERE model != ? OR hash NOT IN (SELECT hash FROM keep)", [self.model])
-        self.db.commit()
+        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS keep (hash TEXT PRIMARY KEY)")
+        self._db.execute("DELETE FROM keep")
+        self._db.executemany("INSERT OR IGNORE INTO keep VALUES (?)", [(h,) for h in live_hashes])
+        self._db.execute("DELETE FROM vectors WHERE model != ? OR hash NOT IN (SELECT hash FROM keep)", [self.model])
+        self._db.commit()
 
     def close(self) -> None:
-        self.db.close()
+        self._db.close()
 
 
 def _index_vectors(index):

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ragkit.config import cache_dir
+from ragkit.cache_file import open_cache, recovering
 from ragkit.console import encodable
 from ragkit.errors import ConfigError
 
@@ -200,14 +201,15 @@ class CountCache:
     Per-file totals (file_totals / save_file_totals) are keyed by the file's path, size and mtime_ns,
     the encoding and a `shape` (what turns the file into the counted texts), so a new process reads an
     unchanged corpus's totals without hashing its texts; a changed file misses and is counted again.
+    A damaged file is moved aside and the cache started afresh (ragkit.cache_file).
     """
+
+    WHAT, LOSS = "token-count cache", "counts it held are counted again"   # cache_file's warning
 
     def __init__(self, path: Path | None = None):
         self.path = Path(path) if path else cache_dir() / "token-counts.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        from ragkit.cache_file import open_cache
-
-        self._db = open_cache(self.path, self._connect, "token-count cache", "counts it held are counted again")
+        self._db = open_cache(self.path, self._connect, self.WHAT, self.LOSS)
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
@@ -223,6 +225,7 @@ class CountCache:
             raise
         return db
 
+    @recovering
     def count_many(self, counter: TokenCounter, texts: list[str]) -> list[int]:
         keys = [hashlib.sha256(t.encode("utf-8", "surrogatepass")).hexdigest() for t in texts]
         known: dict[str, int] = {}
@@ -242,6 +245,7 @@ class CountCache:
             known.update(new)
         return [known[k] for k in keys]
 
+    @recovering
     def file_totals(self, encoding: str, shape: str, stamps: dict) -> dict[str, list[int]]:
         """rel -> the totals saved for that file while it had the same path, size and mtime_ns."""
         out = {}
@@ -252,6 +256,7 @@ class CountCache:
                 out[rel] = json.loads(row[0])
         return out
 
+    @recovering
     def save_file_totals(self, encoding: str, shape: str, stamps: dict, totals: dict[str, list[int]]) -> None:
         """Saves each stamped file's totals (one row per file, replaced when the file changes)."""
         with self._db:

@@ -136,3 +136,62 @@ def test_a_locked_cache_is_not_mistaken_for_a_damaged_one(cache_dir):
     finally:
         holder.close()
     assert not (cache_dir / "token-counts.sqlite.damaged").exists()
+
+
+def _garble_pages_after_the_header(path: Path) -> None:
+    """A cache whose header still reads but whose table pages are garbage: damage found mid-query."""
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    (page,) = db.execute("PRAGMA page_size").fetchone()
+    db.close()
+    data = path.read_bytes()
+    assert len(data) > page
+    path.write_bytes(data[:page] + b"\xff" * (len(data) - page))
+
+
+def test_a_token_count_cache_damaged_past_its_header_is_moved_aside_mid_plan(cache_dir, docs):
+    assert run("plan", docs, "-m", "gpt-4o").exit_code == 0
+    counts = cache_dir / "token-counts.sqlite"
+    _garble_pages_after_the_header(counts)
+    (docs / "volcano.md").write_text("# Volcanoes\n\nVolcanoes erupt lava and ash.\n")   # not a cached total
+    res = run("plan", docs, "-m", "gpt-4o")
+    assert res.exit_code == 0 and "Traceback" not in res.stderr, res.output + res.stderr
+    warned = _warnings(res.stderr)
+    assert len(warned) == 1 and f"the token-count cache {counts} is damaged (database disk image is malformed)" \
+        in warned[0], warned
+    res = run("plan", docs, "-m", "gpt-4o")
+    assert res.exit_code == 0 and _warnings(res.stderr) == []
+
+
+def test_an_eval_cache_damaged_past_its_header_is_a_miss_and_a_new_cache(tmp_path, capsys):
+    from ragkit.evals.cache import CachedResponse, ResponseCache
+
+    path = tmp_path / "eval-cache.sqlite"
+    cache = ResponseCache(path)
+    for i in range(200):
+        cache.put(f"k{i}", "m", CachedResponse("answer " * 20, 1, 1, 0.1, 0.0, 0.0))
+    cache.close()
+    _garble_pages_after_the_header(path)
+    cache = ResponseCache(path)
+    assert cache.get("k7") is None            # the damaged file is set aside; the answer is asked for again
+    cache.put("k7", "m", CachedResponse("again", 1, 1, 0.1, 0.0, 0.0))
+    assert cache.get("k7").text == "again" and len(cache) == 1
+    cache.close()
+    warned = _warnings(capsys.readouterr().err)
+    assert len(warned) == 1 and "the eval response cache" in warned[0] and "malformed" in warned[0], warned
+
+
+def test_an_embedding_cache_damaged_past_its_header_is_moved_aside_mid_index(docs):
+    assert run("index", docs, "-q").exit_code == 0
+    cache = docs / ".ragkit" / "embcache.sqlite"
+    _garble_pages_after_the_header(cache)
+    (docs / "bread.txt").write_text("Bread is baked from flour, water and yeast.\n")
+    res = run("index", docs, "-q")
+    assert res.exit_code == 0 and "Traceback" not in res.stderr and "1 added" in res.stdout, res.output + res.stderr
+    warned = _warnings(res.stderr)
+    assert len(warned) == 1 and f"the embedding cache {cache} is damaged (database disk image is malformed)" \
+        in warned[0], warned
+    res = run("search", docs, "flour and yeast", "-k", "1")
+    assert res.exit_code == 0 and "bread.txt" in res.stdout.splitlines()[0]

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ragkit.cache_file import open_cache, recovering
+
 
 def default_cache_path() -> Path:
     """$RAGKIT_EVAL_CACHE, else eval-cache.sqlite in ragkit's cache folder ($RAGKIT_CACHE_DIR, ~/.cache/ragkit)."""
@@ -71,14 +73,13 @@ def _migrate(db: sqlite3.Connection) -> None:
 class ResponseCache:
     """Thread-safe (one connection behind a lock; WAL so a crash mid-write loses nothing committed)."""
 
+    WHAT, LOSS = "eval response cache", "answers it held are asked for again, and paid for, when next needed"
+
     def __init__(self, path: Path | str | None = None):
         self.path = Path(path) if path else default_cache_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        from ragkit.cache_file import open_cache
-
-        self._db = open_cache(self.path, self._connect, "eval response cache",
-                              "answers it held are asked for again, and paid for, when next needed")
+        self._db = open_cache(self.path, self._connect, self.WHAT, self.LOSS)
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
@@ -92,12 +93,14 @@ class ResponseCache:
             raise
         return db
 
+    @recovering
     def get(self, key: str) -> CachedResponse | None:
         with self._lock:
             row = self._db.execute("SELECT text, input_tokens, output_tokens, latency_s, cost_usd, created, ttft_s "
                                    "FROM responses WHERE key = ?", (key,)).fetchone()
         return CachedResponse(*row) if row else None
 
+    @recovering
     def put(self, key: str, model: str, response: CachedResponse) -> None:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO responses (key, model, text, input_tokens, output_tokens, "
@@ -105,6 +108,7 @@ class ResponseCache:
                              (key, model, response.text, response.input_tokens, response.output_tokens,
                               response.latency_s, response.cost_usd, response.created, response.ttft_s))
 
+    @recovering
     def __len__(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
