@@ -33,9 +33,22 @@ def _inode(path: Path) -> int | None:
         return None
 
 
+def connecting(setup: Callable[[sqlite3.Connection], None], **connect_kw) -> Connect:
+    """A Connect that opens the file and runs `setup` on it (pragmas, tables), closing it if that fails."""
+    def connect(path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, timeout=30, **connect_kw)
+        try:
+            setup(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+    return connect
+
+
 def open_cache(path: Path, connect: Connect, what: str, loss: str) -> sqlite3.Connection:
-    """`connect(path)`: a connection with the cache's tables set up, or sqlite3.DatabaseError (having
-    closed what it opened). When the file is damaged it is moved aside and `connect` runs again."""
+    """`connect(path)` (see connecting): a connection with the cache's tables set up, or
+    sqlite3.DatabaseError. When the file is damaged it is moved aside and `connect` runs again."""
     damaged_inode = _inode(path)
     try:
         return connect(path)

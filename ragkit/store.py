@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ragkit.atomic_dir import crash_point as _crash_point  # corpus.py: _store._crash_point
-from ragkit.cache_file import open_cache, recovering
+from ragkit.cache_file import connecting, open_cache, recovering
 from ragkit.console import encodable
 from ragkit.errors import IndexBusy, IndexError_
 
@@ -148,6 +148,13 @@ def mismatch_message(index_dir: Path, have: dict, want: dict) -> str:
             f"settings (e.g. --embed-model {have.get('embed_model')!r} --embed-backend {have.get('embed_backend')!r}).")
 
 
+def _setup_embedding_cache(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("CREATE TABLE IF NOT EXISTS vectors (model TEXT, hash TEXT, vec BLOB, PRIMARY KEY(model, hash))")
+    db.commit()
+
+
 class EmbeddingCache:
     """content hash -> float32 vector, per model; committed in batches so a killed build keeps its work.
     A damaged file is moved aside and the cache started afresh (ragkit.cache_file)."""
@@ -158,18 +165,7 @@ class EmbeddingCache:
         self.path, self.model, self.dim = path, model, dim
         self._db = open_cache(path, self._connect, self.WHAT, self.LOSS)
 
-    @staticmethod
-    def _connect(path: Path) -> sqlite3.Connection:
-        db = sqlite3.connect(str(path), timeout=30)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("CREATE TABLE IF NOT EXISTS vectors (model TEXT, hash TEXT, vec BLOB, PRIMARY KEY(model, hash))")
-            db.commit()
-        except BaseException:
-            db.close()
-            raise
-        return db
+    _connect = staticmethod(connecting(_setup_embedding_cache))
 
     @recovering
     def get_many(self, hashes: list[str]) -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ragkit.config import cache_dir
-from ragkit.cache_file import open_cache, recovering
+from ragkit.cache_file import connecting, open_cache, recovering
 from ragkit.console import encodable
 from ragkit.errors import ConfigError
 
@@ -195,6 +195,14 @@ def file_stamps(root: Path, rels, read_since_ns: int) -> dict[str, tuple[str, in
     return stamps
 
 
+def _setup_count_cache(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE IF NOT EXISTS counts (encoding TEXT, sha256 TEXT, tokens INTEGER, "
+               "PRIMARY KEY (encoding, sha256))")
+    db.execute("CREATE TABLE IF NOT EXISTS file_totals (path TEXT, encoding TEXT, shape TEXT, size INTEGER, "
+               "mtime_ns INTEGER, totals TEXT, PRIMARY KEY (path, encoding, shape))")
+
+
 class CountCache:
     """Token counts keyed by (encoding, sha256 of the text): unchanged documents are never re-counted.
 
@@ -211,19 +219,7 @@ class CountCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = open_cache(self.path, self._connect, self.WHAT, self.LOSS)
 
-    @staticmethod
-    def _connect(path: Path) -> sqlite3.Connection:
-        db = sqlite3.connect(path, timeout=30)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("CREATE TABLE IF NOT EXISTS counts (encoding TEXT, sha256 TEXT, tokens INTEGER, "
-                       "PRIMARY KEY (encoding, sha256))")
-            db.execute("CREATE TABLE IF NOT EXISTS file_totals (path TEXT, encoding TEXT, shape TEXT, size INTEGER, "
-                       "mtime_ns INTEGER, totals TEXT, PRIMARY KEY (path, encoding, shape))")
-        except BaseException:
-            db.close()
-            raise
-        return db
+    _connect = staticmethod(connecting(_setup_count_cache))
 
     @recovering
     def count_many(self, counter: TokenCounter, texts: list[str]) -> list[int]:

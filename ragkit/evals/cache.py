@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ragkit.cache_file import open_cache, recovering
+from ragkit.cache_file import connecting, open_cache, recovering
 
 
 def default_cache_path() -> Path:
@@ -58,8 +58,10 @@ def _m002_ttft(db: sqlite3.Connection) -> None:
 MIGRATIONS = [_m001_initial, _m002_ttft]
 
 
-def _migrate(db: sqlite3.Connection) -> None:
-    """Applies the migrations a new connection's file lacks (before the connection is shared)."""
+def _setup(db: sqlite3.Connection) -> None:
+    """WAL, and the migrations a new connection's file lacks (before the connection is shared)."""
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied REAL)")
     done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
     for migration in MIGRATIONS:
@@ -81,17 +83,7 @@ class ResponseCache:
         self._lock = threading.Lock()
         self._db = open_cache(self.path, self._connect, self.WHAT, self.LOSS)
 
-    @staticmethod
-    def _connect(path: Path) -> sqlite3.Connection:
-        db = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            _migrate(db)
-        except BaseException:
-            db.close()
-            raise
-        return db
+    _connect = staticmethod(connecting(_setup, check_same_thread=False, isolation_level=None))
 
     @recovering
     def get(self, key: str) -> CachedResponse | None:
