@@ -27,6 +27,16 @@ from ragkit.structured import make_schema
 ORDERS = ("edges", "document")   # sources in the prompt: strongest matches at both ends, or file order
 
 
+def _question(question: str | None, *, required: bool = True) -> str:
+    """The question stripped; InputError when it is empty (and required) or not valid text."""
+    from ragkit.console import require_text
+
+    question = require_text((question or "").strip(), "the question")
+    if required and not question:
+        raise InputError("the question is empty: ask something, e.g. ragkit ask DOCS \"what is X?\".")
+    return question
+
+
 @dataclass(frozen=True)
 class Usage:
     input_tokens: int
@@ -212,7 +222,7 @@ class Session:
         what prepare() and ask() then do, unchanged."""
         from ragkit.models import get_model
 
-        return self._plan(get_model(model or self.model), self._sources(), (question or "").strip(),
+        return self._plan(get_model(model or self.model), self._sources(), _question(question, required=False),
                           answer_tokens, strategy)
 
     def prepare(self, question: str, *, model: str | None = None, answer_tokens: int | None = None,
@@ -230,9 +240,7 @@ class Session:
         from ragkit.models import get_model
         from ragkit.tokens import counter_for
 
-        question = (question or "").strip()
-        if not question:
-            raise InputError("the question is empty: ask something, e.g. ragkit ask DOCS \"what is X?\".")
+        question = _question(question)
         if order not in ORDERS:
             raise InputError(f"order {order!r}: use edges or document.")
         t0 = time.perf_counter()
@@ -374,8 +382,7 @@ class Session:
         """
         from ragkit.models import get_model
 
-        if not (question or "").strip():
-            raise InputError("the question is empty: ask something, e.g. ragkit ask DOCS \"what is X?\".")
+        _question(question)  # before routing: an empty or undecodable question is refused once
         if (model or self.model) == "auto":
             from ragkit.route import DEFAULT_TASK, ask_routed
 

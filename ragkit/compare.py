@@ -48,13 +48,14 @@ class GoldQuestion:
 def load_golden(path: Path | str, sample: int | None = None, seed: int = SAMPLE_SEED) -> tuple[list[GoldQuestion], str]:
     """The golden set (JSON Lines: question, answers, optional gold / passage_id) and its sha256.
 
+    A line that is not such an object, and a question asked twice, are refused naming the line(s).
     `sample` keeps that many questions, drawn with a fixed seed (the same questions every run)."""
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read the golden set {path}: {exc.strerror}.") from None
-    questions = []
+    questions, first_line = [], {}
     for n, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
             continue
@@ -63,19 +64,17 @@ def load_golden(path: Path | str, sample: int | None = None, seed: int = SAMPLE_
         except json.JSONDecodeError:
             raise InputError(f"{path} line {n} is not JSON; each line must be an object like "
                              '{"question": "...", "answers": ["..."]}.') from None
-        if not isinstance(row, dict) or not str(row.get("question") or "").strip():
-            raise InputError(f'{path} line {n} has no "question"; each line needs "question" and "answers".')
-        answers = row.get("answers", row.get("answer"))
-        answers = [answers] if isinstance(answers, str) else answers
-        if not answers or not all(isinstance(a, str) and a.strip() for a in answers):
-            raise InputError(f'{path} line {n} has no "answers": give the acceptable answers as a list of strings.')
-        gold = row.get("gold", row.get("passage_id")) or ()
-        gold = (gold,) if isinstance(gold, str) else tuple(str(g) for g in gold)
-        reference = row.get("reference")
+        reference = row.get("reference") if isinstance(row, dict) else None
         if reference is not None and not isinstance(reference, dict):
             raise InputError(f'{path} line {n}: "reference" must be an object of the fields a --schema answer '
                              'should hold, e.g. {"title": "...", "year": 1859}.')
-        questions.append(GoldQuestion(len(questions), row["question"].strip(), tuple(answers), gold, reference))
+        q = GoldQuestion(len(questions), *_golden_fields(row, f"{path} line {n}"), reference)
+        # The question is the call's identity (GoldQuestion.qid, stable across runs for resume): one line each.
+        if q.qid in first_line:
+            raise InputError(f"{path} lines {first_line[q.qid]} and {n} ask the same question; merge their answers "
+                             f"into one line.")
+        first_line[q.qid] = n
+        questions.append(q)
     if not questions:
         raise InputError(f"{path} holds no questions.")
     if sample is not None:
@@ -84,6 +83,41 @@ def load_golden(path: Path | str, sample: int | None = None, seed: int = SAMPLE_
         if sample < len(questions):
             questions = sorted(random.Random(seed).sample(questions, sample), key=lambda q: q.index)
     return questions, hashlib.sha256(raw).hexdigest()
+
+
+def _golden_fields(row, where: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """(question, answers, gold) of one golden line; InputError naming `where` (file and line) when a field
+    is missing, of the wrong type, or not valid text (a lone "\\ud800" escape)."""
+    from ragkit.console import require_text
+
+    question = row.get("question") if isinstance(row, dict) else None
+    if question is None or (isinstance(question, str) and not question.strip()):
+        raise InputError(f'{where} has no "question"; each line needs "question" and "answers".')
+    if not isinstance(question, str):
+        raise InputError(f'{where}: "question" must be a string, not {_json_type(question)}.')
+    answers = row.get("answers", row.get("answer"))
+    answers = [answers] if isinstance(answers, str) else answers
+    if not answers or not isinstance(answers, list) or not all(isinstance(a, str) and a.strip() for a in answers):
+        raise InputError(f'{where} has no "answers": give the acceptable answers as a list of strings.')
+    given = row.get("gold", row.get("passage_id"))
+    def an_id(g) -> bool:  # a path or record id; a number is an id too (a passage_id of 17)
+        return isinstance(g, (str, int)) and not isinstance(g, bool)
+
+    gold = [] if given in (None, "", []) else [given] if an_id(given) else given
+    wrong = [g for g in gold if not an_id(g)] if isinstance(gold, list) else [given]
+    if wrong:
+        held = f"a list holding {_json_type(wrong[0])}" if isinstance(gold, list) else _json_type(given)
+        raise InputError(f'{where}: "gold" must be a source path or record id, or a list of them, not {held}.')
+    require_text(question, f"{where}: the question")
+    for text in (*answers, *map(str, gold)):
+        require_text(text, f"{where}: an answer or gold id")
+    return question.strip(), tuple(answers), tuple(str(g) for g in gold)
+
+
+def _json_type(value) -> str:
+    """The JSON name of a parsed value's type, for messages about a file the user wrote."""
+    return {bool: "true/false", int: "a number", float: "a fractional number", str: "a string", list: "a list",
+            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
 
 
 # ---------------------------------------------------------------- scoring one answer
@@ -153,13 +187,17 @@ class CompareCall:
 
 
 def plan_compare(session, questions: Sequence[GoldQuestion], models: Sequence[str], strategies: Sequence[str],
-                 cache: ResponseCache, answered: dict[str, str], *, temperature: float = 0.0, schema=None) -> Plan:
+                 cache: ResponseCache, answered: dict[str, str], *, temperature: float = 0.0, schema=None,
+                 max_cost_usd: float | None = None, judge: Judge | None = None) -> Plan:
     """Every call, its prompt prepared by the ask path; `answered` maps call ids to logged cache keys.
-    schema (structured.StructuredSpec): prompts with its reply-format block, keys with it and its enforcement."""
+
+    schema (structured.StructuredSpec): prompts with its reply-format block, keys with it and its enforcement.
+    max_cost_usd: refuse as soon as the calls prepared so far already cost more (the same upper bound
+    estimate_compare sums, judge included), so a huge golden set is refused without preparing it all."""
     from ragkit.evals.extraction import schema_key_extra
     from ragkit.models import get_model
 
-    calls = []
+    calls, total, bound = [], len(models) * len(strategies) * len(questions), 0.0
     for model in models:
         spec = get_model(model)
         for strategy in strategies:
@@ -169,6 +207,16 @@ def plan_compare(session, questions: Sequence[GoldQuestion], models: Sequence[st
                 key = call_key(spec.id, spec.api_model, p.system, p.user, p.plan.answer_tokens, temperature,
                                schema_key_extra(schema, spec) if schema is not None else None)
                 calls.append(CompareCall(f"{spec.id}/{strategy}/{q.qid}", spec.id, strategy, q, p, key))
+                if max_cost_usd is None or answered.get(calls[-1].call_id) == key:
+                    continue
+                calls_each = 1 if schema is None else 2  # a structured answer may need its repair
+                bound += (judge.estimated_cost_usd(1, p.plan.answer_tokens) if judge else 0.0) + \
+                    (calls_each * p.estimated_cost_usd if cache.get(key) is None else 0.0)
+                if bound > max_cost_usd and len(calls) < total:
+                    raise ConfigError(f"the estimated cost exceeds --max-cost ${max_cost_usd:.4f}: the first {len(calls):,} "
+                                      f"of {total:,} calls may already cost ${bound:.4f} (about "
+                                      f"${bound * total / len(calls):.2f} for all of them); use --sample, fewer models "
+                                      f"or raise --max-cost.")
     todo = [c for c in calls if answered.get(c.call_id) != c.key]
     hits = {c.key: hit for c in todo if (hit := cache.get(c.key)) is not None}
     return Plan(calls, todo, hits)
@@ -348,9 +396,9 @@ def run_compare(corpus: Path | str, golden: Path | str, models: Sequence[str], o
                 if r.ok and (r.metrics or {}).get("judge_model") == judge_id}
     with Session(corpus, base_url=base_url, index_dir=index_dir, ledger=ledger, task="compare",
                  progress=progress, max_retries=max_retries, timeout_s=timeout_s) as session:
-        plan = plan_compare(session, questions, models, strategies, cache, {c: r.key for c, r in previous.items()},
-                            schema=structured)
         grader = Judge(session, judge_id, cache) if judge_id else None
+        plan = plan_compare(session, questions, models, strategies, cache, {c: r.key for c, r in previous.items()},
+                            schema=structured, max_cost_usd=max_cost_usd, judge=grader)
         est = estimate_compare(plan, grader, 1 if structured is None else 2)
         echo(est.describe())
         if max_cost_usd is not None and est.cost_usd > max_cost_usd:

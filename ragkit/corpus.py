@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ragkit.chunking import ChunkSettings, Chunker
+from ragkit.console import require_text
 from ragkit.errors import IndexBusy, IndexError_, InputError
 from ragkit.loaders import Document, discover_files, load_file, warn_skip
 from ragkit.retrieve import DEFAULT_TOP_K, Hit, PackedContext, pack_hits
@@ -393,6 +394,8 @@ class Corpus:
             raise InputError("k must be at least 1")
         if nprobe is not None and nprobe < 1:
             raise InputError(f"nprobe must be at least 1 (got {nprobe}); it is how many IVF clusters a query scans")
+        for q in queries:
+            require_text(q, "the query")
         self.store.check_where(where)
         gen = self._require()
         vecs = self.embedder().encode(list(queries))

@@ -48,7 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ragkit.atomic_dir import crash_point as _crash_point  # corpus.py: _store._crash_point
-from ragkit.console import warn
+from ragkit.cache_file import connecting, open_cache, recovering
+from ragkit.console import encodable
 from ragkit.errors import IndexBusy, IndexError_
 
 FORMAT_VERSION = 1
@@ -177,39 +178,26 @@ def mismatch_message(index_dir: Path, have: dict, want: dict) -> str:
             f"settings (e.g. --embed-model {have.get('embed_model')!r} --embed-backend {have.get('embed_backend')!r}).")
 
 
+def _setup_embedding_cache(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("CREATE TABLE IF NOT EXISTS vectors (model TEXT, hash TEXT, vec BLOB, PRIMARY KEY(model, hash))")
+    db.commit()
+
+
 class EmbeddingCache:
-    """content hash -> float32 vector, per model; committed in batches so a killed build keeps its work."""
+    """content hash -> float32 vector, per model; committed in batches so a killed build keeps its work.
+    A damaged file is moved aside and the cache started afresh (ragkit.cache_file)."""
+
+    WHAT, LOSS = "embedding cache", "vectors it held are computed again"   # cache_file's warning
 
     def __init__(self, path: Path, model: str, dim: int):
         self.path, self.model, self.dim = path, model, dim
-        try:
-            self.db = self._connect()
-        except sqlite3.DatabaseError as exc:  # only a cache: keep the damaged file for a look, start afresh
-            aside = self._move_aside()
-            warn(f"the embedding cache {path} is damaged ({exc}); moved it to {aside.name} and started a new one "
-                 f"(vectors it held are computed again)")
-            self.db = self._connect()
+        self._db = open_cache(path, self._connect, self.WHAT, self.LOSS)
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(str(self.path), timeout=30)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("CREATE TABLE IF NOT EXISTS vectors (model TEXT, hash TEXT, vec BLOB, PRIMARY KEY(model, hash))")
-            db.commit()
-        except BaseException:
-            db.close()
-            raise
-        return db
+    _connect = staticmethod(connecting(_setup_embedding_cache))
 
-    def _move_aside(self) -> Path:
-        """Renames the cache to <name>.damaged (replacing an older one); called under the write lock."""
-        aside = self.path.with_name(self.path.name + ".damaged")
-        os.replace(self.path, aside)
-        for suffix in ("-wal", "-shm"):
-            Path(str(self.path) + suffix).unlink(missing_ok=True)
-        return aside
-
+    @recovering
     def get_many(self, hashes: list[str]) -> dict:
         import numpy as np
 
@@ -217,30 +205,32 @@ class EmbeddingCache:
         for i in range(0, len(hashes), 900):
             part = hashes[i:i + 900]
             q = f"SELECT hash, vec FROM vectors WHERE model=? AND hash IN ({','.join('?' * len(part))})"
-            for h, blob in self.db.execute(q, [self.model, *part]):
+            for h, blob in self._db.execute(q, [self.model, *part]):
                 v = np.frombuffer(blob, dtype="float32")
                 if v.shape[0] == self.dim:
                     out[h] = v
         return out
 
+    @recovering
     def put_many(self, hashes: list[str], vecs) -> None:
-        self.db.executemany("INSERT OR REPLACE INTO vectors VALUES (?,?,?)",
+        self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?,?,?)",
                             [(self.model, h, v.astype("float32").tobytes()) for h, v in zip(hashes, vecs)])
-        self.db.commit()
+        self._db.commit()
 
+    @recovering
     def prune(self, live_hashes: set[str]) -> None:
         """Drops vectors no live chunk uses, once they outnumber the live ones by half."""
-        (n,) = self.db.execute("SELECT COUNT(*) FROM vectors").fetchone()
+        (n,) = self._db.execute("SELECT COUNT(*) FROM vectors").fetchone()
         if n <= max(1000, 1.5 * len(live_hashes)):
             return
-        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS keep (hash TEXT PRIMARY KEY)")
-        self.db.execute("DELETE FROM keep")
-        self.db.executemany("INSERT OR IGNORE INTO keep VALUES (?)", [(h,) for h in live_hashes])
-        self.db.execute("DELETE FROM vectors WHERE model != ? OR hash NOT IN (SELECT hash FROM keep)", [self.model])
-        self.db.commit()
+        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS keep (hash TEXT PRIMARY KEY)")
+        self._db.execute("DELETE FROM keep")
+        self._db.executemany("INSERT OR IGNORE INTO keep VALUES (?)", [(h,) for h in live_hashes])
+        self._db.execute("DELETE FROM vectors WHERE model != ? OR hash NOT IN (SELECT hash FROM keep)", [self.model])
+        self._db.commit()
 
     def close(self) -> None:
-        self.db.close()
+        self._db.close()
 
 
 def _index_vectors(index):
@@ -254,6 +244,28 @@ def _index_vectors(index):
     vecs = faiss.vector_to_array(flat.codes).view("float32").reshape(-1, index.d)
     ids = faiss.vector_to_array(index.id_map).astype("int64")
     return ids, np.ascontiguousarray(vecs)
+
+
+def read_faiss(path: Path, flags: int = 0):
+    """faiss.read_index, also under a folder whose name is not UTF-8 (FAISS takes only UTF-8 paths:
+    such a file is read by Python and handed over as bytes; on-disk IVF lists need a UTF-8 path)."""
+    import faiss
+
+    if encodable(str(path)) == str(path):
+        return faiss.read_index(str(path), flags)
+    import numpy as np
+
+    return faiss.deserialize_index(np.fromfile(path, dtype="uint8"))
+
+
+def write_faiss(index, path: Path) -> None:
+    """faiss.write_index, also under a folder whose name is not UTF-8 (see read_faiss)."""
+    import faiss
+
+    if encodable(str(path)) == str(path):
+        faiss.write_index(index, str(path))
+    else:
+        faiss.serialize_index(index).tofile(path)
 
 
 def choose_kind(live: int, old_kind: str | None, hnsw_threshold: int = HNSW_THRESHOLD,
@@ -300,6 +312,14 @@ def new_faiss_index(kind: str, dim: int, n: int = 0):
     return faiss.IndexIDMap2(inner)
 
 
+def read_only_uri(path: Path) -> str:
+    """The SQLite URI opening `path` read-only. Its bytes are percent-encoded: a folder named `what?`,
+    `#1` or `100%` would otherwise end the path early (and open another file), one not UTF-8 fail."""
+    from urllib.parse import quote
+
+    return f"file:{quote(os.fsencode(path))}?mode=ro"
+
+
 class Generation:
     """A readable, complete generation of an index folder (what searches use)."""
 
@@ -315,13 +335,13 @@ class Generation:
         self.kind = self.manifest["index_type"]
         if "dim" not in self.manifest["settings"]:
             raise KeyError("settings.dim")
-        self.db = sqlite3.connect(f"file:{self.path / 'chunks.sqlite'}?mode=ro", uri=True, check_same_thread=False)
+        self.db = sqlite3.connect(read_only_uri(self.path / "chunks.sqlite"), uri=True, check_same_thread=False)
         self._db_lock = threading.Lock()
         try:
             self.db.execute("SELECT 1 FROM files LIMIT 1").fetchall()  # reads the header: garbage fails here
             # on-disk lists: their path inside index.faiss is the temp folder's; SAME_DIR reads them beside it
             flags = faiss.IO_FLAG_ONDISK_SAME_DIR if (self.path / "lists.ivfdata").exists() else 0
-            self.index = faiss.read_index(str(self.path / "index.faiss"), flags)
+            self.index = read_faiss(self.path / "index.faiss", flags)
         except BaseException:
             self.db.close()
             raise
@@ -612,7 +632,7 @@ def write_generation(index_dir: Path, old: Generation | None, settings: Settings
     ivf = dict(old.manifest.get("ivfpq") or {}) if old_kind == "ivfpq" else {}
     index = None  # None: built afresh below
     if old_kind == want_kind == "flat":
-        index = faiss.read_index(str(old.path / "index.faiss"))
+        index = read_faiss(old.path / "index.faiss")
         if removed_ids:
             index.remove_ids(np.array(removed_ids, dtype="int64"))
         index.add_with_ids(new_vectors, new_ids)
@@ -621,7 +641,7 @@ def write_generation(index_dir: Path, old: Generation | None, settings: Settings
         db.executemany("INSERT OR IGNORE INTO tombstones VALUES (?)", [(i,) for i in removed_ids])
         (dead,) = db.execute("SELECT COUNT(*) FROM tombstones").fetchone()
         if dead <= TOMBSTONE_REBUILD_FRACTION * (int(old.manifest["vectors"]) + len(new_ids)):
-            index = faiss.read_index(str(old.path / "index.faiss"))
+            index = read_faiss(old.path / "index.faiss")
             index.add_with_ids(new_vectors, new_ids)
     elif old_kind == want_kind == "ivfpq" and live < IVFPQ_RETRAIN_GROWTH * int(ivf["trained_at"]):
         # on the trained index, no retraining: IVF removes ids itself, so no tombstones either
@@ -648,7 +668,7 @@ def write_generation(index_dir: Path, old: Generation | None, settings: Settings
     db.commit()
     db.close()
     _crash_point("before_index_write")
-    faiss.write_index(index, str(tmp / "index.faiss"))
+    write_faiss(index, tmp / "index.faiss")
 
     manifest = {
         "format": FORMAT_VERSION, "generation": name, "settings": settings.to_dict(),
@@ -688,7 +708,7 @@ def _live_old_vectors(old: "Generation", db, cache_vectors, first_new_id: int):
     import numpy as np
 
     if old.kind in ("flat", "hnsw"):
-        ids, vecs = _index_vectors(faiss.read_index(str(old.path / "index.faiss")))
+        ids, vecs = _index_vectors(read_faiss(old.path / "index.faiss"))
         live = {r[0] for r in db.execute("SELECT id FROM chunks")}
         keep = np.fromiter((i in live for i in ids), dtype=bool, count=len(ids))
         return ids[keep], np.ascontiguousarray(vecs[keep])
@@ -814,7 +834,7 @@ def _open_ivf_copy(old: "Generation", tmp: Path):
     for f in ("index.faiss", "lists.ivfdata"):
         if (old.path / f).exists():
             shutil.copyfile(old.path / f, tmp / f)
-    return faiss.read_index(str(tmp / "index.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    return read_faiss(tmp / "index.faiss", faiss.IO_FLAG_ONDISK_SAME_DIR)
 
 
 def cleanup(index_dir: Path, keep: set[str]) -> None:
