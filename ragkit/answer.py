@@ -371,10 +371,12 @@ class Session:
         the answer is a validated object (Answer.data) with per-field citations (Answer.citations); nothing
         partial is streamed, and a reply that does not validate gets one repair round-trip.
         """
+        from ragkit.costs import check_max_cost
         from ragkit.models import get_model
 
         if not (question or "").strip():
             raise InputError("the question is empty: ask something, e.g. ragkit ask DOCS \"what is X?\".")
+        max_cost_usd = check_max_cost(max_cost_usd)  # nan would pass every cost check and pay
         if (model or self.model) == "auto":
             from ragkit.route import DEFAULT_TASK, ask_routed
 

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ragkit.costs import check_max_cost, usd
 from ragkit.errors import ConfigError, InputError
 from ragkit.evals.cache import CachedResponse, ResponseCache, call_key
 from ragkit.evals.records import EvalRecord, RecordLog, latest_by_call, plural, write_meta
@@ -267,6 +268,7 @@ def run_compare(corpus: Path | str, golden: Path | str, models: Sequence[str], o
     from ragkit.models import get_model
 
     started = time.monotonic()
+    max_cost_usd = check_max_cost(max_cost_usd)
     models = list(dict.fromkeys(get_model(m).id for m in models))  # unknown models fail before any work
     if not models:
         raise InputError("compare needs at least one model: -m gpt-4o -m gpt-4o-mini.")
@@ -291,9 +293,9 @@ def run_compare(corpus: Path | str, golden: Path | str, models: Sequence[str], o
         est = estimate_compare(plan, grader)
         echo(est.describe())
         if max_cost_usd is not None and est.cost_usd > max_cost_usd:
-            for model, usd in est.by_model.items():
-                echo(f"  {model}: at most ${usd:.4f}")
-            raise ConfigError(f"the estimated cost ${est.cost_usd:.4f} exceeds --max-cost ${max_cost_usd:.2f}; "
+            for model, cost in est.by_model.items():
+                echo(f"  {model}: at most {usd(cost)}")
+            raise ConfigError(f"the estimated cost {usd(est.cost_usd)} exceeds --max-cost {usd(max_cost_usd)}; "
                               "use --sample, fewer models or raise --max-cost.")
         write_meta(out, {"format": FORMAT, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                          "corpus": str(corpus), "golden": str(golden), "golden_sha256": golden_sha,

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ragkit.costs import usd
 from ragkit.errors import ConfigError, InputError, ProviderError
 
 AUTO = "auto"
@@ -152,7 +153,7 @@ class Route:
     def explain(self) -> list[str]:
         lines = [f"task {self.task} ({self.policy}); floor {self.floor if self.floor is not None else '-'}, "
                  f"max TTFT {f'{self.max_ttft_s:g} s' if self.max_ttft_s is not None else '-'}, "
-                 f"budget left today {f'${self.budget_left_usd:.4f}' if self.budget_left_usd is not None else '-'}"]
+                 f"budget left today {usd(self.budget_left_usd)}"]
         for c in self.candidates:
             mark = "kept   " if c.kept else "dropped"
             lines.append(f"  {mark} {c.model}: {c.reason}")
@@ -194,13 +195,13 @@ def decide(session, question: str, *, task: str = DEFAULT_TASK, floor: float | N
             continue
         cost = plan.estimated_cost_usd
         if left is not None and cost > left:
-            out.append(Candidate(kept=False, reason=f"{plan.strategy}, at most ${cost:.4f}: over what is left of "
-                                                    f"the daily budget (${max(left, 0):.4f})",
+            out.append(Candidate(kept=False, reason=f"{plan.strategy}, at most {usd(cost)}: over what is left of "
+                                                    f"the daily budget ({usd(max(left, 0))})",
                                  strategy=plan.strategy, cost_usd=cost, **facts))
             continue
         quality = (f"measured accuracy {acc:.2f} (n={measured['n']})" if measured
                    else "unmeasured: kept by policy alone")
-        out.append(Candidate(kept=True, reason=f"{quality}; {plan.strategy}, at most ${cost:.4f} per query",
+        out.append(Candidate(kept=True, reason=f"{quality}; {plan.strategy}, at most {usd(cost)} per query",
                              strategy=plan.strategy, cost_usd=cost, **facts))
     order = tuple(c.model for c in sorted((c for c in out if c.kept), key=lambda c: c.cost_usd))
     return Route(task, question, floor, max_ttft_s, left, tuple(out), order, policy.source)
@@ -237,7 +238,7 @@ def ask_routed(session, question: str, *, task: str = DEFAULT_TASK, floor: float
              if max_cost_usd is None or next(c for c in route.candidates if c.model == m).cost_usd <= max_cost_usd]
     if not order:
         why = "; ".join(f"{c.model}: {c.reason}" for c in route.candidates)
-        cap = f" within --max-cost ${max_cost_usd:.4f}" if max_cost_usd is not None else ""
+        cap = f" within --max-cost {usd(max_cost_usd)}" if max_cost_usd is not None else ""
         raise ConfigError(f"no model can answer this {task} question{cap} ({why}); lower the floor, raise the "
                           "budget or add candidates under [router.tasks].")
     attempts: list[Attempt] = []
@@ -262,11 +263,11 @@ def check_spend(cost_usd: float, max_cost_usd: float | None, ledger=None) -> Non
     """Refuses a call whose upper-bound cost is over max_cost_usd, or would take today's spend past
     [budget] daily_usd."""
     if max_cost_usd is not None and cost_usd > max_cost_usd:
-        raise ConfigError(f"this question costs at most ${cost_usd:.4f}, over --max-cost ${max_cost_usd:.4f}; "
+        raise ConfigError(f"this question costs at most {usd(cost_usd)}, over --max-cost {usd(max_cost_usd)}; "
                           "raise --max-cost, use a cheaper model or -m auto.")
     daily = load_policy().daily_usd
     if daily is not None:
         spent = spent_today(ledger)
         if spent + cost_usd > daily:
-            raise ConfigError(f"today's spend ${spent:.4f} plus this question's ${cost_usd:.4f} would pass the daily "
-                              f"budget ${daily:.2f} ([budget] daily_usd); use -m auto to route cheaper, or raise it.")
+            raise ConfigError(f"today's spend {usd(spent)} plus this question's {usd(cost_usd)} would pass the daily "
+                              f"budget {usd(daily)} ([budget] daily_usd); use -m auto to route cheaper, or raise it.")

@@ -165,7 +165,7 @@ def test_max_cost_refuses_before_any_call_and_auto_routes_under_it(tmp_path):
     with LLMServer(responder=w.responder) as srv:
         corpus = world(srv, tmp_path, '\n[router.tasks.qa]\nmodels = ["big", "small"]\n')
         code, _out, err = run(["ask", str(corpus), Q, "-m", "big", "--max-cost", "0.001"])
-        assert code == 1 and "over --max-cost $0.0010" in err and srv.requests == []
+        assert code == 1 and "over --max-cost $0.001;" in err and srv.requests == []
         code, out, err = run(["ask", str(corpus), Q, "-m", "auto", "--max-cost", "0.001", "--json"])
         assert code == 0, err
         assert json.loads(out)["model"] == "small"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ragkit.cli.params import COUNT, USD
 from ragkit.errors import InputError
 
 
@@ -43,14 +44,14 @@ def _strategies(text: str) -> tuple[str, ...]:
 @click.option("-m", "--model", "models", multiple=True, required=True, help="A model to compare (repeat -m).")
 @click.option("-s", "--strategy", default="auto", show_default=True,
               help="auto (the planner decides, as ask does), stuff, retrieve, or a list: stuff,retrieve.")
-@click.option("--sample", type=int, default=None, help="Answer N questions drawn with a fixed seed.")
-@click.option("--tasks-per-day", type=int, default=1000, show_default=True, help="Volume for $/day and $/month.")
+@click.option("--sample", type=COUNT, default=None, help="Answer N questions drawn with a fixed seed.")
+@click.option("--tasks-per-day", type=click.IntRange(0), default=1000, show_default=True, help="Volume for $/day and $/month.")
 @click.option("--task", "task_label", default="qa", show_default=True, help="Task label --save files the accuracy under.")
-@click.option("--max-cost", type=float, default=5.0, show_default=True,
+@click.option("--max-cost", type=USD, default=5.0, show_default=True,
               help="Refuse to start if the estimated cost (USD, every answer at full length) is higher.")
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
               help="Run folder (default ragkit-compare/CORPUS-NAME). Re-running into it resumes.")
-@click.option("--concurrency", type=int, default=None, help="Parallel calls per model (default: local 1, anthropic 4, openai 8).")
+@click.option("--concurrency", type=COUNT, default=None, help="Parallel calls per model (default: local 1, anthropic 4, openai 8).")
 @click.option("-u", "--base-url", default=None, help="OpenAI/Anthropic-compatible endpoint to call instead.")
 @click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default=None,
               help="Response cache (SQLite). Default ~/.cache/ragkit/eval-cache.sqlite or $RAGKIT_EVAL_CACHE.")
@@ -80,7 +81,7 @@ def run_cmd(corpus, golden, models, strategy, sample, tasks_per_day, task_label,
 
 @compare_group.command("report", short_help="Re-render a comparison's report; calls no model.")
 @click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--tasks-per-day", type=int, default=None, help="Re-project $/day and $/month at this volume.")
+@click.option("--tasks-per-day", type=click.IntRange(0), default=None, help="Re-project $/day and $/month at this volume.")
 @click.option("--save", is_flag=True, help="Write each model's measured accuracy into your overrides.")
 @click.option("--overrides", type=click.Path(dir_okay=False), default=None, help="Overrides file for --save.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
