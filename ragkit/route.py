@@ -5,6 +5,7 @@
       -> drop those measured under the quality floor (`ragkit compare --save`); unmeasured ones are
          kept on the policy's word alone, and said to be unmeasured
       -> drop those over the latency bound (registry TTFT)
+      -> drop those that cannot be called here (no API key in the environment; a local model needs none)
       -> plan each remaining one on this corpus (Session.plan: stuff or retrieve, cost per query)
       -> drop those the daily budget cannot pay -> cheapest first; the rest are its fallbacks
 
@@ -22,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ragkit.costs import usd
-from ragkit.errors import ConfigError, InputError, ProviderError
+from ragkit.errors import ConfigError, InputError, MissingKey, ProviderError
 
 AUTO = "auto"
 DEFAULT_TASK = "qa"
@@ -187,6 +188,14 @@ def decide(session, question: str, *, task: str = DEFAULT_TASK, floor: float | N
         if max_ttft_s is not None and spec.ttft_s > max_ttft_s:
             out.append(Candidate(kept=False, reason=f"TTFT {spec.ttft_s:g} s is over the bound {max_ttft_s:g} s",
                                  **facts))
+            continue
+        try:
+            session.provider(spec)   # reads the key from the environment; calls nothing
+        except MissingKey as exc:
+            out.append(Candidate(kept=False, reason=f"{exc.variable} is not set", **facts))
+            continue
+        except ConfigError as exc:
+            out.append(Candidate(kept=False, reason=f"cannot call it: {exc}", **facts))
             continue
         try:
             plan = session.plan(question, model=spec.id, answer_tokens=answer_tokens, strategy=strategy)

@@ -213,3 +213,25 @@ def test_cost_lists_every_model_at_10M_and_prices_tasks_at_measured_tokens():
     data = json.loads(out)   # 2,000 in + 100 out per task x 5,000 tasks at $2.50 / $10.00 per Mtok
     assert (data["input_tokens_per_day"], data["output_tokens_per_day"]) == (10_000_000, 500_000)
     assert data["cost_per_day_usd"] == pytest.approx(25.0 + 5.0)
+
+
+def test_auto_drops_a_model_whose_key_is_not_set_before_choosing(tmp_path):
+    """gemini-2.0-flash is the cheapest candidate, but GEMINI_API_KEY is not set (conftest clears it): it is
+    dropped with that reason, and -m auto answers with the next one; the embedded local model needs no key."""
+    from ragkit.route import Policy, decide
+
+    with LLMServer(responder=w.responder) as srv:
+        corpus = world(srv, tmp_path, '\n[router.tasks.qa]\nmodels = ["gemini-2.0-flash", "twin"]\n')
+        with Session(corpus) as s:
+            route = decide(s, Q, policy=Policy({"qa": ("gemini-2.0-flash", "twin", "qwen2.5-coder-0.5b-local")}))
+        reasons = {c.model: (c.kept, c.reason) for c in route.candidates}
+        assert reasons["gemini-2.0-flash"] == (False, "GEMINI_API_KEY is not set")
+        assert reasons["twin"][0] and reasons["qwen2.5-coder-0.5b-local"][0]
+        assert route.order == ("qwen2.5-coder-0.5b-local", "twin")
+        code, out, err = run(["route", str(corpus), Q, "--explain"])
+        assert code == 0, err
+        assert "dropped gemini-2.0-flash: GEMINI_API_KEY is not set" in out and "chosen: twin" in out
+        code, out, err = run(["ask", str(corpus), Q, "-m", "auto", "--json"])
+        assert code == 0, err
+        assert [r.model for r in srv.requests] == ["twin-served"]
+    assert json.loads(out)["route"]["answered_by"] == "twin"
