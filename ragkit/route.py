@@ -251,12 +251,19 @@ def ask_routed(session, question: str, *, task: str = DEFAULT_TASK, floor: float
         raise ConfigError(f"no model can answer this {task} question{cap} ({why}); lower the floor, raise the "
                           "budget or add candidates under [router.tasks].")
     attempts: list[Attempt] = []
+    shown = []   # once any text reached the reader, no other model answers: two models' texts never glue
+    on_text = ask_kw.pop("on_text", None)
+
+    def relay(text: str) -> None:
+        shown.append(text)
+        on_text(text)
+
     for model in order:
         try:
-            answer = session.ask(question, model=model, **ask_kw)
+            answer = session.ask(question, model=model, on_text=relay if on_text else None, **ask_kw)
         except ProviderError as exc:
             why = fallback_reason(exc)
-            if why is None or model == order[-1]:
+            if why is None or shown or model == order[-1]:
                 raise
             attempts.append(Attempt(model, str(exc), why))
             continue

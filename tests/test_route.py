@@ -235,3 +235,20 @@ def test_auto_drops_a_model_whose_key_is_not_set_before_choosing(tmp_path):
         assert code == 0, err
         assert [r.model for r in srv.requests] == ["twin-served"]
     assert json.loads(out)["route"]["answered_by"] == "twin"
+
+
+@pytest.mark.parametrize("fault", [Fault.reset(mid_stream=True, then="GPT partial answer"),
+                                   Fault.hang(mid_stream=True, then="GPT partial answer")], ids=["reset", "hang"])
+def test_a_stream_cut_after_text_was_shown_is_marked_cut_and_never_glued_to_a_fallback(tmp_path, fault):
+    """`ask -m auto --stream`: the chosen model's stream breaks after its first words reached the terminal.
+    No other model answers after them (its text would read as the same answer): the words shown are marked
+    cut, the command exits 1, and only the one paid-for attempt was sent."""
+    from ragkit.cli.ask import CUT_MARK
+
+    with LLMServer(responder=failing_first(fault)) as srv:
+        corpus = world(srv, tmp_path, '\n[router.tasks.qa]\nmodels = ["limited", "twin"]\n')
+        code, out, err = run(["ask", str(corpus), Q, "-m", "auto", "--stream", "-r", "0", "-t", "0.5"])
+        served = [r.model for r in srv.requests]
+    assert code == 1 and served == ["limited-served"]
+    assert out.startswith("GPT") and "K7Z" not in out and "twin" not in out
+    assert CUT_MARK in err and "Error: " in err and "mid-answer" in err
