@@ -132,7 +132,7 @@ class Session:
                  progress: bool = False, index_wait_s: float | None = None, embed_backend: str | None = None,
                  store: str | None = None, where: str | None = None):
         from ragkit.corpus import DEFAULT_INDEX_WAIT_S
-        from ragkit.ledger import Ledger
+        from ragkit.ledger import Ledger, check_task_label
 
         self.path = Path(path)
         self.model = model or default_model()
@@ -143,7 +143,7 @@ class Session:
         self.embed_backend = embed_backend  # None: the index's own (a new index: the default)
         self.store, self.where = store, where  # stores.parse_store URL (None: the FAISS folder); a retrieval filter
         self.log_question = log_question
-        self.task = task
+        self.task = check_task_label(task)
         self.progress = progress      # index-building progress bar on stderr
         # how long a question waits for another process that is building the first index
         self.index_wait_s = DEFAULT_INDEX_WAIT_S if index_wait_s is None else index_wait_s

@@ -8,7 +8,7 @@ import click
 
 from ragkit.cli.foundation import MODEL_OPTION
 from ragkit.cli.index import INDEX_DIR_OPTION, STORE_OPTION, WHERE_OPTION, embed_backend_option
-from ragkit.cli.params import FRACTION, SECONDS, USD
+from ragkit.cli.params import FRACTION, SECONDS, USD, Label
 from ragkit.costs import usd
 from ragkit.retrieve import DEFAULT_TOP_K
 
@@ -53,7 +53,7 @@ def _print_sources(sources, heading: str) -> None:
 @click.option("--log-question", is_flag=True,
               help="Store the question text in the cost ledger (by default only its SHA-256).")
 @click.option("--no-ledger", is_flag=True, help="Do not record this call in the cost ledger.")
-@click.option("--task", "task", default="ask", show_default=True,
+@click.option("--task", "task", type=Label(), default="ask", show_default=True,
               help="Label of this call in the cost ledger (`ragkit costs --by task`).")
 @click.option("--max-cost", type=USD, default=None,
               help="Refuse the question if its upper-bound cost (USD) is higher; with -m auto, route under it.")
@@ -225,11 +225,14 @@ def costs_command(since, by, as_json):
         return
     click.echo(f"{summary.calls:,} call{'' if summary.calls == 1 else 's'}, {window}: {summary.input_tokens:,} tokens in, "
                f"{summary.output_tokens:,} out, {usd(summary.cost_usd)}")
-    width = max(len(by), *(len(g.key) for g in summary.groups))
+    from ragkit.console import safe_path
+
+    keys = [safe_path(g.key) for g in summary.groups]   # a label from an older ledger may hold a newline
+    width = max(len(by), *map(len, keys))
     click.echo(f"\n{by:<{width}}  {'calls':>7}  {'tokens in':>12}  {'tokens out':>11}  {'cost USD':>12}  "
                f"{'USD/call':>10}  {'p50 s':>7}")
-    for g in summary.groups:
-        click.echo(f"{g.key:<{width}}  {g.calls:>7,}  {g.input_tokens:>12,}  {g.output_tokens:>11,}  "
+    for key, g in zip(keys, summary.groups):
+        click.echo(f"{key:<{width}}  {g.calls:>7,}  {g.input_tokens:>12,}  {g.output_tokens:>11,}  "
                    f"{g.cost_usd:>12.6f}  {g.mean_cost_usd:>10.6f}  {g.p50_latency_s:>7.2f}")
     click.echo(f"\nProjected monthly cost at this rate: {usd(summary.projected_monthly_usd)} "
                f"({usd(summary.cost_usd)} over {summary.rate_days:.1f} days x 30)")

@@ -32,6 +32,21 @@ SECONDS = Number(0, min_open=True, name="seconds", example="2.5")  # --timeout, 
 COUNT = click.IntRange(1)                                         # --concurrency, --samples, ...: 1 or more
 
 
+class Label(click.ParamType):
+    """A task label for the cost ledger (ragkit.ledger.check_task_label): one printable line, not empty."""
+
+    name = "label"
+
+    def convert(self, value, param, ctx):
+        from ragkit.errors import InputError
+        from ragkit.ledger import check_task_label
+
+        try:
+            return check_task_label(value)
+        except InputError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 class Sizes(click.ParamType):
     """'500,2k,1.5k,32K' -> (500, 2000, 1500, 32000): whole, positive sizes (tokens or documents)."""
 
