@@ -76,7 +76,16 @@ def run_cmd(corpus, golden, models, strategy, sample, tasks_per_day, task_label,
                          concurrency=concurrency, base_url=base_url, cache=ResponseCache(cache_path),
                          index_dir=index_dir, progress=not no_progress and not as_json,
                          echo=lambda m: click.echo(m, err=True), judge=judge)
-    _finish(out_dir, result.to_dict(), save=save, overrides=overrides, as_json=as_json)
+    summary = _finish(out_dir, result.to_dict(), save=save, overrides=overrides, as_json=as_json)
+    dead = [g for g in summary["groups"] if g["failed"] and not g["n"]]
+    if dead:  # a comparison with a model that never answered is not a comparison: a script must see it
+        from ragkit.console import warn
+        from ragkit.evals.records import plural
+
+        for g in dead:
+            warn(f"{g['label']} failed on every question ({plural(g['failed'], 'failure')}); its errors are in "
+                 f"{out_dir / 'results.jsonl'}. Fix the cause and run the same command again to retry them.")
+        raise SystemExit(1)
 
 
 @compare_group.command("report", short_help="Re-render a comparison's report; calls no model.")
@@ -90,7 +99,7 @@ def report_cmd(out_dir, tasks_per_day, save, overrides, as_json):
     _finish(Path(out_dir), None, save=save, overrides=overrides, as_json=as_json, tasks_per_day=tasks_per_day)
 
 
-def _finish(out_dir: Path, run: dict | None, *, save: bool, overrides, as_json: bool, tasks_per_day=None) -> None:
+def _finish(out_dir: Path, run: dict | None, *, save: bool, overrides, as_json: bool, tasks_per_day=None) -> dict:
     from ragkit.evals.compare_report import render_compare
     from ragkit.evals.records import plural
 
@@ -101,7 +110,7 @@ def _finish(out_dir: Path, run: dict | None, *, save: bool, overrides, as_json: 
     if as_json:
         click.echo(json.dumps({"out_dir": str(out_dir), "run": run, "summary": summary, "saved": saved},
                               indent=2, ensure_ascii=False))
-        return
+        return summary
     if run:
         click.echo(f"{plural(run['calls_made'], 'call')} made, {run['failed']} failed, ${run['cost_usd']:.4f} paid, "
                    f"{run['wall_s']:.1f} s.")
@@ -114,6 +123,7 @@ def _finish(out_dir: Path, run: dict | None, *, save: bool, overrides, as_json: 
     click.echo(f"Report: {out_dir / 'report.md'}")
     for s in saved or []:
         click.echo(f"Saved {s['model']}'s accuracy on {s['task']} ({100 * s['accuracy']:.1f}%, n={s['n']}) to {s['path']}.")
+    return summary
 
 
 def save_accuracies(summary: dict, path: Path | None) -> list[dict]:
