@@ -159,7 +159,8 @@ class Route:
             mark = "kept   " if c.kept else "dropped"
             lines.append(f"  {mark} {c.model}: {c.reason}")
         lines.append(f"chosen: {self.chosen}" + (f" (fallbacks: {', '.join(self.order[1:])})" if len(self.order) > 1 else "")
-                     if self.chosen else "chosen: none")
+                     if self.chosen else "chosen: none (every candidate was dropped, as said above): lower the floor, "
+                                         "raise the budget or add candidates under [router.tasks].")
         return lines
 
 

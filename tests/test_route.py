@@ -252,3 +252,31 @@ def test_a_stream_cut_after_text_was_shown_is_marked_cut_and_never_glued_to_a_fa
     assert code == 1 and served == ["limited-served"]
     assert out.startswith("GPT") and "K7Z" not in out and "twin" not in out
     assert CUT_MARK in err and "Error: " in err and "mid-answer" in err
+
+
+@pytest.mark.parametrize("table, wrong", [("2.0", "not 2.0"), ("{ qa = 2.0 }", 'for task "qa" must be a table like'),
+                                          ("{ qa = { accuracy = 2.0, n = 3 } }", "not 2.0"),
+                                          ("{ qa = { accuracy = nan, n = 3 } }", "not nan"),
+                                          ("{ qa = { accuracy = -3, n = 3 } }", "not -3")])
+def test_an_accuracy_value_error_names_the_wrong_value(tmp_path, table, wrong):
+    Path(os.environ["RAGKIT_CONFIG"]).write_text(f'[models."gpt-4o"]\naccuracy = {table}\n')
+    code, _out, err = run(["route", str(w.make_corpus(tmp_path)), Q])
+    assert code == 1 and err.startswith("Error: ") and wrong in err and "not a table" not in err
+
+
+def test_route_with_no_model_left_says_why_without_explain(tmp_path):
+    with LLMServer(responder=w.responder) as srv:
+        corpus = world(srv, tmp_path, '\n[router]\nmax_ttft_s = 0.1\n[router.tasks.qa]\nmodels = ["big", "twin"]\n')
+        code, out, _err = run(["route", str(corpus), Q])
+    assert code == 1
+    assert "dropped big: TTFT 0.8 s is over the bound 0.1 s" in out and "dropped twin: TTFT 0.4 s" in out
+    assert "chosen: none (every candidate was dropped" in out
+
+
+def test_a_tiny_daily_budget_is_printed_as_itself(tmp_path):
+    with LLMServer(responder=w.responder) as srv:
+        corpus = world(srv, tmp_path, '\n[budget]\ndaily_usd = 0.001\n[router.tasks.qa]\nmodels = ["big"]\n')
+        code, _out, err = run(["ask", str(corpus), Q, "-m", "big"])
+        assert code == 1 and "would pass the daily budget $0.001 ([budget] daily_usd)" in err and srv.requests == []
+        code, out, _err = run(["route", str(corpus), Q, "--explain"])
+    assert "budget left today $0.001" in out

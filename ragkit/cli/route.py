@@ -37,7 +37,7 @@ def route(path, question, task, floor, max_ttft_s, explain, index_dir, as_json):
         click.echo(json.dumps(decision.to_dict(), indent=2, ensure_ascii=False))
         return
     lines = decision.explain()
-    click.echo("\n".join(lines if explain else lines[-1:]))
+    click.echo("\n".join(lines if explain or decision.chosen is None else lines[-1:]))  # none: say why
     if decision.chosen is None:
         raise SystemExit(1)
 
