@@ -38,7 +38,6 @@ REFUSED = [
     (["eval", "report", ".", "--floor", "nan"], "--floor", "'nan' is not a finite number"),
     (ROUTE + ["--max-ttft", "nan"], "--max-ttft", "'nan' is not a finite number"),
     (ROUTE + ["--floor", "nan"], "--floor", "'nan' is not a finite number"),
-    (["cost", "--tokens-per-day", "1M", "--input-share", "nan"], "--input-share", "'nan' is not a finite number"),
 ]
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ragkit.cli.params import COUNT, USD
+from ragkit.cli.params import COUNT, USD, Label
 from ragkit.errors import InputError
 
 
@@ -46,7 +46,7 @@ def _strategies(text: str) -> tuple[str, ...]:
               help="auto (the planner decides, as ask does), stuff, retrieve, or a list: stuff,retrieve.")
 @click.option("--sample", type=COUNT, default=None, help="Answer N questions drawn with a fixed seed.")
 @click.option("--tasks-per-day", type=click.IntRange(0), default=1000, show_default=True, help="Volume for $/day and $/month.")
-@click.option("--task", "task_label", default="qa", show_default=True, help="Task label --save files the accuracy under.")
+@click.option("--task", "task_label", type=Label(), default="qa", show_default=True, help="Task label --save files the accuracy under.")
 @click.option("--max-cost", type=USD, default=5.0, show_default=True,
               help="Refuse to start if the estimated cost (USD, every answer at full length) is higher.")
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,

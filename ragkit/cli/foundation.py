@@ -7,7 +7,6 @@ import click
 
 from ragkit import config
 from ragkit.cli.index import INDEX_DIR_OPTION
-from ragkit.cli.params import FRACTION
 
 # The one -m option of every command: the default (and $RAGKIT_MODEL) come from ragkit.config.
 MODEL_OPTION = click.option("-m", "--model", default=config.default_model,
@@ -204,7 +203,7 @@ def parse_count(text: str) -> int:
 @click.option("--tasks-per-day", default=None,
               help="Tasks per day, priced at the tokens per task measured in your ledger (e.g. 5k).")
 @click.option("--task", "task_label", default=None, help="With --tasks-per-day: only ledger rows of this task label.")
-@click.option("--input-share", type=FRACTION, default=0.75, show_default=True, help="Fraction of tokens that are input.")
+@click.option("--input-share", type=float, default=0.75, show_default=True, help="Fraction of tokens that are input.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def cost(model, tokens_per_day, tasks_per_day, task_label, input_share, as_json):
     """Cost per day and per 30-day month of a daily token volume, or of a number of tasks.
