@@ -27,6 +27,16 @@ from ragkit.structured import make_schema
 ORDERS = ("edges", "document")   # sources in the prompt: strongest matches at both ends, or file order
 
 
+def _question(question: str | None, *, required: bool = True) -> str:
+    """The question stripped; InputError when it is empty (and required) or not valid text."""
+    from ragkit.console import require_text
+
+    question = require_text((question or "").strip(), "the question")
+    if required and not question:
+        raise InputError("the question is empty: ask something, e.g. ragkit ask DOCS \"what is X?\".")
+    return question
+
+
 @dataclass(frozen=True)
 class Usage:
     input_tokens: int
@@ -130,7 +140,7 @@ class Session:
                  timeout_s: float = 60.0, max_retries: int = 2, index_dir: str | Path | None = None,
                  ledger=True, log_question: bool = False, task: str = "ask", corpus=None,
                  progress: bool = False, index_wait_s: float | None = None, embed_backend: str | None = None,
-                 store: str | None = None, where: str | None = None):
+                 store: str | None = None, where: str | None = None, nprobe: int | None = None):
         from ragkit.corpus import DEFAULT_INDEX_WAIT_S
         from ragkit.ledger import Ledger, check_task_label
 
@@ -142,6 +152,7 @@ class Session:
         self.index_dir = index_dir
         self.embed_backend = embed_backend  # None: the index's own (a new index: the default)
         self.store, self.where = store, where  # stores.parse_store URL (None: the FAISS folder); a retrieval filter
+        self.nprobe = nprobe  # IVF-PQ indexes: clusters scanned per query (None: the index's measured default)
         self.log_question = log_question
         self.task = check_task_label(task)
         self.progress = progress      # index-building progress bar on stderr
@@ -170,7 +181,7 @@ class Session:
                 from ragkit.corpus import Corpus
 
                 self._corpus = Corpus.open(self.path, index_dir=self.index_dir, embed_backend=self.embed_backend,
-                                           store=self.store)
+                                           store=self.store, nprobe=self.nprobe)
             return self._corpus
 
     def documents(self) -> list:
@@ -211,7 +222,7 @@ class Session:
         what prepare() and ask() then do, unchanged."""
         from ragkit.models import get_model
 
-        return self._plan(get_model(model or self.model), self._sources(), (question or "").strip(),
+        return self._plan(get_model(model or self.model), self._sources(), _question(question, required=False),
                           answer_tokens, strategy)
 
     def prepare(self, question: str, *, model: str | None = None, answer_tokens: int | None = None,
@@ -229,9 +240,7 @@ class Session:
         from ragkit.models import get_model
         from ragkit.tokens import counter_for
 
-        question = (question or "").strip()
-        if not question:
-            raise InputError("the question is empty: ask something, e.g. ragkit ask DOCS \"what is X?\".")
+        question = _question(question)
         if order not in ORDERS:
             raise InputError(f"order {order!r}: use edges or document.")
         t0 = time.perf_counter()
@@ -374,8 +383,7 @@ class Session:
         from ragkit.costs import check_max_cost
         from ragkit.models import get_model
 
-        if not (question or "").strip():
-            raise InputError("the question is empty: ask something, e.g. ragkit ask DOCS \"what is X?\".")
+        _question(question)  # before routing: an empty or undecodable question is refused once
         max_cost_usd = check_max_cost(max_cost_usd)  # nan would pass every cost check and pay
         if (model or self.model) == "auto":
             from ragkit.route import DEFAULT_TASK, ask_routed

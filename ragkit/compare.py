@@ -39,6 +39,7 @@ class GoldQuestion:
     question: str
     answers: tuple[str, ...]      # acceptable answers
     gold: tuple[str, ...] = ()    # source paths or record ids holding the answer ("passage_id" counts)
+    reference: dict | None = None  # with --schema: the expected object, field by field ("reference")
 
     @property
     def qid(self) -> str:
@@ -48,13 +49,14 @@ class GoldQuestion:
 def load_golden(path: Path | str, sample: int | None = None, seed: int = SAMPLE_SEED) -> tuple[list[GoldQuestion], str]:
     """The golden set (JSON Lines: question, answers, optional gold / passage_id) and its sha256.
 
+    A line that is not such an object, and a question asked twice, are refused naming the line(s).
     `sample` keeps that many questions, drawn with a fixed seed (the same questions every run)."""
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read the golden set {path}: {exc.strerror}.") from None
-    questions = []
+    questions, first_line = [], {}
     for n, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
             continue
@@ -63,15 +65,17 @@ def load_golden(path: Path | str, sample: int | None = None, seed: int = SAMPLE_
         except json.JSONDecodeError:
             raise InputError(f"{path} line {n} is not JSON; each line must be an object like "
                              '{"question": "...", "answers": ["..."]}.') from None
-        if not isinstance(row, dict) or not str(row.get("question") or "").strip():
-            raise InputError(f'{path} line {n} has no "question"; each line needs "question" and "answers".')
-        answers = row.get("answers", row.get("answer"))
-        answers = [answers] if isinstance(answers, str) else answers
-        if not answers or not all(isinstance(a, str) and a.strip() for a in answers):
-            raise InputError(f'{path} line {n} has no "answers": give the acceptable answers as a list of strings.')
-        gold = row.get("gold", row.get("passage_id")) or ()
-        gold = (gold,) if isinstance(gold, str) else tuple(str(g) for g in gold)
-        questions.append(GoldQuestion(len(questions), row["question"].strip(), tuple(answers), gold))
+        reference = row.get("reference") if isinstance(row, dict) else None
+        if reference is not None and not isinstance(reference, dict):
+            raise InputError(f'{path} line {n}: "reference" must be an object of the fields a --schema answer '
+                             'should hold, e.g. {"title": "...", "year": 1859}.')
+        q = GoldQuestion(len(questions), *_golden_fields(row, f"{path} line {n}"), reference)
+        # The question is the call's identity (GoldQuestion.qid, stable across runs for resume): one line each.
+        if q.qid in first_line:
+            raise InputError(f"{path} lines {first_line[q.qid]} and {n} ask the same question; merge their answers "
+                             f"into one line.")
+        first_line[q.qid] = n
+        questions.append(q)
     if not questions:
         raise InputError(f"{path} holds no questions.")
     if sample is not None:
@@ -80,6 +84,41 @@ def load_golden(path: Path | str, sample: int | None = None, seed: int = SAMPLE_
         if sample < len(questions):
             questions = sorted(random.Random(seed).sample(questions, sample), key=lambda q: q.index)
     return questions, hashlib.sha256(raw).hexdigest()
+
+
+def _golden_fields(row, where: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """(question, answers, gold) of one golden line; InputError naming `where` (file and line) when a field
+    is missing, of the wrong type, or not valid text (a lone "\\ud800" escape)."""
+    from ragkit.console import require_text
+
+    question = row.get("question") if isinstance(row, dict) else None
+    if question is None or (isinstance(question, str) and not question.strip()):
+        raise InputError(f'{where} has no "question"; each line needs "question" and "answers".')
+    if not isinstance(question, str):
+        raise InputError(f'{where}: "question" must be a string, not {_json_type(question)}.')
+    answers = row.get("answers", row.get("answer"))
+    answers = [answers] if isinstance(answers, str) else answers
+    if not answers or not isinstance(answers, list) or not all(isinstance(a, str) and a.strip() for a in answers):
+        raise InputError(f'{where} has no "answers": give the acceptable answers as a list of strings.')
+    given = row.get("gold", row.get("passage_id"))
+    def an_id(g) -> bool:  # a path or record id; a number is an id too (a passage_id of 17)
+        return isinstance(g, (str, int)) and not isinstance(g, bool)
+
+    gold = [] if given in (None, "", []) else [given] if an_id(given) else given
+    wrong = [g for g in gold if not an_id(g)] if isinstance(gold, list) else [given]
+    if wrong:
+        held = f"a list holding {_json_type(wrong[0])}" if isinstance(gold, list) else _json_type(given)
+        raise InputError(f'{where}: "gold" must be a source path or record id, or a list of them, not {held}.')
+    require_text(question, f"{where}: the question")
+    for text in (*answers, *map(str, gold)):
+        require_text(text, f"{where}: an answer or gold id")
+    return question.strip(), tuple(answers), tuple(str(g) for g in gold)
+
+
+def _json_type(value) -> str:
+    """The JSON name of a parsed value's type, for messages about a file the user wrote."""
+    return {bool: "true/false", int: "a number", float: "a fractional number", str: "a string", list: "a list",
+            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
 
 
 # ---------------------------------------------------------------- scoring one answer
@@ -120,6 +159,22 @@ def score_answer(text: str, question: GoldQuestion, context: Sequence) -> dict:
             "citation_ok": None if refused else any(holds(s, question) for s in cited)}
 
 
+def score_structured(value: dict | None, question: GoldQuestion) -> dict:
+    """A --schema answer's scores: subspan EM over the object's text (the accuracy; 0 when it never
+    validated) and, when the golden line has a "reference", the share of its fields matched (strings
+    compared normalised, other values equal)."""
+    from ragkit.evals.scoring import best_subspan_em, normalize_answer
+
+    text = json.dumps(value, ensure_ascii=False) if value is not None else ""
+    scores = {"subspan_em": best_subspan_em(text, question.answers) if value is not None else 0.0}
+    if question.reference:
+        same = lambda a, b: (normalize_answer(a) == normalize_answer(b) if isinstance(a, str) and isinstance(b, str)  # noqa: E731
+                             else a == b and type(a) is type(b))
+        scores["field_accuracy"] = sum(1.0 for k, v in question.reference.items()
+                                       if isinstance(value, dict) and k in value and same(value[k], v)) / len(question.reference)
+    return scores
+
+
 # ---------------------------------------------------------------- planning: every prompt prepared once
 
 @dataclass(frozen=True)
@@ -133,18 +188,36 @@ class CompareCall:
 
 
 def plan_compare(session, questions: Sequence[GoldQuestion], models: Sequence[str], strategies: Sequence[str],
-                 cache: ResponseCache, answered: dict[str, str], *, temperature: float = 0.0) -> Plan:
-    """Every call, its prompt prepared by the ask path; `answered` maps call ids to logged cache keys."""
+                 cache: ResponseCache, answered: dict[str, str], *, temperature: float = 0.0, schema=None,
+                 max_cost_usd: float | None = None, judge: Judge | None = None) -> Plan:
+    """Every call, its prompt prepared by the ask path; `answered` maps call ids to logged cache keys.
+
+    schema (structured.StructuredSpec): prompts with its reply-format block, keys with it and its enforcement.
+    max_cost_usd: refuse as soon as the calls prepared so far already cost more (the same upper bound
+    estimate_compare sums, judge included), so a huge golden set is refused without preparing it all."""
+    from ragkit.evals.extraction import schema_key_extra
     from ragkit.models import get_model
 
-    calls = []
+    calls, total, bound = [], len(models) * len(strategies) * len(questions), 0.0
     for model in models:
         spec = get_model(model)
         for strategy in strategies:
             for q in questions:
-                p = session.prepare(q.question, model=spec.id, strategy=None if strategy == "auto" else strategy)
-                key = call_key(spec.id, spec.api_model, p.system, p.user, p.plan.answer_tokens, temperature)
+                p = session.prepare(q.question, model=spec.id, strategy=None if strategy == "auto" else strategy,
+                                    schema=schema)
+                key = call_key(spec.id, spec.api_model, p.system, p.user, p.plan.answer_tokens, temperature,
+                               schema_key_extra(schema, spec) if schema is not None else None)
                 calls.append(CompareCall(f"{spec.id}/{strategy}/{q.qid}", spec.id, strategy, q, p, key))
+                if max_cost_usd is None or answered.get(calls[-1].call_id) == key:
+                    continue
+                calls_each = 1 if schema is None else 2  # a structured answer may need its repair
+                bound += (judge.estimated_cost_usd(1, p.plan.answer_tokens) if judge else 0.0) + \
+                    (calls_each * p.estimated_cost_usd if cache.get(key) is None else 0.0)
+                if bound > max_cost_usd and len(calls) < total:
+                    raise ConfigError(f"the estimated cost exceeds --max-cost {usd(max_cost_usd)}: the first {len(calls):,} "
+                                      f"of {total:,} calls may already cost {usd(bound)} (about "
+                                      f"{usd(bound * total / len(calls))} for all of them); use --sample, fewer models "
+                                      f"or raise --max-cost.")
     todo = [c for c in calls if answered.get(c.call_id) != c.key]
     hits = {c.key: hit for c in todo if (hit := cache.get(c.key)) is not None}
     return Plan(calls, todo, hits)
@@ -172,16 +245,18 @@ class CompareEstimate:
                 + (f" (the judge's grades at most ${self.judge_cost_usd:.4f} of it)" if self.judge_cost_usd else ""))
 
 
-def estimate_compare(plan: Plan, judge: Judge | None = None) -> CompareEstimate:
+def estimate_compare(plan: Plan, judge: Judge | None = None, calls_per_question: int = 1) -> CompareEstimate:
+    """calls_per_question: 2 with --schema (a reply and its repair, both at full size, at most)."""
     to_call = plan.to_call
+    k = calls_per_question
     by_model: dict[str, float] = {}
     for c in to_call:
-        by_model[c.model] = by_model.get(c.model, 0.0) + c.prepared.estimated_cost_usd
+        by_model[c.model] = by_model.get(c.model, 0.0) + k * c.prepared.estimated_cost_usd
     # every todo call is graded (cached answers too); a grade already cached is only overcounted
     judged = (sum(judge.estimated_cost_usd(1, c.prepared.plan.answer_tokens) for c in plan.todo) if judge else 0.0)
     return CompareEstimate(len(plan.calls), len(plan.calls) - len(plan.todo), len(plan.todo) - len(to_call),
-                           len(to_call), sum(c.prepared.estimated_input_tokens for c in to_call),
-                           sum(c.prepared.plan.answer_tokens for c in to_call), sum(by_model.values()) + judged,
+                           len(to_call), k * sum(c.prepared.estimated_input_tokens for c in to_call),
+                           k * sum(c.prepared.plan.answer_tokens for c in to_call), sum(by_model.values()) + judged,
                            by_model, judged)
 
 
@@ -196,8 +271,11 @@ class _CompareCaller:
     cache: ResponseCache
     temperature: float = 0.0
     judge: object = None          # judge.Judge: its verdict is the score; deterministic scores stay in metrics
+    schema: object = None         # structured.StructuredSpec: --schema answers (first reply + one repair)
 
     def send(self, call: CompareCall) -> tuple[EvalRecord, CachedResponse | None]:
+        if self.schema is not None:
+            return self._send_structured(call), None
         t0 = time.monotonic()
         try:
             # streamed (to nobody) so the provider measures the time to the first token
@@ -208,6 +286,28 @@ class _CompareCaller:
                                 time.time(), a.ttft_s)
         self.cache.put(call.key, call.model, answer)
         return self.answered(call, answer, cached=False), answer
+
+    def _send_structured(self, call: CompareCall) -> EvalRecord:
+        """complete_structured through the cache (each completion, the repair too, cached and accounted)."""
+        from ragkit.evals.extraction import CachedProvider, complete_cached, schema_key_extra
+        from ragkit.models import get_model
+
+        spec, p, s = get_model(call.model), call.prepared, self.session
+        provider = CachedProvider(s.provider(spec), spec, self.cache, extra=schema_key_extra(self.schema, spec),
+                                  ledger=s.ledger, task=s.task, strategy=p.plan.strategy, question=call.question.question,
+                                  log_question=s.log_question)
+        t0 = time.monotonic()
+        try:
+            calls, outcome = complete_cached(provider, self.schema, p.system, p.user, max_tokens=p.plan.answer_tokens,
+                                             temperature=self.temperature, n_sources=len(p.context))
+        except Exception as exc:  # noqa: BLE001 - a failure is logged unscored, and retried on resume
+            return self.failed(call, redact(f"{type(exc).__name__}: {exc}")[:500], time.monotonic() - t0)
+        scores = score_structured(outcome["value"], call.question)
+        return self._record(call, status="ok", prediction=calls[-1].text, score=scores.pop("subspan_em"),
+                            input_tokens=sum(c.input_tokens for c in calls),
+                            output_tokens=sum(c.output_tokens for c in calls), cost_usd=round(provider.cost, 8),
+                            latency_s=round(sum(c.latency_s for c in calls), 3), ttft_s=round(calls[0].ttft_s, 3),
+                            cached=provider.paid == 0, metrics={**scores, "schema": outcome})
 
     def answered(self, call: CompareCall, answer: CachedResponse, *, cached: bool) -> EvalRecord:
         scores = score_answer(answer.text, call.question, call.prepared.context)
@@ -261,8 +361,12 @@ def run_compare(corpus: Path | str, golden: Path | str, models: Sequence[str], o
                 task_label: str = "qa", max_cost_usd: float | None = None, concurrency: int | None = None,
                 base_url: str | None = None, cache: ResponseCache | None = None, index_dir=None,
                 progress: bool = True, echo: Callable[[str], None] = print, ledger=True, max_retries: int = 2,
-                timeout_s: float = 60.0, judge: str | None = None) -> CompareResult:
-    """Runs (or resumes) a comparison into out_dir: run.json + results.jsonl + report.md, summary.json, plots."""
+                timeout_s: float = 60.0, judge: str | None = None, schema=None) -> CompareResult:
+    """Runs (or resumes) a comparison into out_dir: run.json + results.jsonl + report.md, summary.json, plots.
+
+    schema (see Session.ask): every answer is a structured one; the report adds the schema-valid rate on the
+    first reply and after the repair, repairs, and field accuracy against the golden lines' "reference".
+    judge: a model that grades free-text answers against the references (not with a schema)."""
     from ragkit.answer import Session
     from ragkit.evals.compare_report import render_compare
     from ragkit.models import get_model
@@ -277,6 +381,12 @@ def run_compare(corpus: Path | str, golden: Path | str, models: Sequence[str], o
         raise InputError(f"unknown strategy {(bad or [''])[0]!r}: use auto, stuff, retrieve or a list (stuff,retrieve).")
     if tasks_per_day < 0:
         raise InputError("--tasks-per-day cannot be negative.")
+    from ragkit.structured import make_schema
+
+    structured = make_schema(schema) if schema is not None else None  # a bad schema fails before any work
+    if structured is not None and judge:
+        raise InputError("--judge grades free-text answers and --schema answers are scored field by field: "
+                         "use one of them.")
     questions, golden_sha = load_golden(golden, sample)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -288,9 +398,10 @@ def run_compare(corpus: Path | str, golden: Path | str, models: Sequence[str], o
                 if r.ok and (r.metrics or {}).get("judge_model") == judge_id}
     with Session(corpus, base_url=base_url, index_dir=index_dir, ledger=ledger, task="compare",
                  progress=progress, max_retries=max_retries, timeout_s=timeout_s) as session:
-        plan = plan_compare(session, questions, models, strategies, cache, {c: r.key for c, r in previous.items()})
         grader = Judge(session, judge_id, cache) if judge_id else None
-        est = estimate_compare(plan, grader)
+        plan = plan_compare(session, questions, models, strategies, cache, {c: r.key for c, r in previous.items()},
+                            schema=structured, max_cost_usd=max_cost_usd, judge=grader)
+        est = estimate_compare(plan, grader, 1 if structured is None else 2)
         echo(est.describe())
         if max_cost_usd is not None and est.cost_usd > max_cost_usd:
             for model, cost in est.by_model.items():
@@ -302,8 +413,9 @@ def run_compare(corpus: Path | str, golden: Path | str, models: Sequence[str], o
                          "questions": len(questions), "sample": sample, "models": models,
                          "strategies": list(strategies), "tasks_per_day": tasks_per_day, "task": task_label,
                          "judge": {"model": judge_id, "system": JUDGE_SYSTEM,
-                                   "prompt": judge_prompt("QUESTION", ["REFERENCE"], "ANSWER")} if judge_id else None})
-        caller = _CompareCaller(session, cache, judge=grader)
+                                   "prompt": judge_prompt("QUESTION", ["REFERENCE"], "ANSWER")} if judge_id else None,
+                         **({"schema": structured.schema} if structured is not None else {})})
+        caller = _CompareCaller(session, cache, judge=grader, schema=structured)
         made, paid, done = 0, 0.0, plan.done_ids
         for model in models:  # one model at a time, at its provider's concurrency
             spec = get_model(model)

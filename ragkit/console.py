@@ -3,9 +3,15 @@
 A file name is data from the folder being read: a name holding a newline could forge an output
 line ("files: 0 skipped"), an escape sequence could rewrite the terminal. Every path or name ragkit
 prints goes through `safe_path`; every warning goes through `warn`, one line with one prefix.
+
+A name can also hold bytes that are not UTF-8 (`caf\\xe9.txt` written in Latin-1): Python reads them
+as lone surrogates, which no encoder accepts (SQLite, JSON bodies, the terminal). A name becomes
+text once, where it is found (`encodable`, used by loaders.discover_files): each such byte is shown
+as its escape, the same one `safe_path` prints, so citations and warnings name the file alike.
 """
 from __future__ import annotations
 
+import re
 import sys
 import unicodedata
 
@@ -26,7 +32,30 @@ def _escape(ch: str) -> str:
     if ch in _NAMED:
         return _NAMED[ch]
     n = ord(ch)
+    if 0xDC80 <= n <= 0xDCFF:  # an undecodable byte, surrogate-escaped by Python: show the byte itself
+        n -= 0xDC00
     return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}"
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")   # Python never pairs them in a str: each one is lone
+
+
+def encodable(text: str) -> str:
+    """`text` with every lone surrogate (an undecodable byte of a file name) replaced by its visible
+    escape (`caf\\xe9.txt`), so it can be stored, sent and printed; any other text is returned as is."""
+    return _LONE_SURROGATE.sub(lambda m: _escape(m.group()), text) if _LONE_SURROGATE.search(text) else text
+
+
+def require_text(text: str, what: str) -> str:
+    """`text` unchanged, or InputError when it holds a lone surrogate (a byte that was not UTF-8 in
+    a command-line argument, or a "\\ud800" escape in JSON): a question is refused, not guessed at."""
+    found = _LONE_SURROGATE.search(text)
+    if found:
+        from ragkit.errors import InputError
+
+        raise InputError(f"{what} is not valid text: character {found.start() + 1} ({_escape(found.group())}) is a "
+                         f"byte that is not UTF-8 or a lone surrogate; write it again in UTF-8.")
+    return text
 
 
 def safe_path(text) -> str:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ragkit.chunking import ChunkSettings, Chunker
+from ragkit.console import require_text
 from ragkit.errors import IndexBusy, IndexError_, InputError
 from ragkit.loaders import Document, discover_files, load_file, warn_skip
 from ragkit.retrieve import DEFAULT_TOP_K, Hit, PackedContext, pack_hits
@@ -65,6 +66,11 @@ class IndexReport:
     elapsed_s: float
     embed_s: float
     skipped: tuple[tuple[str, str], ...] = field(default=())   # (path, reason)
+    # IVF-PQ only: the default nprobe and its recall@10 against exact search, measured on sampled
+    # stored vectors when the index was trained (in generation `recall_measured_in`)
+    nprobe: int | None = None
+    recall_at_10: float | None = None
+    recall_measured_in: str | None = None
 
     @property
     def chunks_per_s(self) -> float:
@@ -81,7 +87,9 @@ class IndexReport:
                 f"{self.files_unchanged} unchanged, {self.files_skipped} skipped; chunks: +{self.chunks_added} "
                 f"-{self.chunks_removed} = {self.chunks_total} ({self.chunks_embedded} embedded, "
                 f"{self.chunks_from_cache} from cache); {self.index_type} index {self.generation} in "
-                f"{self.elapsed_s:.1f} s" + (f" ({self.chunks_per_s:.0f} chunks/s)" if self.chunks_embedded else ""))
+                f"{self.elapsed_s:.1f} s" + (f" ({self.chunks_per_s:.0f} chunks/s)" if self.chunks_embedded else "")
+                + (f"; recall@10 {self.recall_at_10:.3f} vs exact search at nprobe {self.nprobe} (sampled queries, "
+                   f"measured at training in {self.recall_measured_in})" if self.recall_at_10 is not None else ""))
 
 
 def default_index_dir(path: Path) -> Path:
@@ -95,12 +103,17 @@ class Corpus:
 
     def __init__(self, path: Path, index_dir: Path, *, embed_model: str | None, chunk: ChunkSettings | None,
                  text_field: str | None, include=(), exclude=(), hnsw_threshold: int = _store.HNSW_THRESHOLD,
-                 rebuild: bool = False, embed_backend: str | None = None, store: str | None = None):
+                 rebuild: bool = False, embed_backend: str | None = None, store: str | None = None,
+                 ivfpq_threshold: int | None = None, nprobe: int | None = None):
         self.path = path
         self.index_dir = index_dir
         self.store = _stores.open_store(store, index_dir, path)   # the FAISS folder unless --store says otherwise
         self.include, self.exclude = tuple(include), tuple(exclude)
         self.hnsw_threshold = hnsw_threshold
+        self.ivfpq_threshold = _store.IVFPQ_THRESHOLD if ivfpq_threshold is None else ivfpq_threshold
+        if nprobe is not None and nprobe < 1:
+            raise InputError(f"nprobe must be at least 1 (got {nprobe}); it is how many IVF clusters a query scans")
+        self.nprobe = nprobe  # IVF-PQ: the default stored by index(), the per-query value of searches
         self._requested = (embed_model, chunk, text_field)
         self._gen: _store.Generation | None = None
         self._gen_lock = threading.Lock()
@@ -120,7 +133,8 @@ class Corpus:
     def open(cls, path, index_dir=None, embed_model: str | None = None, *, chunk_tokens: int | None = None,
              overlap_tokens: int | None = None, text_field: str | None = None, include=(), exclude=(),
              hnsw_threshold: int = _store.HNSW_THRESHOLD, rebuild: bool = False,
-             embed_backend: str | None = None, store: str | None = None) -> "Corpus":
+             embed_backend: str | None = None, store: str | None = None, ivfpq_threshold: int | None = None,
+             nprobe: int | None = None) -> "Corpus":
         p = Path(path).expanduser()
         if not p.exists():
             raise InputError(f"{p} does not exist; pass a file or a folder of documents")
@@ -132,7 +146,7 @@ class Corpus:
         idx = Path(index_dir).expanduser().resolve() if index_dir else default_index_dir(p)
         return cls(p.resolve(), idx, embed_model=embed_model, chunk=chunk, text_field=text_field,
                    include=include, exclude=exclude, hnsw_threshold=hnsw_threshold, rebuild=rebuild,
-                   embed_backend=embed_backend, store=store)
+                   embed_backend=embed_backend, store=store, ivfpq_threshold=ivfpq_threshold, nprobe=nprobe)
 
     # -- settings -----------------------------------------------------------------------------
     def _wanted(self, dim: int | None) -> dict:
@@ -234,7 +248,8 @@ class Corpus:
             # restat records (same content, new mtime) only refresh their file row; their chunks stay.
             self.store.write(old, settings, remove_rels=remove, after=current,
                                     file_records=records, new_chunks=new_chunks, new_vectors=vectors,
-                                    hnsw_threshold=self.hnsw_threshold)
+                                    hnsw_threshold=self.hnsw_threshold, ivfpq_threshold=self.ivfpq_threshold,
+                                    nprobe=self.nprobe, cache_vectors=self._cached_vectors(dim))
             gen = self._generation()
             self._prune_cache(gen)
             return self._report(gen, ch, skipped, t0, embed_s, len(new_chunks), removed_chunks, embedded, cached)
@@ -269,10 +284,13 @@ class Corpus:
     def _report(self, gen, ch, skipped, t0, embed_s, added, removed, embedded, cached) -> IndexReport:
         # A skipped file is counted once, as skipped, not also as added/changed/unchanged.
         skip = {rel for rel, _ in skipped}
+        ivf = gen.manifest.get("ivfpq") or {}
+        recall = ivf.get("recall_at_10", {}).get(str(ivf.get("nprobe")))
         return IndexReport(self.store.location, sum(f.rel not in skip for f in ch.added),
                            sum(f.rel not in skip for f in ch.changed), len(ch.removed), ch.unchanged - len(skip & ch.unchanged_rels),
                            len(skipped), added, removed, gen.live_chunks, embedded, cached, gen.kind, gen.name,
-                           round(time.perf_counter() - t0, 3), round(embed_s, 3), tuple(skipped))
+                           round(time.perf_counter() - t0, 3), round(embed_s, 3), tuple(skipped),
+                           gen.nprobe, recall, ivf.get("trained_in"))
 
     def _tokenizer(self):
         from ragkit.embed import load_piece_tokenizer
@@ -334,6 +352,16 @@ class Corpus:
         finally:
             cache.close()
 
+    def _cached_vectors(self, dim: int):
+        """hashes -> {hash: vector} from the embedding cache: what an IVF-PQ retrain reads (PQ is lossy)."""
+        def lookup(hashes: list[str]) -> dict:
+            cache = _store.EmbeddingCache(self.store.cache_path, self.backend.cache_key(self.embed_model), dim)
+            try:
+                return cache.get_many(hashes)
+            finally:
+                cache.close()
+        return lookup
+
     def _prune_cache(self, gen) -> None:
         path = self.store.cache_path
         if gen is None or not path.exists():
@@ -353,21 +381,27 @@ class Corpus:
         self._check(gen.settings)
         return gen
 
-    def search(self, query: str, k: int = 5, where: str | None = None) -> list[Hit]:
+    def search(self, query: str, k: int = 5, where: str | None = None, *, nprobe: int | None = None) -> list[Hit]:
         """The k chunks most similar to `query` (cosine), best first; `where` filters them (a Milvus store's
-        filter expression, e.g. 'source like "docs/%"')."""
-        return self.search_many([query], k, where)[0]
+        filter expression, e.g. 'source like "docs/%"'); nprobe: IVF-PQ clusters scanned per query."""
+        return self.search_many([query], k, where, nprobe=nprobe)[0]
 
-    def search_many(self, queries: list[str], k: int = 5, where: str | None = None) -> list[list[Hit]]:
-        """Batched search: one model call for all queries."""
+    def search_many(self, queries: list[str], k: int = 5, where: str | None = None, *,
+                    nprobe: int | None = None) -> list[list[Hit]]:
+        """Batched search: one model call for all queries. nprobe: IVF-PQ clusters scanned per query
+        (default: this Corpus's, else the index's measured one); ignored by flat and HNSW indexes."""
         if k < 1:
             raise InputError("k must be at least 1")
+        if nprobe is not None and nprobe < 1:
+            raise InputError(f"nprobe must be at least 1 (got {nprobe}); it is how many IVF clusters a query scans")
+        for q in queries:
+            require_text(q, "the query")
         self.store.check_where(where)
         gen = self._require()
         vecs = self.embedder().encode(list(queries))
         return [[Hit(row.doc_id, row.source, row.start_char, row.end_char, row.text, row.title or "",
                      score=round(s, 6), position=row.position, chunk_id=row.id) for row, s in r]
-                for r in self.store.search(gen, vecs, k, where)]
+                for r in self.store.search(gen, vecs, k, where, nprobe=nprobe or self.nprobe)]
 
     def pack(self, question: str, budget_tokens: int, model, k: int = DEFAULT_TOP_K, order: str = "edges", *,
              per_chunk_overhead_tokens: int = 0, where: str | None = None) -> PackedContext:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ragkit.span import Span
-from ragkit.console import warn
+from ragkit.console import encodable, warn
 from ragkit.errors import InputError
 
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".rst", ".rest"}
@@ -101,34 +101,57 @@ def discover_files(path: str | os.PathLike, include=(), exclude=()) -> tuple[Pat
 
     A single file is its own corpus (root = its folder). Hidden files and folders, build folders
     and the root .gitignore's simple patterns are skipped; `include` globs (if any) must match.
+    A name's bytes that are not UTF-8 appear escaped in its `rel` (console.encodable), the text
+    every index key, prompt and message uses; `path` stays the real one.
     """
     p = Path(path).expanduser()
     if not p.exists():
         raise InputError(f"{p} does not exist; pass a file or a folder of documents")
     if p.is_file():
-        return p.parent.resolve(), [SourceFile(p.resolve(), p.name)]
+        return p.parent.resolve(), [SourceFile(p.resolve(), encodable(p.name))]
     root = p.resolve()
-    exclude = tuple(exclude) + _gitignore_patterns(root)
+    include = tuple(encodable(g) for g in include)
+    exclude = tuple(encodable(g) for g in tuple(exclude) + _gitignore_patterns(root))
     files: list[SourceFile] = []
     for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = Path(dirpath).relative_to(root).as_posix()
+        rel_dir = encodable(Path(dirpath).relative_to(root).as_posix())
         rel_dir = "" if rel_dir == "." else rel_dir + "/"
         dirnames[:] = sorted(
             d for d in dirnames
             if not d.startswith(".") and d not in SKIP_DIRS and not d.endswith(".egg-info")
-            and not _matches(rel_dir + d, exclude)
+            and not _matches(rel_dir + encodable(d), exclude)
         )
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
-            rel = rel_dir + name
+            rel = rel_dir + encodable(name)
             if include and not _matches(rel, include):
                 continue
             if _matches(rel, exclude):
                 continue
             files.append(SourceFile(Path(dirpath) / name, rel))
-    files.sort(key=lambda f: f.rel)
-    return root, files
+    return root, _one_file_per_rel(files)
+
+
+_SHADOWED: set[Path] = set()   # undecodable names already warned about in this process
+
+
+def _one_file_per_rel(files: list[SourceFile]) -> list[SourceFile]:
+    """Sorted by rel, one file per rel. Two files share one only when an undecodable name, escaped,
+    spells another file's real name (`caf\\xe9.txt`); the real name keeps it, the other is skipped."""
+    by_rel: dict[str, SourceFile] = {}
+    for sf in files:
+        other = by_rel.get(sf.rel)
+        if other is not None:
+            real_name = sf.path.as_posix().endswith("/" + sf.rel)   # not an escaped one
+            escaped, by_rel[sf.rel] = (other, sf) if real_name else (sf, other)
+            if escaped.path not in _SHADOWED:  # a folder is discovered more than once per command
+                _SHADOWED.add(escaped.path)
+                warn_skip(escaped.rel, "its name is not UTF-8 and, escaped, is the name of another file here; "
+                                       "rename it")
+            continue
+        by_rel[sf.rel] = sf
+    return sorted(by_rel.values(), key=lambda f: f.rel)
 
 
 # Longest first: the UTF-32 LE mark begins with the UTF-16 LE one.
@@ -308,9 +331,11 @@ def _iter_jsonl(sf: SourceFile, text_field: str, bad: list[tuple[int, str]]) -> 
                 bad.append((lineno, f"no text in field {text_field!r}"))
                 continue
             rid = rec.get("id", f"L{lineno}")
-            meta = {k: v for k, v in rec.items() if k != text_field and isinstance(v, (str, int, float, bool))}
+            # JSON may escape a lone surrogate ("\\ud800"), which nothing downstream can encode: shown escaped
+            meta = {encodable(k): encodable(v) if isinstance(v, str) else v for k, v in rec.items()
+                    if k != text_field and isinstance(v, (str, int, float, bool))}
             meta["line"] = lineno
-            yield Document(id=f"{sf.rel}#{rid}", source=sf.rel, text=text, meta=meta)
+            yield Document(id=encodable(f"{sf.rel}#{rid}"), source=sf.rel, text=encodable(text), meta=meta)
 
 
 def _jsonl_problem(records: int, bad: list[tuple[int, str]], text_field: str) -> str:
@@ -347,13 +372,13 @@ def load_file(sf: SourceFile, *, text_field: str = "text", on_skip: SkipHandler 
                 text, title = _html_text(text)
                 meta["format"] = "html"
                 if title:
-                    meta["title"] = title
+                    meta["title"] = encodable(title)
             else:
                 meta["format"] = {".md": "markdown", ".markdown": "markdown", ".rst": "rst",
                                   ".rest": "rst"}.get(suffix, "text")
         if not text.strip():
             raise _Skip("empty (no text)")
-        yield Document(id=sf.rel, source=sf.rel, text=text, meta=meta)
+        yield Document(id=sf.rel, source=sf.rel, text=encodable(text), meta=meta)  # a PDF's text may hold a lone surrogate
     except _Skip as exc:
         on_skip(sf.rel, str(exc))
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:  # what a truncated or corrupt .gz raises

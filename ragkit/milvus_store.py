@@ -107,6 +107,8 @@ def _gen_no(name: str | None) -> int:
 class CollectionView:
     """One chunk collection as readers see it (what Corpus keeps as its current generation)."""
 
+    nprobe = None  # a FAISS IVF-PQ setting (store.Generation.nprobe); Milvus tunes its own search
+
     def __init__(self, client, name: str, manifest: dict):
         self.client, self.name, self.manifest = client, name, manifest
         self.kind = manifest.get("index_type", "milvus")
@@ -234,7 +236,8 @@ class MilvusStore:
 
     # -- writing ------------------------------------------------------------------------------------
     def write(self, old: CollectionView | None, settings: _store.Settings, *, remove_rels, file_records, new_chunks,
-              new_vectors, after: CollectionView | None = None, hnsw_threshold: int = _store.HNSW_THRESHOLD) -> dict:
+              new_vectors, after: CollectionView | None = None, hnsw_threshold: int = _store.HNSW_THRESHOLD,
+              **_faiss_only) -> dict:  # ivfpq_threshold, nprobe, cache_vectors: FAISS-folder knobs
         """Brings the alias's collection up to date: in place from `old`, or a new collection when old is None
         (first build, --rebuild) switched in by the alias. Returns the manifest."""
         import numpy as np
@@ -353,7 +356,7 @@ class MilvusStore:
     def check_where(self, where: str | None) -> None:
         pass  # Milvus parses it; search() turns a parse error into one sentence
 
-    def search(self, view: CollectionView, vectors, k: int, where: str | None = None):
+    def search(self, view: CollectionView, vectors, k: int, where: str | None = None, *, nprobe: int | None = None):
         """Top-k (chunk row, score) per query vector, best first; `where` is a Milvus filter expression."""
         pymilvus = _pymilvus()
         if len(vectors) == 0:

@@ -5,7 +5,9 @@ Layout of an index folder (default `<corpus>/.ragkit/`):
     CURRENT            {"generation": "g000007"}  -- the only thing a reader trusts
     g000007/           one complete generation
       manifest.json    embedding model, dimension, chunker settings, index type, counts
-      index.faiss      IndexIDMap2 over IndexFlatIP (small) or IndexHNSWFlat (large), ids = chunk ids
+      index.faiss      IndexIDMap2 over IndexFlatIP (small) or IndexHNSWFlat (large), ids = chunk ids;
+                       IndexIVFPQ (very large: its own ids, see "IVF-PQ" below)
+      lists.ivfdata    IVF-PQ only, when RAM is short: the inverted lists on disk (OnDiskInvertedLists)
       chunks.sqlite    files (stat + sha256), chunks (text, source, span, content hash), tombstones
     embcache.sqlite    content-hash -> vector, committed batch by batch while embedding
     lock               single-writer lock (fcntl: released by the OS even on kill -9)
@@ -19,6 +21,18 @@ Why IDMap2 + tombstones: ids are stable chunk ids. Flat supports remove_ids, so 
 HNSW does not support removal; a removed chunk's id goes into `tombstones`, searches over-fetch and
 drop them, and the graph is rebuilt from its own stored vectors once tombstones pass 20%. New
 vectors are added to the existing graph, never rebuilt from scratch on each change.
+
+IVF-PQ (from IVFPQ_THRESHOLD live chunks): vectors are compressed to IVFPQ_M bytes (product
+quantization) and grouped into nlist clusters; a query scans the `nprobe` nearest clusters. It is
+trained (k-means) on a sample, once; later updates add and remove_ids on the trained index, and it is
+trained again only on a rebuild or once the live chunks reach IVFPQ_RETRAIN_GROWTH x the trained-at
+size (recorded in the manifest). PQ codes cannot give the vectors back, so a retrain (or a change of
+index type away from IVF-PQ) reads them from embcache.sqlite by content hash. Recall is lossy by
+design, so each training measures recall@10 against exact search on a sample of stored vectors,
+picks the default nprobe from it and records both in the manifest. When the index would take more
+than ONDISK_RAM_FRACTION of the machine's RAM, its inverted lists live in lists.ivfdata (mmapped)
+inside the generation folder: the folder is still renamed into place whole, and readers open it with
+IO_FLAG_ONDISK_SAME_DIR so the path recorded inside index.faiss follows the folder.
 """
 from __future__ import annotations
 
@@ -34,7 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ragkit.atomic_dir import crash_point as _crash_point  # corpus.py: _store._crash_point
-from ragkit.console import warn
+from ragkit.cache_file import connecting, open_cache, recovering
+from ragkit.console import encodable
 from ragkit.errors import IndexBusy, IndexError_
 
 FORMAT_VERSION = 1
@@ -43,6 +58,22 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 40
 HNSW_EF_SEARCH = 128           # recall@10 0.98 -> 0.99 vs 64 on real NQ questions, ~1 ms a query
 TOMBSTONE_REBUILD_FRACTION = 0.2
+# IVF-PQ tier (see the module docstring and benchmarks/bench_ivfpq.py for the figures behind these).
+IVFPQ_THRESHOLD = 5_000_000    # live chunks; HNSW below. HNSW serves from ~1.85 KB a 384-d chunk and a
+                               # (re)build also holds the 1.5 KB vectors: ~17 GB at 5M, the most a 24 GB
+                               # machine carries; IVF-PQ 56 bytes (100M in ~6 GB) but its recall is lower
+                               # (benchmarks/bench_ivfpq.py), so HNSW stays as long as it fits
+IVFPQ_M = 48                   # PQ sub-quantizers (bytes per vector at 8 bits); 384-d -> 8-d sub-vectors
+IVFPQ_NBITS = 8
+IVFPQ_TRAIN_PER_LIST = 40      # k-means sample: points per cluster (FAISS warns below 39)
+IVFPQ_KMEANS_ITER = 10         # FAISS's default is 25; 10 costs 2.5x less (coarse and PQ k-means alike)
+IVFPQ_PQ_TRAIN_PER_CODE = 64   # PQ codebooks learn from 64 x 256 residuals (FAISS: up to 256 x 256);
+                               # 48 k-means of 256 codes each dominate training on 2 cores otherwise
+IVFPQ_RETRAIN_GROWTH = 4       # train again when the live chunks reach 4x the trained-at size
+IVFPQ_NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256)   # candidates measured at build
+RECALL_TARGET = 0.95           # the default nprobe is the smallest measured that reaches it
+RECALL_QUERIES = 200           # stored vectors used as queries for the build-time recall
+ONDISK_RAM_FRACTION = 0.25     # inverted lists go to disk when the index would exceed this share of RAM
 UNREADABLE = "unreadable"      # the sha256 recorded for a file whose bytes could not be read
 
 
@@ -147,39 +178,26 @@ def mismatch_message(index_dir: Path, have: dict, want: dict) -> str:
             f"settings (e.g. --embed-model {have.get('embed_model')!r} --embed-backend {have.get('embed_backend')!r}).")
 
 
+def _setup_embedding_cache(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("CREATE TABLE IF NOT EXISTS vectors (model TEXT, hash TEXT, vec BLOB, PRIMARY KEY(model, hash))")
+    db.commit()
+
+
 class EmbeddingCache:
-    """content hash -> float32 vector, per model; committed in batches so a killed build keeps its work."""
+    """content hash -> float32 vector, per model; committed in batches so a killed build keeps its work.
+    A damaged file is moved aside and the cache started afresh (ragkit.cache_file)."""
+
+    WHAT, LOSS = "embedding cache", "vectors it held are computed again"   # cache_file's warning
 
     def __init__(self, path: Path, model: str, dim: int):
         self.path, self.model, self.dim = path, model, dim
-        try:
-            self.db = self._connect()
-        except sqlite3.DatabaseError as exc:  # only a cache: keep the damaged file for a look, start afresh
-            aside = self._move_aside()
-            warn(f"the embedding cache {path} is damaged ({exc}); moved it to {aside.name} and started a new one "
-                 f"(vectors it held are computed again)")
-            self.db = self._connect()
+        self._db = open_cache(path, self._connect, self.WHAT, self.LOSS)
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(str(self.path), timeout=30)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("CREATE TABLE IF NOT EXISTS vectors (model TEXT, hash TEXT, vec BLOB, PRIMARY KEY(model, hash))")
-            db.commit()
-        except BaseException:
-            db.close()
-            raise
-        return db
+    _connect = staticmethod(connecting(_setup_embedding_cache))
 
-    def _move_aside(self) -> Path:
-        """Renames the cache to <name>.damaged (replacing an older one); called under the write lock."""
-        aside = self.path.with_name(self.path.name + ".damaged")
-        os.replace(self.path, aside)
-        for suffix in ("-wal", "-shm"):
-            Path(str(self.path) + suffix).unlink(missing_ok=True)
-        return aside
-
+    @recovering
     def get_many(self, hashes: list[str]) -> dict:
         import numpy as np
 
@@ -187,34 +205,37 @@ class EmbeddingCache:
         for i in range(0, len(hashes), 900):
             part = hashes[i:i + 900]
             q = f"SELECT hash, vec FROM vectors WHERE model=? AND hash IN ({','.join('?' * len(part))})"
-            for h, blob in self.db.execute(q, [self.model, *part]):
+            for h, blob in self._db.execute(q, [self.model, *part]):
                 v = np.frombuffer(blob, dtype="float32")
                 if v.shape[0] == self.dim:
                     out[h] = v
         return out
 
+    @recovering
     def put_many(self, hashes: list[str], vecs) -> None:
-        self.db.executemany("INSERT OR REPLACE INTO vectors VALUES (?,?,?)",
+        self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?,?,?)",
                             [(self.model, h, v.astype("float32").tobytes()) for h, v in zip(hashes, vecs)])
-        self.db.commit()
+        self._db.commit()
 
+    @recovering
     def prune(self, live_hashes: set[str]) -> None:
         """Drops vectors no live chunk uses, once they outnumber the live ones by half."""
-        (n,) = self.db.execute("SELECT COUNT(*) FROM vectors").fetchone()
+        (n,) = self._db.execute("SELECT COUNT(*) FROM vectors").fetchone()
         if n <= max(1000, 1.5 * len(live_hashes)):
             return
-        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS keep (hash TEXT PRIMARY KEY)")
-        self.db.execute("DELETE FROM keep")
-        self.db.executemany("INSERT OR IGNORE INTO keep VALUES (?)", [(h,) for h in live_hashes])
-        self.db.execute("DELETE FROM vectors WHERE model != ? OR hash NOT IN (SELECT hash FROM keep)", [self.model])
-        self.db.commit()
+        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS keep (hash TEXT PRIMARY KEY)")
+        self._db.execute("DELETE FROM keep")
+        self._db.executemany("INSERT OR IGNORE INTO keep VALUES (?)", [(h,) for h in live_hashes])
+        self._db.execute("DELETE FROM vectors WHERE model != ? OR hash NOT IN (SELECT hash FROM keep)", [self.model])
+        self._db.commit()
 
     def close(self) -> None:
-        self.db.close()
+        self._db.close()
 
 
 def _index_vectors(index):
-    """(ids, vectors) stored in an IndexIDMap2 over Flat or HNSWFlat, without re-embedding."""
+    """(ids, vectors) stored in an IndexIDMap2 over Flat or HNSWFlat, without re-embedding (IVF-PQ
+    keeps only lossy codes: see _live_old_vectors)."""
     import faiss
     import numpy as np
 
@@ -225,9 +246,63 @@ def _index_vectors(index):
     return ids, np.ascontiguousarray(vecs)
 
 
-def new_faiss_index(kind: str, dim: int):
+def read_faiss(path: Path, flags: int = 0):
+    """faiss.read_index, also under a folder whose name is not UTF-8 (FAISS takes only UTF-8 paths:
+    such a file is read by Python and handed over as bytes; on-disk IVF lists need a UTF-8 path)."""
     import faiss
 
+    if encodable(str(path)) == str(path):
+        return faiss.read_index(str(path), flags)
+    import numpy as np
+
+    return faiss.deserialize_index(np.fromfile(path, dtype="uint8"))
+
+
+def write_faiss(index, path: Path) -> None:
+    """faiss.write_index, also under a folder whose name is not UTF-8 (see read_faiss)."""
+    import faiss
+
+    if encodable(str(path)) == str(path):
+        faiss.write_index(index, str(path))
+    else:
+        faiss.serialize_index(index).tofile(path)
+
+
+def choose_kind(live: int, old_kind: str | None, hnsw_threshold: int = HNSW_THRESHOLD,
+                ivfpq_threshold: int = IVFPQ_THRESHOLD) -> str:
+    """flat, hnsw or ivfpq by live chunk count; an existing index keeps its kind until the count falls
+    to half of the threshold that brought it in (no flipping back and forth around a threshold)."""
+    if live >= ivfpq_threshold or (old_kind == "ivfpq" and live > ivfpq_threshold // 2):
+        return "ivfpq"
+    if live >= hnsw_threshold or (old_kind in ("hnsw", "ivfpq") and live > hnsw_threshold // 2):
+        return "hnsw"
+    return "flat"
+
+
+def ivf_nlist(n: int) -> int:
+    """Clusters for n vectors: the power of two nearest sqrt(n), capped so the k-means sample keeps
+    IVFPQ_TRAIN_PER_LIST points per cluster. FAISS suggests 4-16 sqrt(n) for speed at query time; on
+    2 cores the k-means training and the assignment of every vector cost in proportion to nlist, and
+    a query at sqrt(n) lists still scans only nprobe*sqrt(n) PQ codes (16K at 1M, nprobe 16: < 1 ms)."""
+    import math
+
+    want = 2 ** round(math.log2(max(1.0, math.sqrt(max(n, 1)))))
+    cap = 2 ** int(math.log2(max(1, n // IVFPQ_TRAIN_PER_LIST))) if n >= IVFPQ_TRAIN_PER_LIST else 1
+    return max(1, min(want, cap))
+
+
+def new_faiss_index(kind: str, dim: int, n: int = 0):
+    """An empty index of `kind`; for ivfpq an untrained IndexIVFPQ sized for n vectors."""
+    import faiss
+
+    if kind == "ivfpq":
+        m = IVFPQ_M if dim % IVFPQ_M == 0 else next(m for m in (64, 32, 24, 16, 8, 4, 2, 1) if dim % m == 0)
+        index = faiss.index_factory(dim, f"IVF{ivf_nlist(n)},PQ{m}x{IVFPQ_NBITS}", faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+        ivf.cp.niter = ivf.pq.cp.niter = IVFPQ_KMEANS_ITER
+        ivf.pq.cp.max_points_per_centroid = IVFPQ_PQ_TRAIN_PER_CODE
+        ivf.do_polysemous_training = False  # index_factory turns it on; it costs minutes and we scan codes anyway
+        return index
     if kind == "hnsw":
         inner = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
         inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
@@ -235,6 +310,14 @@ def new_faiss_index(kind: str, dim: int):
     else:
         inner = faiss.IndexFlatIP(dim)
     return faiss.IndexIDMap2(inner)
+
+
+def read_only_uri(path: Path) -> str:
+    """The SQLite URI opening `path` read-only. Its bytes are percent-encoded: a folder named `what?`,
+    `#1` or `100%` would otherwise end the path early (and open another file), one not UTF-8 fail."""
+    from urllib.parse import quote
+
+    return f"file:{quote(os.fsencode(path))}?mode=ro"
 
 
 class Generation:
@@ -252,11 +335,13 @@ class Generation:
         self.kind = self.manifest["index_type"]
         if "dim" not in self.manifest["settings"]:
             raise KeyError("settings.dim")
-        self.db = sqlite3.connect(f"file:{self.path / 'chunks.sqlite'}?mode=ro", uri=True, check_same_thread=False)
+        self.db = sqlite3.connect(read_only_uri(self.path / "chunks.sqlite"), uri=True, check_same_thread=False)
         self._db_lock = threading.Lock()
         try:
             self.db.execute("SELECT 1 FROM files LIMIT 1").fetchall()  # reads the header: garbage fails here
-            self.index = faiss.read_index(str(self.path / "index.faiss"))
+            # on-disk lists: their path inside index.faiss is the temp folder's; SAME_DIR reads them beside it
+            flags = faiss.IO_FLAG_ONDISK_SAME_DIR if (self.path / "lists.ivfdata").exists() else 0
+            self.index = read_faiss(self.path / "index.faiss", flags)
         except BaseException:
             self.db.close()
             raise
@@ -278,8 +363,15 @@ class Generation:
     def live_chunks(self) -> int:
         return int(self.manifest["chunks"])
 
-    def search(self, queries, k: int) -> list[list[tuple[int, float]]]:
-        """Top-k (chunk id, score) per query vector; tombstoned ids are over-fetched and dropped."""
+    @property
+    def nprobe(self) -> int | None:
+        """IVF-PQ: clusters scanned per query by default (measured at build, or set by `index --nprobe`)."""
+        ivf = self.manifest.get("ivfpq")
+        return int(ivf["nprobe"]) if ivf else None
+
+    def search(self, queries, k: int, nprobe: int | None = None) -> list[list[tuple[int, float]]]:
+        """Top-k (chunk id, score) per query vector; tombstoned ids are over-fetched and dropped.
+        nprobe (IVF-PQ only) overrides the index's default; other kinds ignore it."""
         import faiss
 
         n = len(queries)
@@ -295,6 +387,9 @@ class Generation:
             if self.kind == "hnsw":
                 params = faiss.SearchParametersHNSW()
                 params.efSearch = max(HNSW_EF_SEARCH, fetch)
+            elif self.kind == "ivfpq":
+                params = faiss.SearchParametersIVF()
+                params.nprobe = int(nprobe or self.nprobe)
             scores, ids = self.index.search(queries, fetch, params=params)
             out = [[(int(i), float(s)) for i, s in zip(row_i, row_s) if i >= 0] for row_i, row_s in zip(ids, scores)]
             if self.tombstones:
@@ -482,11 +577,16 @@ def scan_changes(files, old: dict[str, FileRecord]) -> Changes:
 
 def write_generation(index_dir: Path, old: Generation | None, settings: Settings, *,
                      remove_rels: list[str], file_records: list[FileRecord], new_chunks: list[NewChunk],
-                     new_vectors, hnsw_threshold: int = HNSW_THRESHOLD, after: Generation | None = None) -> dict:
+                     new_vectors, hnsw_threshold: int = HNSW_THRESHOLD, after: Generation | None = None,
+                     ivfpq_threshold: int = IVFPQ_THRESHOLD, nprobe: int | None = None,
+                     cache_vectors=None, ivf_ondisk: bool | None = None) -> dict:
     """Writes the next generation atomically and makes it current. Returns its manifest.
 
     `old` is the generation the new one extends (None = from nothing); `after` is the current one
-    (differs from `old` on --rebuild) and only sets the generation number."""
+    (differs from `old` on --rebuild) and only sets the generation number. IVF-PQ only: `nprobe`
+    replaces the measured default; `cache_vectors(hashes) -> {hash: vector}` gives back the vectors
+    PQ codes cannot (to retrain, or to leave IVF-PQ); `ivf_ondisk` forces on-disk lists on (True) or
+    off (False) instead of deciding by size."""
     import faiss
     import numpy as np
 
@@ -527,41 +627,61 @@ def write_generation(index_dir: Path, old: Generation | None, settings: Settings
     # 2. Vectors: extend the old index in place when possible, otherwise build from stored vectors.
     dim = settings.dim
     new_vectors = np.ascontiguousarray(new_vectors, dtype="float32").reshape(-1, dim)
-    want_kind = "hnsw" if live >= hnsw_threshold else "flat"
-    index = faiss.read_index(str(old.path / "index.faiss")) if old else None
     old_kind = old.kind if old else None
-    if index is not None and old_kind == "hnsw" and want_kind == "flat" and live > hnsw_threshold // 2:
-        want_kind = "hnsw"  # hysteresis: don't flip back and forth around the threshold
-    if index is not None and old_kind == want_kind == "flat":
+    want_kind = choose_kind(live, old_kind, hnsw_threshold, ivfpq_threshold)
+    ivf = dict(old.manifest.get("ivfpq") or {}) if old_kind == "ivfpq" else {}
+    index = None  # None: built afresh below
+    if old_kind == want_kind == "flat":
+        index = read_faiss(old.path / "index.faiss")
         if removed_ids:
             index.remove_ids(np.array(removed_ids, dtype="int64"))
         index.add_with_ids(new_vectors, new_ids)
         db.execute("DELETE FROM tombstones")
-    elif index is not None and old_kind == want_kind == "hnsw":
+    elif old_kind == want_kind == "hnsw":
         db.executemany("INSERT OR IGNORE INTO tombstones VALUES (?)", [(i,) for i in removed_ids])
         (dead,) = db.execute("SELECT COUNT(*) FROM tombstones").fetchone()
-        if dead > TOMBSTONE_REBUILD_FRACTION * (index.ntotal + len(new_ids)):
-            index = _rebuild(index, db, "hnsw", dim, new_ids, new_vectors)
-        else:
+        if dead <= TOMBSTONE_REBUILD_FRACTION * (int(old.manifest["vectors"]) + len(new_ids)):
+            index = read_faiss(old.path / "index.faiss")
             index.add_with_ids(new_vectors, new_ids)
-    else:  # first build, or a change of index type
-        index = _rebuild(index, db, want_kind, dim, new_ids, new_vectors)
+    elif old_kind == want_kind == "ivfpq" and live < IVFPQ_RETRAIN_GROWTH * int(ivf["trained_at"]):
+        # on the trained index, no retraining: IVF removes ids itself, so no tombstones either
+        index = _open_ivf_copy(old, tmp)
+        with _stdout_to_stderr(ivf.get("ondisk", False)):
+            if removed_ids:
+                index.remove_ids(np.array(removed_ids, dtype="int64"))
+            if len(new_ids):
+                index.add_with_ids(new_vectors, new_ids)
+        if nprobe:
+            ivf["nprobe"] = int(nprobe)
+    if index is None:
+        # first build, a change of index type, an HNSW past its tombstone limit, or an IVF-PQ to retrain
+        ids, vecs = (_live_old_vectors(old, db, cache_vectors, next_id) if old is not None
+                     else (np.zeros(0, "int64"), np.zeros((0, dim), "float32")))
+        ids, vecs = np.concatenate([ids, new_ids]), np.concatenate([vecs, new_vectors])
+        if want_kind == "ivfpq":
+            index, ivf = _train_ivfpq(dim, ids, vecs, tmp, ivf_ondisk, nprobe)
+            ivf["trained_in"] = name
+        else:
+            index = _rebuild(want_kind, dim, ids, vecs)
+        db.execute("DELETE FROM tombstones")
     (dead,) = db.execute("SELECT COUNT(*) FROM tombstones").fetchone()
     db.commit()
     db.close()
     _crash_point("before_index_write")
-    faiss.write_index(index, str(tmp / "index.faiss"))
+    write_faiss(index, tmp / "index.faiss")
 
     manifest = {
         "format": FORMAT_VERSION, "generation": name, "settings": settings.to_dict(),
         "index_type": want_kind, "chunks": int(live), "vectors": int(index.ntotal), "tombstones": int(dead),
         "hnsw": {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": HNSW_EF_SEARCH}
         if want_kind == "hnsw" else None,
+        "ivfpq": ivf if want_kind == "ivfpq" else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    for f in ("chunks.sqlite", "index.faiss", "manifest.json"):
-        _fsync_file(tmp / f)
+    for f in ("chunks.sqlite", "index.faiss", "manifest.json", "lists.ivfdata"):
+        if f != "lists.ivfdata" or (tmp / f).exists():
+            _fsync_file(tmp / f)
     _crash_point("before_rename")
     final = index_dir / name
     if final.exists():  # left by a run killed between rename and pointer swap: never current, safe to drop
@@ -581,21 +701,140 @@ def write_generation(index_dir: Path, old: Generation | None, settings: Settings
     return manifest
 
 
-def _rebuild(old_index, db, kind: str, dim: int, new_ids, new_vectors):
-    """A fresh index of the live chunks: old vectors come from the old index itself, not the model."""
+def _live_old_vectors(old: "Generation", db, cache_vectors, first_new_id: int):
+    """(ids, vectors) of the live chunks the old generation already held (the new ones excluded):
+    read back from a Flat/HNSW index, or from the embedding cache for IVF-PQ (PQ codes are lossy)."""
+    import faiss
     import numpy as np
 
-    index = new_faiss_index(kind, dim)
-    if old_index is not None and old_index.ntotal:
-        ids, vecs = _index_vectors(old_index)
+    if old.kind in ("flat", "hnsw"):
+        ids, vecs = _index_vectors(read_faiss(old.path / "index.faiss"))
         live = {r[0] for r in db.execute("SELECT id FROM chunks")}
         keep = np.fromiter((i in live for i in ids), dtype=bool, count=len(ids))
-        if keep.any():
-            index.add_with_ids(np.ascontiguousarray(vecs[keep]), ids[keep])
-    if len(new_ids):
-        index.add_with_ids(new_vectors, new_ids)
-    db.execute("DELETE FROM tombstones")
+        return ids[keep], np.ascontiguousarray(vecs[keep])
+    dim = old.settings["dim"]
+    rows = db.execute("SELECT id, text_hash FROM chunks WHERE id < ? ORDER BY id", [first_new_id]).fetchall()
+    found = cache_vectors(list({h for _, h in rows})) if cache_vectors and rows else {}
+    if any(h not in found for _, h in rows):
+        raise IndexError_(f"the IVF-PQ index at {old.index_dir} needs its vectors again (to retrain or change "
+                          f"index type) and the embedding cache lacks some; rebuild it with "
+                          f"`ragkit index <PATH> --rebuild`")
+    ids = np.array([i for i, _ in rows], dtype="int64")
+    vecs = np.stack([found[h] for _, h in rows]).astype("float32") if rows else np.zeros((0, dim), "float32")
+    return ids, vecs
+
+
+def _rebuild(kind: str, dim: int, ids, vecs):
+    """A fresh Flat or HNSW index of the given vectors."""
+    index = new_faiss_index(kind, dim)
+    if len(ids):
+        index.add_with_ids(vecs, ids)
     return index
+
+
+@contextmanager
+def _stdout_to_stderr(enabled: bool = True):
+    """FAISS's OnDiskInvertedLists prints "resizing ..." with C printf on every growth of its file;
+    that must not land in stdout (`ragkit index --json`). Only the single writer (under the lock) uses it."""
+    if not enabled:
+        yield
+        return
+    import sys
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _ram_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 8 << 30
+
+
+def ivfpq_bytes(n: int, dim: int, nlist: int, m: int = IVFPQ_M) -> int:
+    """FAISS's in-RAM layout of IndexIVFPQ: per vector m code bytes + an 8-byte id, plus the coarse
+    centroids (nlist x dim floats) and the PQ codebooks (dim x 256 floats)."""
+    return n * (m + 8) + nlist * dim * 4 + dim * (1 << IVFPQ_NBITS) * 4
+
+
+def ivf_recall(index, queries, truth_ids, nprobes, k: int = 10) -> dict[int, float]:
+    """recall@k of an IVF index at each nprobe against exact neighbour ids (truth_ids: n x k)."""
+    import faiss
+
+    out = {}
+    nlist = faiss.extract_index_ivf(index).nlist
+    for nprobe in nprobes:
+        if nprobe > nlist:
+            break
+        params = faiss.SearchParametersIVF()
+        params.nprobe = int(nprobe)
+        _, got = index.search(queries, k, params=params)
+        out[int(nprobe)] = float(sum(len(set(a) & set(b)) for a, b in zip(truth_ids, got)) / (k * len(queries)))
+    return out
+
+
+def choose_nprobe(recalls: dict[int, float], target: float = RECALL_TARGET) -> int:
+    """The smallest nprobe reaching the target; if none does (PQ bounds recall), the smallest within
+    0.01 of the best measured."""
+    for nprobe in sorted(recalls):
+        if recalls[nprobe] >= target:
+            return nprobe
+    best = max(recalls.values())
+    return min(n for n, r in recalls.items() if r >= best - 0.01)
+
+
+def _train_ivfpq(dim: int, ids, vecs, tmp: Path, ondisk: bool | None, nprobe: int | None):
+    """A trained, filled IVF-PQ index of (ids, vecs) and its manifest entry with the measured recall."""
+    import faiss
+    import numpy as np
+
+    n = len(ids)
+    index = new_faiss_index("ivfpq", dim, n)
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    rng = np.random.default_rng(0)
+    n_train = min(n, max(ivf.nlist * IVFPQ_TRAIN_PER_LIST, 40 * (1 << IVFPQ_NBITS)))
+    t0 = time.perf_counter()
+    index.train(vecs[np.sort(rng.choice(n, n_train, replace=False))] if n_train < n else vecs)
+    train_s = time.perf_counter() - t0
+    if ondisk is None:
+        ondisk = ivfpq_bytes(n, dim, ivf.nlist, ivf.pq.M) > ONDISK_RAM_FRACTION * _ram_bytes()
+    if ondisk:
+        lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(tmp / "lists.ivfdata"))
+        ivf.replace_invlists(lists, True)
+        lists.this.disown()  # the index owns it now
+    with _stdout_to_stderr(ondisk):
+        for i in range(0, n, 65536):
+            index.add_with_ids(vecs[i:i + 65536], ids[i:i + 65536])
+    # recall@10 against exact search over the same vectors, stored vectors as queries
+    qi = rng.choice(n, min(RECALL_QUERIES, n), replace=False)
+    queries = np.ascontiguousarray(vecs[qi])
+    _, exact = faiss.knn(queries, vecs, min(10, n), faiss.METRIC_INNER_PRODUCT)
+    recalls = ivf_recall(index, queries, ids[exact], IVFPQ_NPROBES, k=min(10, n))
+    chosen = choose_nprobe(recalls)
+    info = {"nlist": int(ivf.nlist), "m": int(ivf.pq.M), "nbits": int(ivf.pq.nbits),
+            "nprobe": int(nprobe or chosen), "measured_nprobe": int(chosen), "trained_at": int(n),
+            "train_sample": int(n_train), "train_s": round(train_s, 2), "ondisk": bool(ondisk),
+            "recall_at_10": {str(k): round(v, 4) for k, v in recalls.items()},
+            "recall_queries": int(len(qi)), "recall_target": RECALL_TARGET}
+    return index, info
+
+
+def _open_ivf_copy(old: "Generation", tmp: Path):
+    """The old IVF-PQ index, opened from a copy in the new generation's folder: on-disk lists are
+    written in place by add/remove, and the old generation must stay as readers saw it."""
+    import faiss
+
+    for f in ("index.faiss", "lists.ivfdata"):
+        if (old.path / f).exists():
+            shutil.copyfile(old.path / f, tmp / f)
+    return read_faiss(tmp / "index.faiss", faiss.IO_FLAG_ONDISK_SAME_DIR)
 
 
 def cleanup(index_dir: Path, keep: set[str]) -> None:

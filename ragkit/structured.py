@@ -94,6 +94,8 @@ def parse_shorthand(text: str) -> dict:
         name, _, typ = item.partition(" ")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise SchemaError(f"schema shorthand: {name!r} is not a field name; write fields like 'name str, score float'.")
+        if name in props:
+            raise SchemaError(f"schema shorthand: the field {name!r} is given twice; give each field once.")
         props[name] = _short_type(typ or "str", f"field {name!r}")
         if desc.strip():
             props[name]["description"] = desc.strip()
@@ -103,34 +105,62 @@ def parse_shorthand(text: str) -> dict:
 
 
 def _load_text(text: str) -> dict:
-    stripped = text.strip()
-    if stripped.startswith("{"):
-        try:
-            return json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            raise SchemaError(f"the schema is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
-                              "fix it or use the shorthand, e.g. 'name str, score float'.") from None
+    """JSON text, a JSON Schema file's path, or shorthand (what --schema takes)."""
+    stripped = text.lstrip("\ufeff").strip()
+    if stripped.startswith(("{", "[")):
+        return _json(stripped, "the schema")
     path = Path(stripped)
-    if stripped.endswith(".json") or path.is_file():
-        try:
-            return _load_text(path.read_text(encoding="utf-8")) if path.is_file() else _missing(path)
-        except OSError as exc:
-            raise SchemaError(f"cannot read the schema file {path}: {exc.strerror or exc}.") from None
+    if stripped and path.is_dir():
+        raise SchemaError(f"the schema file {path} is a directory; give a JSON Schema file or shorthand like 'name str'.")
+    if stripped and path.is_file():
+        return _read_file(path)
+    if stripped.endswith(".json"):
+        raise SchemaError(f"the schema file {path} does not exist; give a JSON Schema file or shorthand like 'name str'.")
     return parse_shorthand(stripped)
 
 
-def _missing(path: Path):
-    raise SchemaError(f"the schema file {path} does not exist; give a JSON Schema file or shorthand like 'name str'.")
+def _read_file(path: Path) -> dict:
+    """A schema file holds JSON Schema: one JSON object (a UTF-8 byte-order mark is allowed)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise SchemaError(f"the schema file {path} is not UTF-8 text; save it as UTF-8 JSON.") from None
+    except OSError as exc:
+        raise SchemaError(f"cannot read the schema file {path}: {exc.strerror or exc}.") from None
+    value = _json(text, f"the schema file {path}")
+    if not isinstance(value, dict):
+        raise SchemaError(f"the schema file {path} holds {_kind(value)}, not a JSON Schema object; write e.g. "
+                          '{"type": "object", "properties": {"name": {"type": "string"}}}.')
+    return value
 
 
-def check_schema(schema: dict) -> None:
-    """Refuses what ragkit cannot enforce: not JSON Schema, a top level that is not an object, or a keyword
-    outside SUPPORTED_KEYWORDS (named, with where it is)."""
+def _json(text: str, what: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SchemaError(f"{what} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
+                          "fix it or use the shorthand, e.g. 'name str, score float'.") from None
+    except RecursionError:
+        raise SchemaError(f"{what} nests deeper than JSON can be read here; flatten it.") from None
+
+
+MAX_DEPTH = 32  # nesting ragkit accepts: far past any real answer shape, well inside every recursion limit
+_REF = re.compile(r"#/(\$defs|definitions)/([^/]+)")
+_SUBSCHEMA_LISTS = ("anyOf",)
+_SUBSCHEMA_MAPS = ("$defs", "definitions", "properties")  # defs first: a ref into a bad def names the def
+
+
+def check_schema(schema) -> None:
+    """Refuses, with one sentence, every schema ragkit could not enforce on each path (OpenAI strict, an
+    Anthropic tool, the local grammar) or validate: not JSON Schema, a top level that is not an object, a
+    keyword outside SUPPORTED_KEYWORDS, a true/false subschema, a $ref that does not point into the
+    schema's own $defs, a schema that refers to itself without ever giving a value, or one no value can match."""
     from jsonschema import Draft202012Validator, SchemaError as BadSchema
 
     if not isinstance(schema, dict):
-        raise SchemaError("the schema must be a JSON object (a JSON Schema), e.g. "
+        raise SchemaError(f"the schema must be a JSON object (a JSON Schema), not {_kind(schema)}; e.g. "
                           '{"type": "object", "properties": {"name": {"type": "string"}}}.')
+    _check_depth(schema)
     try:
         Draft202012Validator.check_schema(schema)
     except BadSchema as exc:
@@ -139,31 +169,131 @@ def check_schema(schema: dict) -> None:
     if schema.get("type") != "object" or not isinstance(schema.get("properties"), dict) or not schema["properties"]:
         raise SchemaError('the schema\'s top level must be an object with properties ("type": "object", '
                           '"properties": {...}): each property is a field the answer cites sources for.')
-    _check_keywords(schema, "the top level")
+    _check_node(schema, "the top level", schema)
+    _check_ref_cycles(schema)
 
 
-def _check_keywords(node, where: str) -> None:
+def _kind(value) -> str:
+    return "null" if value is None else json.dumps(value) if isinstance(value, bool) else type(value).__name__
+
+
+def _check_depth(schema) -> None:
+    stack = [(schema, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise SchemaError(f"the schema nests deeper than {MAX_DEPTH} levels; flatten it (use $defs and $ref "
+                              "for shapes that repeat).")
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((c, depth + 1) for c in children)
+
+
+def _subschemas(node: dict, where: str):
+    """(subschema, where) for every place in `node` that holds a schema (additionalProperties: true/false
+    is a flag, not a subschema)."""
+    prefix = "" if where == "the top level" else f"{where}."
+    for key in _SUBSCHEMA_MAPS:
+        for name, sub in (node.get(key) or {}).items():
+            yield sub, f"{prefix}{key}.{name}"
+    for key in _SUBSCHEMA_LISTS:
+        for i, sub in enumerate(node.get(key) or ()):
+            yield sub, f"{prefix}{key}[{i}]"
+    if "items" in node:
+        yield node["items"], f"{prefix}items"
+    if isinstance(node.get("additionalProperties"), dict):
+        yield node["additionalProperties"], f"{prefix}additionalProperties"
+
+
+def _check_node(node, where: str, root: dict) -> None:
     if not isinstance(node, dict):
-        return
-    for key, value in node.items():
+        raise SchemaError(f"the schema at {where} is {_kind(node)}, not a schema object: ragkit cannot enforce "
+                          'true/false schemas, so give it a type, e.g. {"type": "string"}.')
+    for key in node:
         if key not in SUPPORTED_KEYWORDS:
             raise SchemaError(f"the schema keyword {key!r} (at {where}) is not supported: ragkit enforces only "
                               f"{', '.join(sorted(SUPPORTED_KEYWORDS - {'$schema', '$id', 'examples'}))}; "
                               "rewrite it with those (e.g. oneOf -> anyOf) or drop it.")
+        if key in ("$schema", "$id") and node is not root:
+            raise SchemaError(f"the schema keyword {key!r} (at {where}) is allowed only at the top level; drop it.")
     types = node.get("type")
     for t in types if isinstance(types, list) else [types] if types else []:
         if t not in _TYPES:
             raise SchemaError(f"the schema type {t!r} (at {where}) is not a JSON Schema type.")
-    for name, sub in (node.get("properties") or {}).items():
-        _check_keywords(sub, f"properties.{name}")
-    for name, sub in {**(node.get("$defs") or {}), **(node.get("definitions") or {})}.items():
-        _check_keywords(sub, f"$defs.{name}")
-    for i, sub in enumerate(node.get("anyOf") or ()):
-        _check_keywords(sub, f"{where}.anyOf[{i}]")
-    if isinstance(node.get("items"), dict):
-        _check_keywords(node["items"], f"{where}.items")
-    if isinstance(node.get("additionalProperties"), dict):
-        _check_keywords(node["additionalProperties"], f"{where}.additionalProperties")
+    if "$ref" in node:
+        ref_target(node["$ref"], root, where)
+    _check_satisfiable(node, where)
+    for sub, sub_where in _subschemas(node, where):
+        _check_node(sub, sub_where, root)
+
+
+def _check_satisfiable(node: dict, where: str) -> None:
+    """Bounds and lists no value can meet: the model would be paid to fail."""
+    if node.get("enum") == []:
+        raise SchemaError(f'the schema at {where} has "enum": [], which no value matches; list the allowed values.')
+    for low, high in (("minimum", "maximum"), ("minItems", "maxItems")):
+        if low in node and high in node and node[low] > node[high]:
+            raise SchemaError(f"the schema at {where} has {low} {node[low]} above {high} {node[high]}, which no "
+                              "value matches; swap or fix them.")
+    unknown = [name for name in node.get("required") or () if name not in (node.get("properties") or {})]
+    if unknown:
+        raise SchemaError(f"the schema at {where} requires {unknown[0]!r}, which is not one of its properties; "
+                          "add it to properties or drop it from required.")
+
+
+def ref_target(ref, root: dict, where: str = "the schema") -> dict:
+    """The schema a $ref names. Only refs into the schema's own top-level $defs/definitions are honoured
+    (the answer wrapper keeps those at its root, so every enforcement path resolves them the same way);
+    anything else is refused with one sentence."""
+    from urllib.parse import unquote
+
+    if not isinstance(ref, str) or not ref.startswith("#"):
+        raise SchemaError(f"the $ref {ref!r} (at {where}) points outside the schema and ragkit fetches nothing; "
+                          "copy that schema into $defs and refer to it as #/$defs/NAME.")
+    m = _REF.fullmatch(unquote(ref))
+    if not m:
+        raise SchemaError(f"the $ref {ref!r} (at {where}) is not supported: ragkit resolves only refs to "
+                          "#/$defs/NAME (or #/definitions/NAME); move the schema it means there.")
+    section, name = m.group(1), m.group(2).replace("~1", "/").replace("~0", "~")
+    target = (root.get(section) or {}).get(name)
+    if not isinstance(target, dict):
+        raise SchemaError(f"the $ref {ref!r} (at {where}) points to nothing: the schema has no {section}.{name}; "
+                          "add it or fix the ref.")
+    return target
+
+
+def _check_ref_cycles(root: dict) -> None:
+    """A def that reaches itself through $ref/anyOf alone (no object or array in between) describes no value
+    and sends validators into endless recursion."""
+    def bare_refs(node) -> set[str]:
+        if not isinstance(node, dict):
+            return set()
+        out = {node["$ref"]} if "$ref" in node else set()
+        for sub in node.get("anyOf") or ():
+            out |= bare_refs(sub)
+        return out
+
+    done: set[str] = set()
+
+    def visit(ref: str, path: tuple[str, ...]) -> None:
+        if ref in path:
+            raise SchemaError(f"the $ref {ref!r} refers to itself ({' -> '.join(path[path.index(ref):] + (ref,))}) "
+                              "without an object or array in between, so no value matches; give it a type.")
+        if ref not in done:
+            for nxt in bare_refs(ref_target(ref, root)):
+                visit(nxt, path + (ref,))
+            done.add(ref)
+
+    for ref in _all_refs(root):
+        visit(ref, ())
+
+
+def _all_refs(node) -> set[str]:
+    if not isinstance(node, dict):
+        return set()
+    out = {node["$ref"]} if "$ref" in node else set()
+    for sub, _ in _subschemas(node, "the top level"):
+        out |= _all_refs(sub)
+    return out
 
 
 def make_schema(schema) -> "StructuredSpec":
@@ -316,11 +446,8 @@ def _to_strict_defs(defs: dict) -> dict:
 
 
 def _resolve(node, root: dict):
-    ref = node.get("$ref") if isinstance(node, dict) else None
-    if isinstance(ref, str) and ref.startswith("#/"):
-        for part in ref[2:].split("/"):
-            root = root.get(part, {})
-        return root
+    if isinstance(node, dict) and "$ref" in node:
+        return ref_target(node["$ref"], root)  # checked when the spec was made
     return node
 
 

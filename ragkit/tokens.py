@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Iterable
 
 from ragkit.config import cache_dir
+from ragkit.cache_file import connecting, open_cache, recovering
+from ragkit.console import encodable
 from ragkit.errors import ConfigError
 
 # Official file locations and their sha256 (from tiktoken_ext/openai_public.py): the cache file
@@ -189,8 +191,16 @@ def file_stamps(root: Path, rels, read_since_ns: int) -> dict[str, tuple[str, in
         except OSError:
             continue
         if st.st_mtime_ns < read_since_ns - RACY_NS:
-            stamps[rel] = (str(path), st.st_size, st.st_mtime_ns)
+            stamps[rel] = (encodable(str(path)), st.st_size, st.st_mtime_ns)  # the root may not be UTF-8
     return stamps
+
+
+def _setup_count_cache(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE IF NOT EXISTS counts (encoding TEXT, sha256 TEXT, tokens INTEGER, "
+               "PRIMARY KEY (encoding, sha256))")
+    db.execute("CREATE TABLE IF NOT EXISTS file_totals (path TEXT, encoding TEXT, shape TEXT, size INTEGER, "
+               "mtime_ns INTEGER, totals TEXT, PRIMARY KEY (path, encoding, shape))")
 
 
 class CountCache:
@@ -199,18 +209,19 @@ class CountCache:
     Per-file totals (file_totals / save_file_totals) are keyed by the file's path, size and mtime_ns,
     the encoding and a `shape` (what turns the file into the counted texts), so a new process reads an
     unchanged corpus's totals without hashing its texts; a changed file misses and is counted again.
+    A damaged file is moved aside and the cache started afresh (ragkit.cache_file).
     """
+
+    WHAT, LOSS = "token-count cache", "counts it held are counted again"   # cache_file's warning
 
     def __init__(self, path: Path | None = None):
         self.path = Path(path) if path else cache_dir() / "token-counts.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS counts (encoding TEXT, sha256 TEXT, tokens INTEGER, "
-                         "PRIMARY KEY (encoding, sha256))")
-        self._db.execute("CREATE TABLE IF NOT EXISTS file_totals (path TEXT, encoding TEXT, shape TEXT, size INTEGER, "
-                         "mtime_ns INTEGER, totals TEXT, PRIMARY KEY (path, encoding, shape))")
+        self._db = open_cache(self.path, self._connect, self.WHAT, self.LOSS)
 
+    _connect = staticmethod(connecting(_setup_count_cache))
+
+    @recovering
     def count_many(self, counter: TokenCounter, texts: list[str]) -> list[int]:
         keys = [hashlib.sha256(t.encode("utf-8", "surrogatepass")).hexdigest() for t in texts]
         known: dict[str, int] = {}
@@ -230,6 +241,7 @@ class CountCache:
             known.update(new)
         return [known[k] for k in keys]
 
+    @recovering
     def file_totals(self, encoding: str, shape: str, stamps: dict) -> dict[str, list[int]]:
         """rel -> the totals saved for that file while it had the same path, size and mtime_ns."""
         out = {}
@@ -240,6 +252,7 @@ class CountCache:
                 out[rel] = json.loads(row[0])
         return out
 
+    @recovering
     def save_file_totals(self, encoding: str, shape: str, stamps: dict, totals: dict[str, list[int]]) -> None:
         """Saves each stamped file's totals (one row per file, replaced when the file changes)."""
         with self._db:

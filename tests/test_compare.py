@@ -115,7 +115,7 @@ def test_max_cost_refuses_before_any_call(world):
     srv, corpus, golden, tmp = world
     code, _out, err = run(["compare", str(corpus), "--questions", str(golden), "-m", "big", "-m", "small",
                            "--max-cost", "0.001", "-o", str(tmp / "o"), "--cache", str(tmp / "c.sqlite")])
-    assert code == 1 and "exceeds --max-cost" in err and "big: at most $" in err
+    assert code == 1 and "exceeds --max-cost" in err and "the first 1 of 80 calls may already cost $" in err
     assert srv.requests == [] and Ledger().entries() == []
 
 

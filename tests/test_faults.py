@@ -17,7 +17,7 @@ import time
 import pytest
 
 from llm_server import Fault, LLMServer, Reply
-from test_ask import corpus, run  # noqa: F401  (corpus is a fixture: a private copy of the sample corpus)
+from helpers import run
 from test_eval_e2e import invoke, simulated_reader
 from test_providers import PROTOCOLS, make
 from ragkit.answer import Session
@@ -76,11 +76,11 @@ def test_stream_closed_right_after_its_end_marker_is_complete(protocol, monkeypa
 
 
 @pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
-def test_session_ask_with_a_cut_stream_raises_and_records_nothing(protocol, corpus, monkeypatch):
+def test_session_ask_with_a_cut_stream_raises_and_records_nothing(protocol, sample_corpus, monkeypatch):
     model, var, url_attr = PROTOCOLS[protocol]
     monkeypatch.setenv(var, KEY)
     with LLMServer(responder=lambda req: Fault.cut_stream()) as srv:
-        with Session(corpus, model=model, base_url=getattr(srv, url_attr), max_retries=0) as s:
+        with Session(sample_corpus, model=model, base_url=getattr(srv, url_attr), max_retries=0) as s:
             with pytest.raises(IncompleteStream):
                 s.ask(QUESTION, on_text=STREAM)
             assert s.ask(QUESTION).answer == "The answer is"    # the same reply unstreamed is whole
@@ -133,13 +133,13 @@ CLI_CASES = [(fault_id, mode) for fault_id in sorted(CLI_FAULTS) for mode in ("-
 
 @pytest.mark.parametrize("fault_id,mode", CLI_CASES, ids=[f"{f}{m}" for f, m in CLI_CASES])
 @pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
-def test_cli_ask_fails_with_one_true_sentence_and_records_nothing(protocol, fault_id, mode, corpus, monkeypatch):
+def test_cli_ask_fails_with_one_true_sentence_and_records_nothing(protocol, fault_id, mode, sample_corpus, monkeypatch):
     fault, on_stream, on_json = CLI_FAULTS[fault_id]
     expected = on_stream if mode == "--stream" else on_json
     model, var, url_attr = PROTOCOLS[protocol]
     monkeypatch.setenv(var, KEY)
     with LLMServer(responder=lambda req: fault) as srv:
-        code, out, err = run(["ask", str(corpus), QUESTION, "-m", model, "-u", getattr(srv, url_attr),
+        code, out, err = run(["ask", str(sample_corpus), QUESTION, "-m", model, "-u", getattr(srv, url_attr),
                               mode, "-r", "1", "-t", "0.5"])
     assert code == 1, (out, err)
     lines = err.strip().splitlines()
@@ -341,9 +341,9 @@ def test_retries_must_be_a_whole_number_from_zero_for_library_callers(value, mon
 
 @pytest.mark.parametrize("args,option", [(["-r", "-1"], "--retries"), (["-t", "0"], "--timeout"),
                                          (["-t", "-5"], "--timeout")])
-def test_cli_rejects_bad_retries_and_timeout_before_any_call(args, option, corpus):
+def test_cli_rejects_bad_retries_and_timeout_before_any_call(args, option, sample_corpus):
     with LLMServer(responder=lambda req: "never asked") as srv:
-        code, out, err = run(["ask", str(corpus), QUESTION, "-u", srv.openai_base_url, *args])
+        code, out, err = run(["ask", str(sample_corpus), QUESTION, "-u", srv.openai_base_url, *args])
         assert srv.requests == []
     assert code == 2 and option in err and "range" in err and "Traceback" not in err
     assert Ledger().entries() == []

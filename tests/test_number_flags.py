@@ -26,6 +26,8 @@ REFUSED = [
     (COMPARE + ["--max-cost", "nan"], "--max-cost", "'nan' is not a finite number"),
     (COMPARE + ["--concurrency", "0"], "--concurrency", "0 is not in the range x>=1"),
     (NEEDLE + ["--max-cost", "nan"], "--max-cost", "'nan' is not a finite number"),
+    (["eval", "schema", "-m", "gpt-4o", "--max-cost", "nan"], "--max-cost", "'nan' is not a finite number"),
+    (["eval", "schema", "-m", "gpt-4o", "--concurrency", "0"], "--concurrency", "0 is not in the range x>=1"),
     (["eval", "suite", "lost-in-the-middle", "--max-cost", "nan"], "--max-cost", "'nan' is not a finite number"),
     (["eval", "needle", "-m", "gpt-4o", "-l", "0"], "--lengths", "'0' is not a size"),
     (["eval", "kv", "-m", "gpt-4o", "-l", "2k,,x"], "--lengths", "'x' is not a size"),

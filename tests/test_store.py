@@ -202,7 +202,7 @@ def test_kill9_after_the_first_cache_commit_of_a_small_build_keeps_that_work(tmp
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert store.read_current(folder / ".ragkit") is None  # killed before any generation was published
     cache = store.EmbeddingCache(folder / ".ragkit" / "embcache.sqlite", "all-MiniLM-L6-v2", 384)
-    (committed,) = cache.db.execute("SELECT COUNT(*) FROM vectors").fetchone()
+    (committed,) = cache._db.execute("SELECT COUNT(*) FROM vectors").fetchone()
     cache.close()
 
     report = Corpus.open(folder, **SMALL).index()

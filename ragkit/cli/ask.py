@@ -7,7 +7,7 @@ import sys
 import click
 
 from ragkit.cli.foundation import MODEL_OPTION
-from ragkit.cli.index import INDEX_DIR_OPTION, STORE_OPTION, WHERE_OPTION, embed_backend_option
+from ragkit.cli.index import INDEX_DIR_OPTION, STORE_OPTION, WHERE_OPTION, embed_backend_option, nprobe_option
 from ragkit.cli.params import FRACTION, SECONDS, USD, Label
 from ragkit.costs import usd
 from ragkit.retrieve import DEFAULT_TOP_K
@@ -63,9 +63,10 @@ def _print_sources(sources, heading: str) -> None:
 @embed_backend_option
 @STORE_OPTION
 @WHERE_OPTION
+@nprobe_option
 def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k, order, schema, dry_run, as_json,
                 stream, timeout_s, max_retries, index_dir, log_question, no_ledger, task, max_cost, route_task, floor,
-                embed_backend, store, where):
+                embed_backend, store, where, nprobe):
     """Answer QUESTION from the documents under PATH, citing them.
 
     The planner stuffs the whole documents when they fit the model's practical limit and
@@ -86,7 +87,8 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
 
     session = Session(path, model=model, base_url=base_url, timeout_s=timeout_s, max_retries=max_retries,
                       index_dir=index_dir, ledger=not no_ledger, log_question=log_question, task=task,
-                      progress=sys.stderr.isatty(), embed_backend=embed_backend, store=store, where=where)
+                      progress=sys.stderr.isatty(), embed_backend=embed_backend, store=store, where=where,
+                      nprobe=nprobe)
     try:
         if dry_run:
             prepared = session.prepare(question, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k,

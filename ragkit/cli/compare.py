@@ -29,6 +29,7 @@ def compare_group():
       ragkit compare docs/ --questions golden.jsonl -m gpt-4o -m gpt-4o-mini --tasks-per-day 5000
       ragkit compare corpora/nq-wiki --questions corpora/questions/nq-wiki.jsonl --sample 100 \\
           -m gpt-4o -m gemini-2.0-flash --strategy stuff,retrieve --save
+      ragkit compare docs/ --questions golden.jsonl -m gpt-4o-mini -m local --schema 'title str, year int | null'
       ragkit compare report ragkit-compare/docs
     """
 
@@ -62,10 +63,13 @@ def _strategies(text: str) -> tuple[str, ...]:
 @click.option("--save", is_flag=True, help="Write each model's measured accuracy into your overrides (routing reads it).")
 @click.option("--overrides", type=click.Path(dir_okay=False), default=None,
               help="Overrides file for --save (default: your user models.toml).")
+@click.option("--schema", default=None,
+              help="Structured answers: a JSON Schema file or shorthand ('title str, year int | null'); the report "
+                   "adds schema-valid rates, repairs and field accuracy against each line's \"reference\".")
 @click.option("-q", "--quiet", "--no-progress", "no_progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def run_cmd(corpus, golden, models, strategy, sample, tasks_per_day, task_label, max_cost, out, concurrency, base_url,
-            cache_path, index_dir, judge, save, overrides, no_progress, as_json):
+            cache_path, index_dir, judge, schema, save, overrides, no_progress, as_json):
     """Compare models on your questions (see `ragkit compare --help`)."""
     from ragkit.evals.cache import ResponseCache
     from ragkit.compare import run_compare
@@ -75,7 +79,7 @@ def run_cmd(corpus, golden, models, strategy, sample, tasks_per_day, task_label,
                          tasks_per_day=tasks_per_day, task_label=task_label, max_cost_usd=max_cost,
                          concurrency=concurrency, base_url=base_url, cache=ResponseCache(cache_path),
                          index_dir=index_dir, progress=not no_progress and not as_json,
-                         echo=lambda m: click.echo(m, err=True), judge=judge)
+                         echo=lambda m: click.echo(m, err=True), judge=judge, schema=schema)
     summary = _finish(out_dir, result.to_dict(), save=save, overrides=overrides, as_json=as_json)
     dead = [g for g in summary["groups"] if g["failed"] and not g["n"]]
     if dead:  # a comparison with a model that never answered is not a comparison: a script must see it

@@ -1,4 +1,5 @@
-"""CLI commands: `ragkit eval needle|qa|kv|report|suite` (the lost-in-the-middle harness)."""
+"""CLI commands: `ragkit eval needle|qa|kv|report|suite` (the lost-in-the-middle harness) and
+`ragkit eval schema` (structured answers: the malformed rate per model and enforcement)."""
 from __future__ import annotations
 
 import json
@@ -151,6 +152,7 @@ def eval_group():
       ragkit eval kv -m gpt-4o-mini --lengths 2k,8k --strategy stuff,retrieve
       ragkit eval report ragkit-evals/needle-gpt-4o-mini
       ragkit eval suite lost-in-the-middle -m gpt-4o-mini
+      ragkit eval schema -m local -n 100 --enforcement native,validated
     """
 
 
@@ -226,6 +228,80 @@ def kv_cmd(lengths, depths, source, **kw):
     _run("kv", {"source": source}, lengths=lengths, depths=depths or DEFAULT_DEPTHS, **kw)
 
 
+@eval_group.command("schema", short_help="Structured answers: schema-valid rate and field accuracy.")
+@click.option("-m", "--model", "models", multiple=True, help="Model id or alias (repeatable; default: $RAGKIT_MODEL).")
+@click.option("--enforcement", default="native,validated", show_default=True,
+              help="native (the registry's structured_output: local grammar, OpenAI strict/json_mode, Anthropic "
+                   "tool), validated (no enforcement: the reply is only validated), or both, comma-separated.")
+@click.option("-n", "--samples", "n_tasks", default=100, show_default=True, type=COUNT,
+              help="Extraction tasks: NQ passages, each with its question.")
+@click.option("--max-chars", default=1200, show_default=True, type=int, help="Each passage cut to this many characters.")
+@click.option("--max-tokens", default=80, show_default=True, type=int, help="Output tokens per reply.")
+@click.option("--corpus", type=click.Path(exists=True), default=None, help="Passages (default: bundled nq-wiki).")
+@click.option("--questions", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Questions JSONL: question, answers, passage_id (default: bundled nq-wiki questions).")
+@click.option("--max-cost", default=5.0, show_default=True, type=USD,
+              help="Refuse to start if the estimated cost (USD) is higher.")
+@click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
+              help="Run folder (results.jsonl, report.md). Default ragkit-evals/schema-MODEL. Re-running into it resumes.")
+@click.option("--concurrency", type=COUNT, default=None, help="Parallel tasks (default: local 1, anthropic 4, openai 8).")
+@click.option("-u", "--base-url", default=None, help="OpenAI/Anthropic-compatible endpoint to call instead.")
+@click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default=None,
+              help="Response cache (SQLite). Default ~/.cache/ragkit/eval-cache.sqlite or $RAGKIT_EVAL_CACHE.")
+@click.option("-q", "--quiet", "--no-progress", "no_progress", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+def schema_cmd(models, enforcement, n_tasks, max_chars, max_tokens, corpus, questions, max_cost, out, concurrency,
+               base_url, cache_path, no_progress, as_json):
+    """Structured answers: how often each model's reply matches a schema, with and without enforcement.
+
+    Extraction tasks from NQ passages ({title, answer, year} with per-field citations), answered through
+    the ask path with one repair round-trip; per model and enforcement: schema-valid rate on the first
+    reply and after the repair, field accuracy against references from the data, repairs, tokens/s.
+
+    \b
+    Examples:
+      ragkit eval schema -m local -n 100 --enforcement native,validated
+      ragkit eval schema -m gpt-4o-mini -m claude-3.5-haiku -n 50 --enforcement native
+    """
+    from ragkit import config
+    from ragkit.evals.cache import ResponseCache
+    from ragkit.evals.extraction import run_schema_eval
+    from ragkit.models import get_model
+
+    import shlex
+
+    models = models or (config.default_model(),)
+    out_dir = Path(out) if out else Path("ragkit-evals") / f"schema-{'+'.join(get_model(m).id for m in models)}"
+    command = shlex.join(["ragkit", "eval", "schema", *(a for m in models for a in ("-m", m)), "-n", str(n_tasks),
+                          "--enforcement", enforcement, "--max-chars", str(max_chars), "--max-tokens", str(max_tokens),
+                          *(["--cache", cache_path] if cache_path else []), *(["-u", base_url] if base_url else []),
+                          "-o", str(out_dir)])
+    result = run_schema_eval(models, out_dir, n=n_tasks, enforcement=tuple(e for e in enforcement.split(",") if e.strip()),
+                             max_chars=max_chars, max_tokens=max_tokens, corpus=corpus, questions=questions,
+                             cache=ResponseCache(cache_path), base_url=base_url, max_cost_usd=max_cost,
+                             concurrency=concurrency, progress=not no_progress and not as_json,
+                             echo=lambda m: click.echo(m, err=True), render=False, command=command)
+    _finish_schema(out_dir, result.to_dict(), as_json)
+
+
+def _finish_schema(out_dir: Path, run: dict | None, as_json: bool) -> None:
+    from ragkit.evals.extraction import render_schema_report
+
+    summary = render_schema_report(out_dir)
+    if as_json:
+        _echo_json({"out_dir": str(out_dir), "run": run, "summary": summary})
+        return
+    if run:
+        click.echo(f"{run['made']} tasks run now ({run['done']} already done), {run['failed']} failed, "
+                   f"${run['cost_usd']:.4f} paid, {run['wall_s']:.1f} s.")
+    for label, g in summary["groups"].items():
+        rate = lambda r: "-" if r["rate"] is None else f"{100 * r['rate']:.0f}%"  # noqa: E731
+        click.echo(f"{label}: schema-valid {rate(g['valid_first'])} on the first reply, "
+                   f"{rate(g['valid_after_repair'])} after a repair; field accuracy {rate(g['field_accuracy'])} "
+                   f"over {g['n']} tasks; {g['repairs']} repairs.")
+    click.echo(f"Report: {out_dir / 'report.md'}")
+
+
 @eval_group.command("report", short_help="Re-render a run's report; calls no model.")
 @click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--floor", type=FRACTION, default=None,
@@ -243,9 +319,13 @@ def report_cmd(out_dir, floor, save_limit, force, overrides, as_json):
       ragkit eval report ragkit-evals/needle-gpt-4o-mini
       ragkit eval report evals/reports/needle-qwen2.5-coder-0.5b-local --floor 0.5 --json
     """
+    from ragkit.evals.extraction import is_schema_run
     from ragkit.evals.report import render_report
 
     out = Path(out_dir)
+    if is_schema_run(out):
+        _finish_schema(out, None, as_json)
+        return
     summary = render_report(out, floor=floor)
     _finish(out, summary, None, floor=floor, save_limit=save_limit, force=force, overrides=overrides,
             as_json=as_json)

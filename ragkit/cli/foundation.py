@@ -109,7 +109,7 @@ def count(path, model, include, exclude, text_field, no_cache, exact, base_url, 
 
     from ragkit.console import safe_path
 
-    table = Table(show_footer=True, title=f"{result.path} in {result.model} tokens", title_justify="left")
+    table = Table(show_footer=True, title=f"{escape(safe_path(result.path))} in {result.model} tokens", title_justify="left")
     table.add_column("file", footer="total")
     table.add_column("documents", justify="right", footer=f"{result.documents:,}")
     table.add_column("tokens", justify="right", footer=f"{result.tokens:,}")

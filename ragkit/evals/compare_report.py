@@ -56,6 +56,11 @@ class Group:
     cost_per_day_usd: float | None
     cost_per_month_usd: float | None
     strategies_used: dict         # auto: how often the planner stuffed / retrieved
+    # --schema runs (None otherwise): schema-valid on the first reply / after the repair, repairs, field accuracy
+    schema_valid_first: float | None = None
+    schema_valid: float | None = None
+    repairs: int | None = None
+    field_accuracy: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,7 +92,18 @@ def group(label: str, records: Sequence[EvalRecord], tasks_per_day: int) -> Grou
         ttft_p50_s=percentile(ttfts, 50), ttft_p95_s=percentile(ttfts, 95),
         cost_per_day_usd=None if cost is None else cost * tasks_per_day,
         cost_per_month_usd=None if cost is None else cost * tasks_per_day * DAYS_PER_MONTH,
-        strategies_used=used)
+        strategies_used=used, **_structured(m))
+
+
+def _structured(metrics: Sequence[dict]) -> dict:
+    """A --schema group's validity, repairs and field accuracy (nothing for plain answers)."""
+    outcomes = [x["schema"] for x in metrics if isinstance(x.get("schema"), dict)]
+    if not outcomes:
+        return {}
+    fields = [x["field_accuracy"] for x in metrics if x.get("field_accuracy") is not None]
+    return {"schema_valid_first": _mean([float(o["valid_first"]) for o in outcomes]),
+            "schema_valid": _mean([float(o["valid"]) for o in outcomes]),
+            "repairs": sum(o["repairs"] for o in outcomes), "field_accuracy": _mean(fields)}
 
 
 # ---------------------------------------------------------------- the paired verdict
@@ -237,6 +253,14 @@ def render_markdown(summary: dict) -> str:
                      f"{usd(g['cost_per_task_usd'])} | {tokens} | {_s(g['latency_p50_s'])}/{_s(g['latency_p95_s'])} | "
                      f"{_s(g['ttft_p50_s'])}/{_s(g['ttft_p95_s'])} | {usd(g['cost_per_day_usd'])} | "
                      f"{usd(g['cost_per_month_usd'])} |")
+    structured = [g for g in summary["groups"] if g.get("schema_valid_first") is not None]
+    if structured:
+        lines += ["", "Structured answers (--schema; accuracy above is over the object's text, 0 when it never "
+                  "validated; field accuracy against the golden lines' \"reference\"):", "",
+                  "| model | schema-valid, first reply | after one repair | repairs | field accuracy |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {g['label']} | {_pct(g['schema_valid_first'])} | {_pct(g['schema_valid'])} | {g['repairs']} | "
+                  f"{_pct(g['field_accuracy'])} |" for g in structured]
     lines += ["", "## Switching verdict", ""]
     if summary["most_accurate"]:
         lines.append(f"Most accurate: **{summary['most_accurate']}**. Each other model on the same questions "

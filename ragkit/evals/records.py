@@ -8,9 +8,12 @@ before the next append: its response is in the cache, so resuming logs that call
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
+import types
+import typing
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -76,6 +79,9 @@ class EvalRecord:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "a record") -> "EvalRecord":
+        if not isinstance(d, dict):
+            raise InputError(f"{where} is not an eval record (it holds {type(d).__name__}, not a JSON object); "
+                             "a run folder's results.jsonl holds only what `ragkit eval` wrote.")
         version = d.get("v", 1)
         if not isinstance(version, int) or version > SCHEMA_VERSION:
             raise InputError(f"{where} was written by a newer ragkit (results format v{version}; this ragkit "
@@ -85,6 +91,10 @@ class EvalRecord:
             raise InputError(f"{where} is not an eval record (no {', '.join(missing)}); "
                              "a run folder's results.jsonl holds only what `ragkit eval` wrote.")
         known = {k: d[k] for k in _NAMES if k in d}
+        wrong = wrong_type(cls, known)
+        if wrong:
+            raise InputError(f"{where} is damaged ({wrong}); restore the file or delete that line "
+                             "(resuming the run asks that call again, or takes it from the cache).")
         known["answers"] = tuple(known.get("answers") or ())
         return cls(**known, schema_version=version)
 
@@ -92,6 +102,43 @@ class EvalRecord:
 _OMITTED_WHEN_NONE = ("ttft_s", "metrics")
 _REQUIRED = [f for f in fields(EvalRecord) if f.default is MISSING and f.default_factory is MISSING]
 _NAMES = {f.name for f in fields(EvalRecord)} - {"schema_version"}
+
+
+def wrong_type(cls, values: dict) -> str | None:
+    """What in `values` does not have the type dataclass `cls` declares for it ("score is 'x' (str), not
+    float or null"), or None: run files and cache rows pass this before any report does arithmetic on them."""
+    hints = _hints(cls)
+    for name, value in values.items():
+        if name in hints and not _is(value, hints[name]):
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            return f"{name} is {shown} ({type(value).__name__}), not {_hint_name(hints[name])}"
+    return None
+
+
+@functools.cache
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _is(value, hint) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is tuple:  # tuple[str, ...]: a JSON list of strings
+        return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+    if hint in (int, float):  # JSON has one number type; a bool is not a number here
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    return isinstance(value, origin or hint)
+
+
+def _hint_name(hint) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(map(_hint_name, typing.get_args(hint)))
+    if typing.get_origin(hint) is tuple:
+        return "a list of strings"
+    return "null" if hint is type(None) else hint.__name__
 
 
 def results_path(run_dir: Path | str) -> Path:
@@ -104,22 +151,22 @@ def read(run_dir: Path | str) -> list[EvalRecord]:
     if not path.exists():
         return []
     out = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            data = _parse(line)
-            if data is not None:
-                out.append(EvalRecord.from_dict(data, f"{path} line {n}"))
+    # split at b"\n" only, so line numbers are the ones `wc -l` counts; a byte that is not UTF-8 reads as U+FFFD
+    for n, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+        data = _parse(raw.decode("utf-8", errors="replace"))
+        if data is not None:
+            out.append(EvalRecord.from_dict(data, f"{path} line {n}"))
     return out
 
 
 def _parse(line: str) -> dict | None:
-    """A line's JSON object; None for a blank or torn line. A whole record glued after a torn one
+    """A line's JSON value; None for a blank or torn line. A whole record glued after a torn one
     (logs appended by ragkit before it dropped torn lines) is recovered."""
     if not line.strip():
         return None
     try:
         return json.loads(line)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         glued = line.rfind('{"v": ')
         if glued > 0:
             return _parse(line[glued:])
@@ -181,8 +228,18 @@ def write_meta(run_dir: Path | str, meta: dict) -> None:
 
 
 def read_meta(run_dir: Path | str) -> dict:
+    """The folder's run.json ({} when there is none); one sentence when it is not a JSON object."""
     path = Path(run_dir) / META
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        meta = None
+    if not isinstance(meta, dict) or not isinstance(meta.get("format", ""), str):
+        raise InputError(f"{path} is not a run's run.json (it should be the JSON object ragkit wrote, with its "
+                         '"format"); restore it, or run again into a new --out folder.')
+    return meta
 
 
 def atomic_write(path: Path, text: str) -> None:

@@ -227,6 +227,9 @@ def sdk_error(sdk, exc: Exception, *, provider, key_var: str, connection_hint: s
                 else "context_length" if status in (400, 413, 422) and _over_context(exc) else "bad_request")
         msg = (f"{url} failed with HTTP {status} for model '{spec.id}'{tries}: "
                f"{detail(getattr(exc, 'message', ''))}")
+    elif isinstance(exc, UnicodeEncodeError):  # raised while building the request: our text, not their reply
+        kind, msg = "bad_request", (f"the request to {url} could not be encoded, so it was not sent ({detail(exc)}); "
+                                    f"the prompt holds text that is not valid Unicode.")
     elif isinstance(exc, _MALFORMED):  # json.JSONDecodeError, SDK parse errors, events in an unexpected shape
         what = "not valid JSON" if "JSONDecodeError" in type(exc).__name__ else f"unexpected {type(exc).__name__}"
         kind, msg = "malformed", f"{url} sent a malformed response ({what}): is it {protocol}?"
