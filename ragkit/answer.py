@@ -142,7 +142,7 @@ class Session:
                  progress: bool = False, index_wait_s: float | None = None, embed_backend: str | None = None,
                  store: str | None = None, where: str | None = None, nprobe: int | None = None):
         from ragkit.corpus import DEFAULT_INDEX_WAIT_S
-        from ragkit.ledger import Ledger
+        from ragkit.ledger import Ledger, check_task_label
 
         self.path = Path(path)
         self.model = model or default_model()
@@ -154,7 +154,7 @@ class Session:
         self.store, self.where = store, where  # stores.parse_store URL (None: the FAISS folder); a retrieval filter
         self.nprobe = nprobe  # IVF-PQ indexes: clusters scanned per query (None: the index's measured default)
         self.log_question = log_question
-        self.task = task
+        self.task = check_task_label(task)
         self.progress = progress      # index-building progress bar on stderr
         # how long a question waits for another process that is building the first index
         self.index_wait_s = DEFAULT_INDEX_WAIT_S if index_wait_s is None else index_wait_s
@@ -380,9 +380,11 @@ class Session:
         the answer is a validated object (Answer.data) with per-field citations (Answer.citations); nothing
         partial is streamed, and a reply that does not validate gets one repair round-trip.
         """
+        from ragkit.costs import check_max_cost
         from ragkit.models import get_model
 
         _question(question)  # before routing: an empty or undecodable question is refused once
+        max_cost_usd = check_max_cost(max_cost_usd)  # nan would pass every cost check and pay
         if (model or self.model) == "auto":
             from ragkit.route import DEFAULT_TASK, ask_routed
 

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ragkit.costs import check_max_cost, usd
 from ragkit.errors import ConfigError, InputError
 from ragkit.evals.cache import CachedResponse, ResponseCache, call_key
 from ragkit.evals.records import EvalRecord, RecordLog, latest_by_call, plural, write_meta
@@ -213,9 +214,9 @@ def plan_compare(session, questions: Sequence[GoldQuestion], models: Sequence[st
                 bound += (judge.estimated_cost_usd(1, p.plan.answer_tokens) if judge else 0.0) + \
                     (calls_each * p.estimated_cost_usd if cache.get(key) is None else 0.0)
                 if bound > max_cost_usd and len(calls) < total:
-                    raise ConfigError(f"the estimated cost exceeds --max-cost ${max_cost_usd:.4f}: the first {len(calls):,} "
-                                      f"of {total:,} calls may already cost ${bound:.4f} (about "
-                                      f"${bound * total / len(calls):.2f} for all of them); use --sample, fewer models "
+                    raise ConfigError(f"the estimated cost exceeds --max-cost {usd(max_cost_usd)}: the first {len(calls):,} "
+                                      f"of {total:,} calls may already cost {usd(bound)} (about "
+                                      f"{usd(bound * total / len(calls))} for all of them); use --sample, fewer models "
                                       f"or raise --max-cost.")
     todo = [c for c in calls if answered.get(c.call_id) != c.key]
     hits = {c.key: hit for c in todo if (hit := cache.get(c.key)) is not None}
@@ -371,6 +372,7 @@ def run_compare(corpus: Path | str, golden: Path | str, models: Sequence[str], o
     from ragkit.models import get_model
 
     started = time.monotonic()
+    max_cost_usd = check_max_cost(max_cost_usd)
     models = list(dict.fromkeys(get_model(m).id for m in models))  # unknown models fail before any work
     if not models:
         raise InputError("compare needs at least one model: -m gpt-4o -m gpt-4o-mini.")
@@ -402,9 +404,9 @@ def run_compare(corpus: Path | str, golden: Path | str, models: Sequence[str], o
         est = estimate_compare(plan, grader, 1 if structured is None else 2)
         echo(est.describe())
         if max_cost_usd is not None and est.cost_usd > max_cost_usd:
-            for model, usd in est.by_model.items():
-                echo(f"  {model}: at most ${usd:.4f}")
-            raise ConfigError(f"the estimated cost ${est.cost_usd:.4f} exceeds --max-cost ${max_cost_usd:.2f}; "
+            for model, cost in est.by_model.items():
+                echo(f"  {model}: at most {usd(cost)}")
+            raise ConfigError(f"the estimated cost {usd(est.cost_usd)} exceeds --max-cost {usd(max_cost_usd)}; "
                               "use --sample, fewer models or raise --max-cost.")
         write_meta(out, {"format": FORMAT, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                          "corpus": str(corpus), "golden": str(golden), "golden_sha256": golden_sha,

@@ -1,11 +1,35 @@
 """Cost math: what N input and M output tokens cost on a model, per query, per day and per month."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from ragkit.errors import InputError
 
 DAYS_PER_MONTH = 30
+
+
+def usd(x: float | None) -> str:
+    """Dollars as every ragkit message prints them: cents from $1, else enough digits that a small
+    amount is not shown as nothing ($0.0001, $0.0042, $0.50); None -> "-"."""
+    if x is None:
+        return "-"
+    if abs(x) >= 1:
+        return f"${x:,.2f}"
+    text = f"{x:.6f}".rstrip("0")
+    return "$" + (text if len(text.split(".")[1]) >= 2 else f"{x:.2f}")
+
+
+def check_max_cost(max_cost_usd: float | None) -> float | None:
+    """A cost cap as given to the library (Session.ask, run_compare, run_grid): a finite number of
+    dollars, 0 or more, or None for no cap. nan would compare false against every cost and pay."""
+    if max_cost_usd is None:
+        return None
+    if isinstance(max_cost_usd, bool) or not isinstance(max_cost_usd, (int, float)) \
+            or not math.isfinite(max_cost_usd) or max_cost_usd < 0:
+        raise InputError(f"max_cost_usd must be a finite number of dollars, 0 or more (or None for no cap), "
+                         f"not {max_cost_usd!r}.")
+    return float(max_cost_usd)
 
 
 def cost_usd(model, input_tokens: int, output_tokens: int) -> float:

@@ -13,6 +13,14 @@ class ConfigError(RagkitError):
     pass
 
 
+class MissingKey(ConfigError):
+    """A model's API key variable is not set (`variable` names it; routing drops such a model)."""
+
+    def __init__(self, message: str, variable: str):
+        super().__init__(message)
+        self.variable = variable
+
+
 class InputError(RagkitError):
     """Missing path, empty folder, unreadable or unsupported file."""
 

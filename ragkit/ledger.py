@@ -208,6 +208,20 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(m|min|h|d|w)\s*$", re.I)
 _UNIT = {"m": "minutes", "min": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
+MAX_TASK_LABEL = 64
+
+
+def check_task_label(label) -> str:
+    """A task label as given (`ask --task`, Session(task=...)): one printable line, not empty, at most
+    MAX_TASK_LABEL characters, since `ragkit costs --by task` prints it as a table row."""
+    if not isinstance(label, str) or not label.strip():
+        raise InputError(f"task label {label!r}: give a short name like ask or support-bot.")
+    if not label.isprintable() or len(label) > MAX_TASK_LABEL:
+        raise InputError(f"task label {label!r}: use at most {MAX_TASK_LABEL} printable characters on one line, "
+                         "like support-bot.")
+    return label
+
+
 def parse_since(value: str | None, now: datetime | None = None) -> datetime | None:
     """'7d', '24h', '2w', '30m' or an ISO date/time (UTC if no zone) -> an aware datetime."""
     if value is None or not str(value).strip():
@@ -215,7 +229,11 @@ def parse_since(value: str | None, now: datetime | None = None) -> datetime | No
     now = now or _now()
     m = _DURATION.match(str(value))
     if m:
-        return now - timedelta(**{_UNIT[m.group(2).lower()]: float(m.group(1))})
+        try:
+            return now - timedelta(**{_UNIT[m.group(2).lower()]: float(m.group(1))})
+        except OverflowError:  # past timedelta's or datetime's range (year 1)
+            raise InputError(f"--since {value!r} reaches back before the year 1: use a shorter window, or leave "
+                             "--since out to summarise every call.") from None
     try:
         when = datetime.fromisoformat(str(value).strip())
     except ValueError:

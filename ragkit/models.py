@@ -94,7 +94,14 @@ def _is_default(source: str) -> bool:
 
 
 class _Bad(ValueError):
-    """A field's value is wrong: the message says what it must be."""
+    """A field's value is wrong: the message says what it must be. `value`: the wrong part, when it is
+    nested inside the field's value (a task's accuracy inside the accuracy table)."""
+
+    NOT_GIVEN = object()
+
+    def __init__(self, message: str, value=NOT_GIVEN):
+        super().__init__(message)
+        self.value = value
 
 
 def _text(v):
@@ -162,9 +169,11 @@ _ACCURACY_KEYS = {"accuracy": "a fraction from 0 to 1", "n": "a whole number of 
 
 def _accuracy(v):
     """{task = {accuracy = 0.9, n = 40, low, high, date, golden, source, strategy}}: what compare --save writes."""
-    if not isinstance(v, dict) or not all(isinstance(t, dict) for t in v.values()):
+    if not isinstance(v, dict):
         raise _Bad("must be a table of tasks, each a table like {accuracy = 0.9, n = 40}")
     for task, m in v.items():
+        if not isinstance(m, dict):
+            raise _Bad(f'for task "{task}" must be a table like {{accuracy = 0.9, n = 40}}', m)
         unknown = set(m) - set(_ACCURACY_KEYS)
         if unknown:
             raise _Bad(f'has an unknown key "{sorted(unknown)[0]}" for task "{task}" (known: {", ".join(_ACCURACY_KEYS)})')
@@ -172,12 +181,12 @@ def _accuracy(v):
             raise _Bad(f'needs accuracy and n for task "{task}"')
         for key in ("accuracy", "low", "high"):
             if key in m and (not isinstance(m[key], (int, float)) or isinstance(m[key], bool) or not 0 <= m[key] <= 1):
-                raise _Bad(f'{key} for task "{task}" must be {_ACCURACY_KEYS[key]}')
+                raise _Bad(f'{key} for task "{task}" must be {_ACCURACY_KEYS[key]}', m[key])
         if not isinstance(m["n"], int) or isinstance(m["n"], bool) or m["n"] < 1:
-            raise _Bad(f'n for task "{task}" must be {_ACCURACY_KEYS["n"]}')
+            raise _Bad(f'n for task "{task}" must be {_ACCURACY_KEYS["n"]}', m["n"])
         for key in ("date", "golden", "source", "strategy"):
             if key in m and not isinstance(m[key], str):
-                raise _Bad(f'{key} for task "{task}" must be text in quotes')
+                raise _Bad(f'{key} for task "{task}" must be text in quotes', m[key])
     return {task: dict(m) for task, m in v.items()}
 
 
@@ -324,7 +333,8 @@ def load_tables(path: Path) -> dict[str, dict]:
             try:
                 checked[name] = field.check(value)
             except _Bad as bad:
-                raise ConfigError(f"{_where(path, model_id)} {name} {bad}, not {_shown(value)}; "
+                wrong = value if bad.value is _Bad.NOT_GIVEN else bad.value
+                raise ConfigError(f"{_where(path, model_id)} {name} {bad}, not {_shown(wrong)}; "
                                   f"write {_fix(name, value)}.") from None
         for source, figures in _SOURCES.items():
             if source not in checked and any(f in checked for f in figures):
@@ -477,7 +487,8 @@ def save_accuracy_override(model_id: str, task: str, measured: dict, path: Path 
     try:
         checked = _accuracy({task: measured})[task]
     except _Bad as bad:
-        raise ConfigError(f"cannot save the accuracy of {spec.id}: it {bad}.") from None
+        wrong = "" if bad.value is _Bad.NOT_GIVEN else f", not {_shown(bad.value)}"
+        raise ConfigError(f"cannot save the accuracy of {spec.id}: it {bad}{wrong}.") from None
 
     def edit(table) -> None:
         known = {k: dict(v) for k, v in (table.get("accuracy") or {}).items()}

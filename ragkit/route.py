@@ -5,6 +5,7 @@
       -> drop those measured under the quality floor (`ragkit compare --save`); unmeasured ones are
          kept on the policy's word alone, and said to be unmeasured
       -> drop those over the latency bound (registry TTFT)
+      -> drop those that cannot be called here (no API key in the environment; a local model needs none)
       -> plan each remaining one on this corpus (Session.plan: stuff or retrieve, cost per query)
       -> drop those the daily budget cannot pay -> cheapest first; the rest are its fallbacks
 
@@ -21,7 +22,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ragkit.errors import ConfigError, InputError, ProviderError
+from ragkit.costs import usd
+from ragkit.errors import ConfigError, InputError, MissingKey, ProviderError
 
 AUTO = "auto"
 DEFAULT_TASK = "qa"
@@ -152,12 +154,13 @@ class Route:
     def explain(self) -> list[str]:
         lines = [f"task {self.task} ({self.policy}); floor {self.floor if self.floor is not None else '-'}, "
                  f"max TTFT {f'{self.max_ttft_s:g} s' if self.max_ttft_s is not None else '-'}, "
-                 f"budget left today {f'${self.budget_left_usd:.4f}' if self.budget_left_usd is not None else '-'}"]
+                 f"budget left today {usd(self.budget_left_usd)}"]
         for c in self.candidates:
             mark = "kept   " if c.kept else "dropped"
             lines.append(f"  {mark} {c.model}: {c.reason}")
         lines.append(f"chosen: {self.chosen}" + (f" (fallbacks: {', '.join(self.order[1:])})" if len(self.order) > 1 else "")
-                     if self.chosen else "chosen: none")
+                     if self.chosen else "chosen: none (every candidate was dropped, as said above): lower the floor, "
+                                         "raise the budget or add candidates under [router.tasks].")
         return lines
 
 
@@ -188,19 +191,27 @@ def decide(session, question: str, *, task: str = DEFAULT_TASK, floor: float | N
                                  **facts))
             continue
         try:
+            session.provider(spec)   # reads the key from the environment; calls nothing
+        except MissingKey as exc:
+            out.append(Candidate(kept=False, reason=f"{exc.variable} is not set", **facts))
+            continue
+        except ConfigError as exc:
+            out.append(Candidate(kept=False, reason=f"cannot call it: {exc}", **facts))
+            continue
+        try:
             plan = session.plan(question, model=spec.id, answer_tokens=answer_tokens, strategy=strategy)
         except InputError as exc:
             out.append(Candidate(kept=False, reason=f"cannot plan: {exc}", **facts))
             continue
         cost = plan.estimated_cost_usd
         if left is not None and cost > left:
-            out.append(Candidate(kept=False, reason=f"{plan.strategy}, at most ${cost:.4f}: over what is left of "
-                                                    f"the daily budget (${max(left, 0):.4f})",
+            out.append(Candidate(kept=False, reason=f"{plan.strategy}, at most {usd(cost)}: over what is left of "
+                                                    f"the daily budget ({usd(max(left, 0))})",
                                  strategy=plan.strategy, cost_usd=cost, **facts))
             continue
         quality = (f"measured accuracy {acc:.2f} (n={measured['n']})" if measured
                    else "unmeasured: kept by policy alone")
-        out.append(Candidate(kept=True, reason=f"{quality}; {plan.strategy}, at most ${cost:.4f} per query",
+        out.append(Candidate(kept=True, reason=f"{quality}; {plan.strategy}, at most {usd(cost)} per query",
                              strategy=plan.strategy, cost_usd=cost, **facts))
     order = tuple(c.model for c in sorted((c for c in out if c.kept), key=lambda c: c.cost_usd))
     return Route(task, question, floor, max_ttft_s, left, tuple(out), order, policy.source)
@@ -237,16 +248,23 @@ def ask_routed(session, question: str, *, task: str = DEFAULT_TASK, floor: float
              if max_cost_usd is None or next(c for c in route.candidates if c.model == m).cost_usd <= max_cost_usd]
     if not order:
         why = "; ".join(f"{c.model}: {c.reason}" for c in route.candidates)
-        cap = f" within --max-cost ${max_cost_usd:.4f}" if max_cost_usd is not None else ""
+        cap = f" within --max-cost {usd(max_cost_usd)}" if max_cost_usd is not None else ""
         raise ConfigError(f"no model can answer this {task} question{cap} ({why}); lower the floor, raise the "
                           "budget or add candidates under [router.tasks].")
     attempts: list[Attempt] = []
+    shown = []   # once any text reached the reader, no other model answers: two models' texts never glue
+    on_text = ask_kw.pop("on_text", None)
+
+    def relay(text: str) -> None:
+        shown.append(text)
+        on_text(text)
+
     for model in order:
         try:
-            answer = session.ask(question, model=model, **ask_kw)
+            answer = session.ask(question, model=model, on_text=relay if on_text else None, **ask_kw)
         except ProviderError as exc:
             why = fallback_reason(exc)
-            if why is None or model == order[-1]:
+            if why is None or shown or model == order[-1]:
                 raise
             attempts.append(Attempt(model, str(exc), why))
             continue
@@ -262,11 +280,11 @@ def check_spend(cost_usd: float, max_cost_usd: float | None, ledger=None) -> Non
     """Refuses a call whose upper-bound cost is over max_cost_usd, or would take today's spend past
     [budget] daily_usd."""
     if max_cost_usd is not None and cost_usd > max_cost_usd:
-        raise ConfigError(f"this question costs at most ${cost_usd:.4f}, over --max-cost ${max_cost_usd:.4f}; "
+        raise ConfigError(f"this question costs at most {usd(cost_usd)}, over --max-cost {usd(max_cost_usd)}; "
                           "raise --max-cost, use a cheaper model or -m auto.")
     daily = load_policy().daily_usd
     if daily is not None:
         spent = spent_today(ledger)
         if spent + cost_usd > daily:
-            raise ConfigError(f"today's spend ${spent:.4f} plus this question's ${cost_usd:.4f} would pass the daily "
-                              f"budget ${daily:.2f} ([budget] daily_usd); use -m auto to route cheaper, or raise it.")
+            raise ConfigError(f"today's spend {usd(spent)} plus this question's {usd(cost_usd)} would pass the daily "
+                              f"budget {usd(daily)} ([budget] daily_usd); use -m auto to route cheaper, or raise it.")

@@ -221,3 +221,42 @@ def test_judge_verdict_parsing():
     assert parse_verdict("INCORRECT") == 0 and parse_verdict("The candidate is incorrect.") == 0
     with pytest.raises(JudgeError, match="neither CORRECT nor INCORRECT"):
         parse_verdict("It depends.")
+
+
+def test_compare_exits_1_and_says_so_when_a_model_failed_on_every_question(tmp_path):
+    from llm_server import Fault
+
+    with LLMServer(responder=lambda r: Fault.status(401, "bad key") if r.model == "limited-served" else w.responder(r)) as srv:
+        w.register_models(srv)
+        corpus, golden = w.make_corpus(tmp_path), w.make_golden(tmp_path, 3)
+        code, out, err = run(["compare", str(corpus), "--questions", str(golden), "-m", "big", "-m", "limited",
+                              "-o", str(tmp_path / "o"), "--cache", str(tmp_path / "c.sqlite"), "-q"])
+    assert code == 1
+    assert "big: accuracy" in out                            # the model that answered is still reported
+    assert "ragkit: warning: limited failed on every question (3 failures)" in err
+
+
+@pytest.mark.slow   # two CLI processes: ~11 s on a loaded machine
+def test_ctrl_c_mid_compare_exits_130_and_the_run_resumes(tmp_path):
+    """SIGINT (Ctrl-C) is not a failure: exit 130 as shells expect, one line, no 'Aborted!'; the answers
+    received before it are kept and not asked again."""
+    import signal
+
+    with LLMServer(responder=lambda req: (time.sleep(0.3), w.responder(req))[1]) as srv:
+        w.register_models(srv)
+        corpus, golden = w.make_corpus(tmp_path), w.make_golden(tmp_path, 4)
+        args = [sys.executable, "-m", "ragkit.cli", "compare", str(corpus), "--questions", str(golden), "-m", "twin",
+                "-o", str(tmp_path / "o"), "--cache", str(tmp_path / "c.sqlite"), "--concurrency", "1", "-q"]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(srv.requests) < 2:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        assert "interrupted" in err and "Aborted!" not in err and "Traceback" not in err
+        sent_before = len(srv.requests)
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    assert "already done" in done.stderr and len(srv.requests) - sent_before < 4

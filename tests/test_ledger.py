@@ -233,3 +233,32 @@ def test_costs_by_task_shows_ask_and_eval_calls_with_their_cost(tmp_path, sample
     assert "5 calls" in text and "USD/call" in text and "p50 s" in text
     [eval_line] = [line for line in text.splitlines() if line.startswith("eval:needle")]
     assert eval_line.split()[1] == "3" and float(eval_line.split()[4]) == pytest.approx(3 * per_call, abs=1e-6)
+
+
+def test_a_since_window_past_the_calendar_is_one_sentence():
+    result = CliRunner().invoke(main, ["costs", "--since", "99999999d"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.startswith("Error: --since '99999999d' reaches back before the year 1")
+
+
+@pytest.mark.parametrize("label, why", [("X\nforged-row 999", "printable"), ("", "give a short name"),
+                                        ("   ", "give a short name"), ("a" * 65, "at most 64")])
+def test_a_task_label_is_one_printable_line_where_it_is_given(sample_corpus, label, why):
+    from ragkit.answer import Session
+
+    result = CliRunner().invoke(main, ["ask", str(sample_corpus), "q", "-m", "gpt-4o-mini", "--task", label])
+    assert result.exit_code == 2 and "--task" in result.output and why in result.output
+    with pytest.raises(InputError, match=why):
+        Session(sample_corpus, task=label)
+    assert Ledger().entries() == []
+
+
+def test_costs_by_task_shows_a_stored_label_with_a_newline_escaped_on_its_own_row():
+    Ledger().record(entry(task="X\nforged-row 999"))    # a row written before labels were checked
+    Ledger().record(entry(task="ask\x1b[2J"))
+    result = CliRunner().invoke(main, ["costs", "--by", "task"])
+    assert result.exit_code == 0, result.output
+    rows = result.output.split("\ntask", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    assert len(rows) == 2 and not any(line.startswith("forged-row") for line in result.output.splitlines())
+    assert any(r.startswith("X\\nforged-row 999 ") for r in rows) and any(r.startswith("ask\\x1b[2J ") for r in rows)
+    assert "\x1b" not in result.output

@@ -165,7 +165,7 @@ def test_max_cost_refuses_before_any_call_and_auto_routes_under_it(tmp_path):
     with LLMServer(responder=w.responder) as srv:
         corpus = world(srv, tmp_path, '\n[router.tasks.qa]\nmodels = ["big", "small"]\n')
         code, _out, err = run(["ask", str(corpus), Q, "-m", "big", "--max-cost", "0.001"])
-        assert code == 1 and "over --max-cost $0.0010" in err and srv.requests == []
+        assert code == 1 and "over --max-cost $0.001;" in err and srv.requests == []
         code, out, err = run(["ask", str(corpus), Q, "-m", "auto", "--max-cost", "0.001", "--json"])
         assert code == 0, err
         assert json.loads(out)["model"] == "small"
@@ -213,3 +213,70 @@ def test_cost_lists_every_model_at_10M_and_prices_tasks_at_measured_tokens():
     data = json.loads(out)   # 2,000 in + 100 out per task x 5,000 tasks at $2.50 / $10.00 per Mtok
     assert (data["input_tokens_per_day"], data["output_tokens_per_day"]) == (10_000_000, 500_000)
     assert data["cost_per_day_usd"] == pytest.approx(25.0 + 5.0)
+
+
+def test_auto_drops_a_model_whose_key_is_not_set_before_choosing(tmp_path):
+    """gemini-2.0-flash is the cheapest candidate, but GEMINI_API_KEY is not set (conftest clears it): it is
+    dropped with that reason, and -m auto answers with the next one; the embedded local model needs no key."""
+    from ragkit.route import Policy, decide
+
+    with LLMServer(responder=w.responder) as srv:
+        corpus = world(srv, tmp_path, '\n[router.tasks.qa]\nmodels = ["gemini-2.0-flash", "twin"]\n')
+        with Session(corpus) as s:
+            route = decide(s, Q, policy=Policy({"qa": ("gemini-2.0-flash", "twin", "qwen2.5-coder-0.5b-local")}))
+        reasons = {c.model: (c.kept, c.reason) for c in route.candidates}
+        assert reasons["gemini-2.0-flash"] == (False, "GEMINI_API_KEY is not set")
+        assert reasons["twin"][0] and reasons["qwen2.5-coder-0.5b-local"][0]
+        assert route.order == ("qwen2.5-coder-0.5b-local", "twin")
+        code, out, err = run(["route", str(corpus), Q, "--explain"])
+        assert code == 0, err
+        assert "dropped gemini-2.0-flash: GEMINI_API_KEY is not set" in out and "chosen: twin" in out
+        code, out, err = run(["ask", str(corpus), Q, "-m", "auto", "--json"])
+        assert code == 0, err
+        assert [r.model for r in srv.requests] == ["twin-served"]
+    assert json.loads(out)["route"]["answered_by"] == "twin"
+
+
+@pytest.mark.parametrize("fault", [Fault.reset(mid_stream=True, then="GPT partial answer"),
+                                   Fault.hang(mid_stream=True, then="GPT partial answer")], ids=["reset", "hang"])
+def test_a_stream_cut_after_text_was_shown_is_marked_cut_and_never_glued_to_a_fallback(tmp_path, fault):
+    """`ask -m auto --stream`: the chosen model's stream breaks after its first words reached the terminal.
+    No other model answers after them (its text would read as the same answer): the words shown are marked
+    cut, the command exits 1, and only the one paid-for attempt was sent."""
+    from ragkit.cli.ask import CUT_MARK
+
+    with LLMServer(responder=failing_first(fault)) as srv:
+        corpus = world(srv, tmp_path, '\n[router.tasks.qa]\nmodels = ["limited", "twin"]\n')
+        code, out, err = run(["ask", str(corpus), Q, "-m", "auto", "--stream", "-r", "0", "-t", "0.5"])
+        served = [r.model for r in srv.requests]
+    assert code == 1 and served == ["limited-served"]
+    assert out.startswith("GPT") and "K7Z" not in out and "twin" not in out
+    assert CUT_MARK in err and "Error: " in err and "mid-answer" in err
+
+
+@pytest.mark.parametrize("table, wrong", [("2.0", "not 2.0"), ("{ qa = 2.0 }", 'for task "qa" must be a table like'),
+                                          ("{ qa = { accuracy = 2.0, n = 3 } }", "not 2.0"),
+                                          ("{ qa = { accuracy = nan, n = 3 } }", "not nan"),
+                                          ("{ qa = { accuracy = -3, n = 3 } }", "not -3")])
+def test_an_accuracy_value_error_names_the_wrong_value(tmp_path, table, wrong):
+    Path(os.environ["RAGKIT_CONFIG"]).write_text(f'[models."gpt-4o"]\naccuracy = {table}\n')
+    code, _out, err = run(["route", str(w.make_corpus(tmp_path)), Q])
+    assert code == 1 and err.startswith("Error: ") and wrong in err and "not a table" not in err
+
+
+def test_route_with_no_model_left_says_why_without_explain(tmp_path):
+    with LLMServer(responder=w.responder) as srv:
+        corpus = world(srv, tmp_path, '\n[router]\nmax_ttft_s = 0.1\n[router.tasks.qa]\nmodels = ["big", "twin"]\n')
+        code, out, _err = run(["route", str(corpus), Q])
+    assert code == 1
+    assert "dropped big: TTFT 0.8 s is over the bound 0.1 s" in out and "dropped twin: TTFT 0.4 s" in out
+    assert "chosen: none (every candidate was dropped" in out
+
+
+def test_a_tiny_daily_budget_is_printed_as_itself(tmp_path):
+    with LLMServer(responder=w.responder) as srv:
+        corpus = world(srv, tmp_path, '\n[budget]\ndaily_usd = 0.001\n[router.tasks.qa]\nmodels = ["big"]\n')
+        code, _out, err = run(["ask", str(corpus), Q, "-m", "big"])
+        assert code == 1 and "would pass the daily budget $0.001 ([budget] daily_usd)" in err and srv.requests == []
+        code, out, _err = run(["route", str(corpus), Q, "--explain"])
+    assert "budget left today $0.001" in out

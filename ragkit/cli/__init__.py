@@ -10,8 +10,12 @@ from ragkit.errors import RagkitError
 from ragkit.redact import redact
 
 
+# What a shell reports for a command stopped by Ctrl-C (128 + SIGINT), so scripts can tell it from a failure.
+EXIT_INTERRUPTED = 130
+
+
 class _Group(click.Group):
-    """Prints a RagkitError as one clear line and exits 1, never a traceback."""
+    """Prints a RagkitError as one clear line and exits 1, never a traceback; Ctrl-C exits 130."""
 
     def invoke(self, ctx):
         try:
@@ -19,6 +23,10 @@ class _Group(click.Group):
         except RagkitError as exc:
             click.echo(f"Error: {safe_path(redact(str(exc)))}", err=True)   # one line, even with a file name in it
             sys.exit(1)
+        except KeyboardInterrupt:
+            # eval and compare append each answer as it comes: the same command resumes where this stopped
+            click.echo("ragkit: interrupted; an eval or compare run resumes when run again.", err=True)
+            sys.exit(EXIT_INTERRUPTED)
 
 
 @click.group(cls=_Group)

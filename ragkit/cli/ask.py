@@ -8,14 +8,12 @@ import click
 
 from ragkit.cli.foundation import MODEL_OPTION
 from ragkit.cli.index import INDEX_DIR_OPTION, STORE_OPTION, WHERE_OPTION, embed_backend_option, nprobe_option
+from ragkit.cli.params import FRACTION, SECONDS, USD, Label
+from ragkit.costs import usd
 from ragkit.retrieve import DEFAULT_TOP_K
 
 
 CUT_MARK = "[answer cut: the stream ended before the model finished]"
-
-
-def _fmt_usd(x: float) -> str:
-    return f"${x:.6f}" if x < 0.01 else f"${x:.4f}"
 
 
 def _print_sources(sources, heading: str) -> None:
@@ -47,7 +45,7 @@ def _print_sources(sources, heading: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan, the exact prompt and its estimated cost; call no model.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--stream/--no-stream", default=None, help="Stream the answer as it is written (default: on a terminal).")
-@click.option("-t", "--timeout", "timeout_s", type=click.FloatRange(0, min_open=True), default=60.0,
+@click.option("-t", "--timeout", "timeout_s", type=SECONDS, default=60.0,
               show_default=True, help="Seconds to wait for the model API (above 0).")
 @click.option("-r", "--retries", "max_retries", type=click.IntRange(0), default=2, show_default=True,
               help="Retries (with back-off) on 429/5xx/timeouts.")
@@ -55,12 +53,12 @@ def _print_sources(sources, heading: str) -> None:
 @click.option("--log-question", is_flag=True,
               help="Store the question text in the cost ledger (by default only its SHA-256).")
 @click.option("--no-ledger", is_flag=True, help="Do not record this call in the cost ledger.")
-@click.option("--task", "task", default="ask", show_default=True,
+@click.option("--task", "task", type=Label(), default="ask", show_default=True,
               help="Label of this call in the cost ledger (`ragkit costs --by task`).")
-@click.option("--max-cost", type=float, default=None,
+@click.option("--max-cost", type=USD, default=None,
               help="Refuse the question if its upper-bound cost (USD) is higher; with -m auto, route under it.")
 @click.option("--route-task", default="qa", show_default=True, help="With -m auto: the task type routing uses.")
-@click.option("--floor", type=click.FloatRange(0, 1), default=None,
+@click.option("--floor", type=FRACTION, default=None,
               help="With -m auto: minimum measured accuracy (default: [router] floor).")
 @embed_backend_option
 @STORE_OPTION
@@ -145,7 +143,7 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
     click.echo(f"Strategy: {answer.strategy} — {p.reason}")
     estimated = "" if answer.usage.reported else " (estimated: the endpoint reported no usage)"
     click.echo(f"Tokens: {answer.usage.input_tokens:,} in, {answer.usage.output_tokens:,} out{estimated}")
-    click.echo(f"Cost: {_fmt_usd(answer.cost_usd)} ({answer.model}, API model {answer.api_model})")
+    click.echo(f"Cost: {usd(answer.cost_usd)} ({answer.model}, API model {answer.api_model})")
     if answer.route:
         click.echo(f"Routed: {answer.route['answered_by']} — {answer.route['why']}")
     click.echo(f"Latency: {answer.latency_s:.2f} s (first token {answer.ttft_s:.2f} s; "
@@ -192,7 +190,7 @@ def _print_dry_run(prepared) -> None:
                f"(budget {p.budget_tokens:,} tokens of the practical limit {p.practical_limit_tokens:,})")
     approx = "" if p.exact else f" (estimated with {p.encoding}; {prepared.estimated_input_tokens:,} with margin)"
     click.echo(f"Prompt tokens: {prepared.input_tokens:,}{approx}; answer up to {p.answer_tokens:,}")
-    click.echo(f"Estimated cost: at most {_fmt_usd(prepared.estimated_cost_usd)} per question")
+    click.echo(f"Estimated cost: at most {usd(prepared.estimated_cost_usd)} per question")
     click.echo(f"Prepared in {prepared.prepare_s:.2f} s")
     click.echo("\n===== system =====")
     click.echo(prepared.system)
@@ -228,15 +226,18 @@ def costs_command(since, by, as_json):
         click.echo(f"No calls recorded {window}." if summary.since else "No calls recorded yet.")
         return
     click.echo(f"{summary.calls:,} call{'' if summary.calls == 1 else 's'}, {window}: {summary.input_tokens:,} tokens in, "
-               f"{summary.output_tokens:,} out, {_fmt_usd(summary.cost_usd)}")
-    width = max(len(by), *(len(g.key) for g in summary.groups))
+               f"{summary.output_tokens:,} out, {usd(summary.cost_usd)}")
+    from ragkit.console import safe_path
+
+    keys = [safe_path(g.key) for g in summary.groups]   # a label from an older ledger may hold a newline
+    width = max(len(by), *map(len, keys))
     click.echo(f"\n{by:<{width}}  {'calls':>7}  {'tokens in':>12}  {'tokens out':>11}  {'cost USD':>12}  "
                f"{'USD/call':>10}  {'p50 s':>7}")
-    for g in summary.groups:
-        click.echo(f"{g.key:<{width}}  {g.calls:>7,}  {g.input_tokens:>12,}  {g.output_tokens:>11,}  "
+    for key, g in zip(keys, summary.groups):
+        click.echo(f"{key:<{width}}  {g.calls:>7,}  {g.input_tokens:>12,}  {g.output_tokens:>11,}  "
                    f"{g.cost_usd:>12.6f}  {g.mean_cost_usd:>10.6f}  {g.p50_latency_s:>7.2f}")
-    click.echo(f"\nProjected monthly cost at this rate: {_fmt_usd(summary.projected_monthly_usd)} "
-               f"({_fmt_usd(summary.cost_usd)} over {summary.rate_days:.1f} days x 30)")
+    click.echo(f"\nProjected monthly cost at this rate: {usd(summary.projected_monthly_usd)} "
+               f"({usd(summary.cost_usd)} over {summary.rate_days:.1f} days x 30)")
 
 
 def register(group: click.Group) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ragkit.cli.params import COUNT, USD, Label
 from ragkit.errors import InputError
 
 
@@ -44,14 +45,14 @@ def _strategies(text: str) -> tuple[str, ...]:
 @click.option("-m", "--model", "models", multiple=True, required=True, help="A model to compare (repeat -m).")
 @click.option("-s", "--strategy", default="auto", show_default=True,
               help="auto (the planner decides, as ask does), stuff, retrieve, or a list: stuff,retrieve.")
-@click.option("--sample", type=int, default=None, help="Answer N questions drawn with a fixed seed.")
-@click.option("--tasks-per-day", type=int, default=1000, show_default=True, help="Volume for $/day and $/month.")
-@click.option("--task", "task_label", default="qa", show_default=True, help="Task label --save files the accuracy under.")
-@click.option("--max-cost", type=float, default=5.0, show_default=True,
+@click.option("--sample", type=COUNT, default=None, help="Answer N questions drawn with a fixed seed.")
+@click.option("--tasks-per-day", type=click.IntRange(0), default=1000, show_default=True, help="Volume for $/day and $/month.")
+@click.option("--task", "task_label", type=Label(), default="qa", show_default=True, help="Task label --save files the accuracy under.")
+@click.option("--max-cost", type=USD, default=5.0, show_default=True,
               help="Refuse to start if the estimated cost (USD, every answer at full length) is higher.")
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
               help="Run folder (default ragkit-compare/CORPUS-NAME). Re-running into it resumes.")
-@click.option("--concurrency", type=int, default=None, help="Parallel calls per model (default: local 1, anthropic 4, openai 8).")
+@click.option("--concurrency", type=COUNT, default=None, help="Parallel calls per model (default: local 1, anthropic 4, openai 8).")
 @click.option("-u", "--base-url", default=None, help="OpenAI/Anthropic-compatible endpoint to call instead.")
 @click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default=None,
               help="Response cache (SQLite). Default ~/.cache/ragkit/eval-cache.sqlite or $RAGKIT_EVAL_CACHE.")
@@ -79,12 +80,21 @@ def run_cmd(corpus, golden, models, strategy, sample, tasks_per_day, task_label,
                          concurrency=concurrency, base_url=base_url, cache=ResponseCache(cache_path),
                          index_dir=index_dir, progress=not no_progress and not as_json,
                          echo=lambda m: click.echo(m, err=True), judge=judge, schema=schema)
-    _finish(out_dir, result.to_dict(), save=save, overrides=overrides, as_json=as_json)
+    summary = _finish(out_dir, result.to_dict(), save=save, overrides=overrides, as_json=as_json)
+    dead = [g for g in summary["groups"] if g["failed"] and not g["n"]]
+    if dead:  # a comparison with a model that never answered is not a comparison: a script must see it
+        from ragkit.console import warn
+        from ragkit.evals.records import plural
+
+        for g in dead:
+            warn(f"{g['label']} failed on every question ({plural(g['failed'], 'failure')}); its errors are in "
+                 f"{out_dir / 'results.jsonl'}. Fix the cause and run the same command again to retry them.")
+        raise SystemExit(1)
 
 
 @compare_group.command("report", short_help="Re-render a comparison's report; calls no model.")
 @click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--tasks-per-day", type=int, default=None, help="Re-project $/day and $/month at this volume.")
+@click.option("--tasks-per-day", type=click.IntRange(0), default=None, help="Re-project $/day and $/month at this volume.")
 @click.option("--save", is_flag=True, help="Write each model's measured accuracy into your overrides.")
 @click.option("--overrides", type=click.Path(dir_okay=False), default=None, help="Overrides file for --save.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -93,7 +103,7 @@ def report_cmd(out_dir, tasks_per_day, save, overrides, as_json):
     _finish(Path(out_dir), None, save=save, overrides=overrides, as_json=as_json, tasks_per_day=tasks_per_day)
 
 
-def _finish(out_dir: Path, run: dict | None, *, save: bool, overrides, as_json: bool, tasks_per_day=None) -> None:
+def _finish(out_dir: Path, run: dict | None, *, save: bool, overrides, as_json: bool, tasks_per_day=None) -> dict:
     from ragkit.evals.compare_report import render_compare
     from ragkit.evals.records import plural
 
@@ -104,7 +114,7 @@ def _finish(out_dir: Path, run: dict | None, *, save: bool, overrides, as_json: 
     if as_json:
         click.echo(json.dumps({"out_dir": str(out_dir), "run": run, "summary": summary, "saved": saved},
                               indent=2, ensure_ascii=False))
-        return
+        return summary
     if run:
         click.echo(f"{plural(run['calls_made'], 'call')} made, {run['failed']} failed, ${run['cost_usd']:.4f} paid, "
                    f"{run['wall_s']:.1f} s.")
@@ -117,6 +127,7 @@ def _finish(out_dir: Path, run: dict | None, *, save: bool, overrides, as_json: 
     click.echo(f"Report: {out_dir / 'report.md'}")
     for s in saved or []:
         click.echo(f"Saved {s['model']}'s accuracy on {s['task']} ({100 * s['accuracy']:.1f}%, n={s['n']}) to {s['path']}.")
+    return summary
 
 
 def save_accuracies(summary: dict, path: Path | None) -> list[dict]:

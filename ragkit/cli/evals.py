@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import click
 
 from ragkit.cli.foundation import MODEL_OPTION
+from ragkit.cli.params import COUNT, FRACTION, PERCENTS, POSITIONS, USD, Sizes
 from ragkit.errors import InputError
 
 
@@ -16,27 +16,7 @@ def _echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
 
 
-def parse_sizes(text: str) -> tuple[int, ...]:
-    """'500,2k,1.5k,32K' -> (500, 2000, 1500, 32000)."""
-    out = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kKmM]?)", part)
-        if not m:
-            raise InputError(f"cannot read length {part!r}: use numbers like 500,2k,32k")
-        out.append(int(round(float(m.group(1)) * {"": 1, "k": 1000, "m": 1_000_000}[m.group(2).lower()])))
-    if not out:
-        raise InputError("give at least one length")
-    return tuple(out)
-
-
-def parse_numbers(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(p) for p in text.split(",") if p.strip())
-    except ValueError:
-        raise InputError(f"cannot read {text!r}: use comma-separated numbers like 0,25,50,75,100") from None
-    if not values:
-        raise InputError("give at least one depth")
-    return values
+DEFAULT_DEPTHS = (0.0, 25.0, 50.0, 75.0, 100.0)
 
 
 def _strategies(text: str) -> tuple[str, ...]:
@@ -51,26 +31,26 @@ def common_options(fn):
     """Options every task command shares."""
     options = [
         MODEL_OPTION,
-        click.option("--depths", default=None,  # no short flag: -d is --index-dir everywhere
+        click.option("--depths", type=PERCENTS, default=None,  # no short flag: -d is --index-dir everywhere
                      help="Depths in percent (0 = start, 100 = end), e.g. 0,25,50,75,100."),
-        click.option("-n", "--samples", default=3, show_default=True, type=int, help="Samples per grid cell."),
+        click.option("-n", "--samples", default=3, show_default=True, type=COUNT, help="Samples per grid cell."),
         click.option("-s", "--strategy", "strategy", default="stuff", show_default=True,
                      help="stuff, retrieve, or both: stuff,retrieve."),
-        click.option("--max-cost", default=5.0, show_default=True, type=float,
+        click.option("--max-cost", default=5.0, show_default=True, type=USD,
                      help="Refuse to start if the estimated cost (USD) is higher."),
         click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
                      help="Run folder (results.jsonl, report.md, plots). Default ragkit-evals/TASK-MODEL. "
                           "Re-running into it resumes."),
-        click.option("--max-tokens", default=64, show_default=True, type=int, help="Answer tokens per call."),
-        click.option("--concurrency", type=int, default=None,
+        click.option("--max-tokens", default=64, show_default=True, type=COUNT, help="Answer tokens per call."),
+        click.option("--concurrency", type=COUNT, default=None,
                      help="Parallel calls (default: local 1, anthropic 4, openai 8)."),
         click.option("-u", "--base-url", default=None, help="OpenAI/Anthropic-compatible endpoint to call instead."),
         click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default=None,
                      help="Response cache (SQLite). Default ~/.cache/ragkit/eval-cache.sqlite or $RAGKIT_EVAL_CACHE."),
-        click.option("--retrieve-budget", type=int, default=None,
+        click.option("--retrieve-budget", type=COUNT, default=None,
                      help="Tokens to pack for `retrieve` (default: the planner's budget for the model)."),
         click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generated samples."),
-        click.option("--floor", type=float, default=None,
+        click.option("--floor", type=FRACTION, default=None,
                      help="Absolute accuracy floor for the limit (default: 90% of the shortest length's)."),
         click.option("--save-limit", is_flag=True,
                      help="Write the measured limit into your model overrides (used by `ragkit plan`)."),
@@ -178,10 +158,10 @@ def eval_group():
 
 @eval_group.command("needle", short_help="Needle in a haystack at token lengths and depths.")
 @common_options
-@click.option("-l", "--lengths", default="2k,8k,32k", show_default=True, help="Context lengths in tokens.")
+@click.option("-l", "--lengths", type=Sizes(), default="2k,8k,32k", show_default=True, help="Context lengths in tokens.")
 @click.option("--corpus", type=click.Path(exists=True), default=None,
               help="Haystack text: a folder or JSONL of your documents (default: the bundled corpus).")
-@click.option("--needles", "n_needles", default=1, show_default=True, type=int,
+@click.option("--needles", "n_needles", default=1, show_default=True, type=COUNT,
               help="How many default needles to hide (several: scored as the fraction found).")
 @click.option("--needle", multiple=True, help="Your own needle sentence (repeatable; with --question, --answer).")
 @click.option("--question", multiple=True, help="The question the matching --needle answers.")
@@ -197,16 +177,16 @@ def needle_cmd(lengths, depths, corpus, n_needles, needle, question, answer, **k
           --question "What is the build server named?" --answer Orca --save-limit
     """
     options = {"corpus": corpus, "n_needles": n_needles, "needles": _needles(needle, question, answer)}
-    _run("needle", options, lengths=parse_sizes(lengths), depths=parse_numbers(depths or "0,25,50,75,100"), **kw)
+    _run("needle", options, lengths=lengths, depths=depths or DEFAULT_DEPTHS, **kw)
 
 
 @eval_group.command("qa", short_help="Multi-document QA: gold passage among distractors.")
 @common_options
-@click.option("--docs", default="10,20,30", show_default=True,
+@click.option("--docs", type=Sizes(), default="10,20,30", show_default=True,
               help="Documents per prompt (the paper's setting); --depths are then ignored for --positions.")
-@click.option("--positions", default="0,4,9,14,19,24,29", show_default=True,
+@click.option("--positions", type=POSITIONS, default="0,4,9,14,19,24,29", show_default=True,
               help="0-based gold positions (those >= the number of documents are skipped).")
-@click.option("-l", "--lengths", default=None,
+@click.option("-l", "--lengths", type=Sizes(), default=None,
               help="Token lengths instead of --docs: pad with distractors to reach each; gold at --depths percent.")
 @click.option("--distractors", type=click.Choice(["hard", "random"]), default="hard", show_default=True,
               help="hard: ragkit's nearest passages without an answer (the paper's way); random.")
@@ -227,15 +207,15 @@ def qa_cmd(docs, positions, lengths, depths, distractors, corpus, questions, stu
     """
     options = {"corpus": corpus, "questions": questions, "distractors": distractors, "by_tokens": bool(lengths)}
     if lengths:
-        sizes, where = parse_sizes(lengths), parse_numbers(depths or "0,25,50,75,100")
+        sizes, where = lengths, depths or DEFAULT_DEPTHS
     else:
-        sizes, where = parse_sizes(docs), parse_numbers(positions)
+        sizes, where = docs, positions
     _run("qa", options, lengths=sizes, depths=where, stuff_order=stuff_order, **kw)
 
 
 @eval_group.command("kv", short_help="Key-value retrieval: one UUID key in a JSON object.")
 @common_options
-@click.option("-l", "--lengths", default="2k,4k,8k", show_default=True, help="Context lengths in tokens.")
+@click.option("-l", "--lengths", type=Sizes(), default="2k,4k,8k", show_default=True, help="Context lengths in tokens.")
 @click.option("--source", type=click.Choice(["bundled", "generated"]), default="bundled", show_default=True,
               help="bundled: the paper's UUID records (more generated to reach long lengths); generated: only seeded UUIDs.")
 def kv_cmd(lengths, depths, source, **kw):
@@ -245,8 +225,7 @@ def kv_cmd(lengths, depths, source, **kw):
     Examples:
       ragkit eval kv -m gpt-4o-mini -l 2k,4k,8k --depths 0,25,50,75,100
     """
-    _run("kv", {"source": source}, lengths=parse_sizes(lengths), depths=parse_numbers(depths or "0,25,50,75,100"),
-         **kw)
+    _run("kv", {"source": source}, lengths=lengths, depths=depths or DEFAULT_DEPTHS, **kw)
 
 
 @eval_group.command("schema", short_help="Structured answers: schema-valid rate and field accuracy.")
@@ -254,18 +233,18 @@ def kv_cmd(lengths, depths, source, **kw):
 @click.option("--enforcement", default="native,validated", show_default=True,
               help="native (the registry's structured_output: local grammar, OpenAI strict/json_mode, Anthropic "
                    "tool), validated (no enforcement: the reply is only validated), or both, comma-separated.")
-@click.option("-n", "--samples", "n_tasks", default=100, show_default=True, type=int,
+@click.option("-n", "--samples", "n_tasks", default=100, show_default=True, type=COUNT,
               help="Extraction tasks: NQ passages, each with its question.")
 @click.option("--max-chars", default=1200, show_default=True, type=int, help="Each passage cut to this many characters.")
 @click.option("--max-tokens", default=80, show_default=True, type=int, help="Output tokens per reply.")
 @click.option("--corpus", type=click.Path(exists=True), default=None, help="Passages (default: bundled nq-wiki).")
 @click.option("--questions", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Questions JSONL: question, answers, passage_id (default: bundled nq-wiki questions).")
-@click.option("--max-cost", default=5.0, show_default=True, type=float,
+@click.option("--max-cost", default=5.0, show_default=True, type=USD,
               help="Refuse to start if the estimated cost (USD) is higher.")
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
               help="Run folder (results.jsonl, report.md). Default ragkit-evals/schema-MODEL. Re-running into it resumes.")
-@click.option("--concurrency", type=int, default=None, help="Parallel tasks (default: local 1, anthropic 4, openai 8).")
+@click.option("--concurrency", type=COUNT, default=None, help="Parallel tasks (default: local 1, anthropic 4, openai 8).")
 @click.option("-u", "--base-url", default=None, help="OpenAI/Anthropic-compatible endpoint to call instead.")
 @click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default=None,
               help="Response cache (SQLite). Default ~/.cache/ragkit/eval-cache.sqlite or $RAGKIT_EVAL_CACHE.")
@@ -325,7 +304,7 @@ def _finish_schema(out_dir: Path, run: dict | None, as_json: bool) -> None:
 
 @eval_group.command("report", short_help="Re-render a run's report; calls no model.")
 @click.argument("out_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--floor", type=float, default=None,
+@click.option("--floor", type=FRACTION, default=None,
               help="Absolute accuracy floor for the limit (default: 90% of the shortest length's).")
 @click.option("--save-limit", is_flag=True, help="Write the measured limit into your model overrides.")
 @_FORCE_OPTION
@@ -357,9 +336,9 @@ def report_cmd(out_dir, floor, save_limit, force, overrides, as_json):
 @MODEL_OPTION
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
               help="Output folder (one sub-folder per run). Default ragkit-evals/SUITE-MODEL.")
-@click.option("--max-cost", default=5.0, show_default=True, type=float, help="USD cap for the whole suite.")
-@click.option("-n", "--samples", type=int, default=None, help="Override the suite's samples per cell.")
-@click.option("--concurrency", type=int, default=None, help="Parallel calls (default by provider).")
+@click.option("--max-cost", default=5.0, show_default=True, type=USD, help="USD cap for the whole suite.")
+@click.option("-n", "--samples", type=COUNT, default=None, help="Override the suite's samples per cell.")
+@click.option("--concurrency", type=COUNT, default=None, help="Parallel calls (default by provider).")
 @click.option("-u", "--base-url", default=None, help="OpenAI/Anthropic-compatible endpoint to call instead.")
 @click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default=None, help="Response cache (SQLite).")
 @click.option("--list", "list_only", is_flag=True, help="Show the suite's runs and exit.")

@@ -6,14 +6,15 @@ import json
 import click
 
 from ragkit.cli.index import INDEX_DIR_OPTION
+from ragkit.cli.params import FRACTION, SECONDS
 
 
 @click.command("route", short_help="Pick the model for a question: policy, quality floor, latency, cost.")
 @click.argument("path", type=click.Path(exists=True))
 @click.argument("question")
 @click.option("--task", default="qa", show_default=True, help="Task type in the routing policy.")
-@click.option("--floor", type=click.FloatRange(0, 1), default=None, help="Minimum measured accuracy ([router] floor).")
-@click.option("--max-ttft", "max_ttft_s", type=float, default=None, help="Latency bound in seconds ([router] max_ttft_s).")
+@click.option("--floor", type=FRACTION, default=None, help="Minimum measured accuracy ([router] floor).")
+@click.option("--max-ttft", "max_ttft_s", type=SECONDS, default=None, help="Latency bound in seconds ([router] max_ttft_s).")
 @click.option("--explain", is_flag=True, help="Print every candidate with why it was kept or dropped.")
 @INDEX_DIR_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
@@ -36,7 +37,7 @@ def route(path, question, task, floor, max_ttft_s, explain, index_dir, as_json):
         click.echo(json.dumps(decision.to_dict(), indent=2, ensure_ascii=False))
         return
     lines = decision.explain()
-    click.echo("\n".join(lines if explain else lines[-1:]))
+    click.echo("\n".join(lines if explain or decision.chosen is None else lines[-1:]))  # none: say why
     if decision.chosen is None:
         raise SystemExit(1)
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ragkit.costs import DAYS_PER_MONTH
+from ragkit.costs import DAYS_PER_MONTH, usd
 from ragkit.errors import InputError
 from ragkit.evals.records import EvalRecord, atomic_write, latest_by_call, read, read_meta, results_path
 from ragkit.evals.report import wilson
@@ -230,10 +230,6 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def _usd(x) -> str:
-    return "-" if x is None else (f"${x:,.2f}" if x >= 1 else f"${x:.6f}".rstrip("0"))
-
-
 def _s(x) -> str:
     return "-" if x is None else f"{x:.2f}s"
 
@@ -254,9 +250,9 @@ def render_markdown(summary: dict) -> str:
                   else f"{g['input_tokens_per_task']:,.0f}/{g['output_tokens_per_task']:,.0f}")
         lines.append(f"| {g['label']} | {g['n']} | {_pct(g['accuracy'])}{ci} | {_pct(g['f1'])} | "
                      f"{_pct(g['containment'])} | {_pct(g['citation_accuracy'])} | {g['abstained']} | {g['failed']} | "
-                     f"{_usd(g['cost_per_task_usd'])} | {tokens} | {_s(g['latency_p50_s'])}/{_s(g['latency_p95_s'])} | "
-                     f"{_s(g['ttft_p50_s'])}/{_s(g['ttft_p95_s'])} | {_usd(g['cost_per_day_usd'])} | "
-                     f"{_usd(g['cost_per_month_usd'])} |")
+                     f"{usd(g['cost_per_task_usd'])} | {tokens} | {_s(g['latency_p50_s'])}/{_s(g['latency_p95_s'])} | "
+                     f"{_s(g['ttft_p50_s'])}/{_s(g['ttft_p95_s'])} | {usd(g['cost_per_day_usd'])} | "
+                     f"{usd(g['cost_per_month_usd'])} |")
     structured = [g for g in summary["groups"] if g.get("schema_valid_first") is not None]
     if structured:
         lines += ["", "Structured answers (--schema; accuracy above is over the object's text, 0 when it never "
@@ -279,7 +275,7 @@ def render_markdown(summary: dict) -> str:
     if judge:
         lines += ["## Judge", "",
                   f"{judge['model']} graded every answer: {summary['judge_calls']} grades paid, "
-                  f"{_usd(summary['judge_cost_usd'])} in all (ledger task `compare:judge`; not in any model's $/task). "
+                  f"{usd(summary['judge_cost_usd'])} in all (ledger task `compare:judge`; not in any model's $/task). "
                   "Its instructions and prompt:", "", "```text", judge["system"], "", judge["prompt"], "```", ""]
     return "\n".join(lines)
 

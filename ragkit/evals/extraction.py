@@ -338,7 +338,7 @@ def run_schema_eval(models: Sequence[str], out_dir: Path | str, *, n: int = DEFA
     """Runs (or resumes) the schema eval into out_dir: run.json + results.jsonl (+ report.md, summary.json).
     Every completion paid is priced and recorded in the cost ledger (`ledger`: True = the user's, None = none).
     command: the command line that runs it, kept in run.json so a partial report says how to resume."""
-    from ragkit.costs import cost_usd
+    from ragkit.costs import check_max_cost, cost_usd, usd
     from ragkit.ledger import Ledger
     from ragkit.models import get_model
     from ragkit.providers import provider_for
@@ -346,6 +346,7 @@ def run_schema_eval(models: Sequence[str], out_dir: Path | str, *, n: int = DEFA
     from ragkit.tokens import counter_for
 
     started = time.monotonic()
+    max_cost_usd = check_max_cost(max_cost_usd)
     specs = list({s.id: s for s in (get_model(m) for m in models)}.values())  # unknown models fail first
     if not specs:
         raise InputError("the schema eval needs at least one model: -m local.")
@@ -368,7 +369,7 @@ def run_schema_eval(models: Sequence[str], out_dir: Path | str, *, n: int = DEFA
     echo(f"{plural(len(plan.calls), 'task')} ({len(tasks)} passages x {len(runs)} model/mode): "
          f"{len(plan.calls) - len(plan.todo)} already done, {len(plan.todo)} to run; at most ${bound:.4f}")
     if max_cost_usd is not None and bound > max_cost_usd:
-        raise ConfigError(f"the estimated cost ${bound:.4f} exceeds --max-cost ${max_cost_usd:.2f}; "
+        raise ConfigError(f"the estimated cost {usd(bound)} exceeds --max-cost {usd(max_cost_usd)}; "
                           "use fewer tasks (-n) or raise --max-cost.")
     write_meta(out, {"format": FORMAT, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                      "task": TASK, "schema": EXTRACT_SCHEMA, "wire_schema": schema.wire(), "tasks": len(tasks),

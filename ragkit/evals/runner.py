@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ragkit.costs import check_max_cost, usd
 from ragkit.errors import ConfigError, InputError
 from ragkit.evals.cache import CachedResponse, ResponseCache, call_key
 from ragkit.evals.records import EvalRecord, RecordLog, latest_by_call, plural, read_meta, write_meta
@@ -215,8 +216,8 @@ def _refuse_above(max_cost_usd: float, bound: tuple[int, int, float], spec, grid
     if cost > max_cost_usd:
         echo(f"{plural(n_calls, 'call')} to {spec.id} still to make: at most {n_tokens:,} input tokens "
              f"(retrieve prompts counted at their full budget) + {n_calls * grid.max_tokens:,} output; "
-             f"at most ${cost:.4f}")
-        raise ConfigError(f"the estimated cost ${cost:.4f} exceeds --max-cost ${max_cost_usd:.2f}; "
+             f"at most {usd(cost)}")
+        raise ConfigError(f"the estimated cost {usd(cost)} exceeds --max-cost {usd(max_cost_usd)}; "
                           "use fewer lengths/depths/samples or raise --max-cost.")
 
 
@@ -362,6 +363,7 @@ def run_grid(task: Task, grid: GridSpec, out_dir: Path | str, *, provider=None, 
     from ragkit.tokens import counter_for
 
     started = time.monotonic()
+    max_cost_usd = check_max_cost(max_cost_usd)
     spec = get_model(grid.model)
     counter = counter_for(spec)
     out = Path(out_dir)
@@ -375,7 +377,7 @@ def run_grid(task: Task, grid: GridSpec, out_dir: Path | str, *, provider=None, 
     est = estimate(plan, spec, counter, grid.max_tokens)
     echo(est.describe(spec.id))
     if max_cost_usd is not None and est.cost_usd > max_cost_usd:
-        raise ConfigError(f"the estimated cost ${est.cost_usd:.4f} exceeds --max-cost ${max_cost_usd:.2f}; "
+        raise ConfigError(f"the estimated cost {usd(est.cost_usd)} exceeds --max-cost {usd(max_cost_usd)}; "
                           "use fewer lengths/depths/samples or raise --max-cost.")
     write_meta(out, {"format": FORMAT, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                      "grid": grid.to_dict(), "task": task.describe(), "model": spec.to_dict(), "system": task.system})

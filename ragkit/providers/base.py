@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-from ragkit.errors import ConfigError, IncompleteStream, ProviderError
+from ragkit.errors import IncompleteStream, MissingKey, ProviderError
 from ragkit.redact import redact
 
 
@@ -74,10 +74,9 @@ def resolve_key(env_names: list[str], *, base_url: str | None, base_url_overridd
     if base_url_overridden or is_loopback_url(base_url):
         return PLACEHOLDER_KEY, None
     wanted = env_names[0] if env_names else "an API key variable"
-    raise ConfigError(
+    raise MissingKey(
         f"{wanted} is not set: model '{model_id}' needs it. Export {wanted}=... "
-        f"(or use --base-url for a key-less local endpoint)."
-    )
+        f"(or use --base-url for a key-less local endpoint).", wanted)
 
 
 def short(text: str, limit: int = 200) -> str:
