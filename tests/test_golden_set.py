@@ -70,9 +70,9 @@ def test_a_numeric_passage_id_is_an_id(tmp_path):
 
 
 def test_a_huge_golden_set_over_max_cost_is_refused_without_preparing_every_prompt(world):
-    """20,000 questions at --max-cost 0.01: refused once the prompts prepared so far pass it, in seconds."""
+    """20,000 questions at --max-cost 0.01: refused once the prompts prepared so far pass it."""
     import re
-import time
+    import time
 
     srv, corpus, tmp = world
     golden = tmp / "huge.jsonl"
