@@ -741,12 +741,17 @@ def _stdout_to_stderr(enabled: bool = True):
         return
     import sys
 
+    import ctypes
+
+    libc_fflush = ctypes.CDLL(None).fflush  # C's stdout is buffered apart from Python's: flush both
     sys.stdout.flush()
+    libc_fflush(None)
     saved = os.dup(1)
     try:
         os.dup2(2, 1)
         yield
     finally:
+        libc_fflush(None)  # FAISS's lines still in C's buffer go to stderr now, not to stdout at exit
         os.dup2(saved, 1)
         os.close(saved)
 

@@ -248,7 +248,10 @@ def test_ctrl_c_mid_compare_exits_130_and_the_run_resumes(tmp_path):
         args = [sys.executable, "-m", "ragkit.cli", "compare", str(corpus), "--questions", str(golden), "-m", "twin",
                 "-o", str(tmp_path / "o"), "--cache", str(tmp_path / "c.sqlite"), "--concurrency", "1", "-q"]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # A job started in the background by a non-interactive shell (as CI may run us) inherits SIGINT
+        # ignored, and Python then keeps ignoring it: give the child the default disposition, as a terminal would.
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(srv.requests) < 2:
             time.sleep(0.02)
