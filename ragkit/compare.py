@@ -198,7 +198,7 @@ def plan_compare(session, questions: Sequence[GoldQuestion], models: Sequence[st
     from ragkit.evals.extraction import schema_key_extra
     from ragkit.models import get_model
 
-    calls, total, bound = [], len(models) * len(strategies) * len(questions), 0.0
+    calls, hits, total, bound = [], {}, len(models) * len(strategies) * len(questions), 0.0
     for model in models:
         spec = get_model(model)
         for strategy in strategies:
@@ -208,19 +208,27 @@ def plan_compare(session, questions: Sequence[GoldQuestion], models: Sequence[st
                 key = call_key(spec.id, spec.api_model, p.system, p.user, p.plan.answer_tokens, temperature,
                                schema_key_extra(schema, spec) if schema is not None else None)
                 calls.append(CompareCall(f"{spec.id}/{strategy}/{q.qid}", spec.id, strategy, q, p, key))
-                if max_cost_usd is None or answered.get(calls[-1].call_id) == key:
+                if answered.get(calls[-1].call_id) == key:
                     continue
-                calls_each = 1 if schema is None else 2  # a structured answer may need its repair
-                bound += (judge.estimated_cost_usd(1, p.plan.answer_tokens) if judge else 0.0) + \
-                    (calls_each * p.estimated_cost_usd if cache.get(key) is None else 0.0)
+                if (hit := cache.get(key)) is not None:  # the cache is read once per call, here
+                    hits[key] = hit
+                if max_cost_usd is None:
+                    continue
+                bound += _call_bound(p, key in hits, judge, 1 if schema is None else 2)
                 if bound > max_cost_usd and len(calls) < total:
                     raise ConfigError(f"the estimated cost exceeds --max-cost {usd(max_cost_usd)}: the first {len(calls):,} "
                                       f"of {total:,} calls may already cost {usd(bound)} (about "
                                       f"{usd(bound * total / len(calls))} for all of them); use --sample, fewer models "
                                       f"or raise --max-cost.")
     todo = [c for c in calls if answered.get(c.call_id) != c.key]
-    hits = {c.key: hit for c in todo if (hit := cache.get(c.key)) is not None}
     return Plan(calls, todo, hits)
+
+
+def _call_bound(prepared, cached: bool, judge: Judge | None, calls_each: int) -> float:
+    """Upper bound (USD) of one call still to do: its answer unless cached, calls_each times (a structured
+    answer may need its repair), plus its grade. plan_compare's early refusal and estimate_compare sum it."""
+    answer = 0.0 if cached else calls_each * prepared.estimated_cost_usd
+    return answer + (judge.estimated_cost_usd(1, prepared.plan.answer_tokens) if judge else 0.0)
 
 
 @dataclass(frozen=True)
@@ -251,9 +259,9 @@ def estimate_compare(plan: Plan, judge: Judge | None = None, calls_per_question:
     k = calls_per_question
     by_model: dict[str, float] = {}
     for c in to_call:
-        by_model[c.model] = by_model.get(c.model, 0.0) + k * c.prepared.estimated_cost_usd
+        by_model[c.model] = by_model.get(c.model, 0.0) + _call_bound(c.prepared, False, None, k)
     # every todo call is graded (cached answers too); a grade already cached is only overcounted
-    judged = (sum(judge.estimated_cost_usd(1, c.prepared.plan.answer_tokens) for c in plan.todo) if judge else 0.0)
+    judged = sum(_call_bound(c.prepared, True, judge, k) for c in plan.todo) if judge else 0.0
     return CompareEstimate(len(plan.calls), len(plan.calls) - len(plan.todo), len(plan.todo) - len(to_call),
                            len(to_call), k * sum(c.prepared.estimated_input_tokens for c in to_call),
                            k * sum(c.prepared.plan.answer_tokens for c in to_call), sum(by_model.values()) + judged,
