@@ -15,10 +15,13 @@ class CountingNeedles(NeedleTask):
     def __init__(self, **kw):
         super().__init__(**kw)
         self.rendered: list[str] = []
+        self.measured: list[str] = []
 
     def render(self, sample, units, *, retrieved):
         prompt = super().render(sample, units, retrieved=retrieved)
-        if units:  # (the empty scaffold is measured once per sample for the cost bound)
+        if retrieved and len(units) == len(sample.units):
+            self.measured.append(prompt)
+        elif units:  # (the empty scaffold is measured once per sample for the cost bound)
             self.rendered.append(prompt)
         return prompt
 
@@ -47,8 +50,12 @@ def test_each_prompt_is_rendered_once_and_the_cache_asked_once_per_prompt(tmp_pa
             result = run_grid(task, grid, tmp_path / f"run{run}", base_url=srv.openai_base_url, cache=cache,
                               max_cost_usd=1.0, ranker=last_units_first, progress=False, echo=lambda m: None,
                               render=False)
-            assert len(task.rendered) == 8                    # one render per call: 4 samples x 2 strategies
-            distinct = len(set(task.rendered))                # (a retrieve prompt may equal another's)
+            # one render per call (4 samples x 2 strategies), plus one per sample of all its units joined
+            # as retrieve joins them, which measures the framing retrieve reserves per unit
+            # (the retrieve budget, 200 tokens, never holds all of a 500-token sample's units)
+            assert len(task.measured) == 4 and len(task.rendered) == 8
+            sent = task.rendered
+            distinct = len(set(sent))                         # (a retrieve prompt may equal another's)
             assert len(cache.asked) == len(set(cache.asked)) == distinct   # one lookup per distinct prompt
         assert len(srv.requests) == distinct                  # and one paid call per distinct prompt
     assert result.calls_made == 0 and result.estimate.cached == 8

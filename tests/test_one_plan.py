@@ -339,3 +339,38 @@ def test_eval_retrieve_in_document_order_keeps_the_units_file_order():
     assert retrieve_units(units, QUESTION, 10_000, counter, order="document", ranker=best_last) == list(range(12))
     edged = retrieve_units(units, QUESTION, 10_000, counter, order="edges", ranker=best_last)
     assert edged[0] == 11 and edged[-1] == 10
+
+
+def test_eval_retrieve_fits_the_rendered_documents_into_the_budget_and_caps_at_asks_top_k(tmp_path):
+    """The eval's retrieve prompt is the one ask would send: each packed QA document costs its text plus
+    its "Document [i](Title: …)" framing, and the rendered documents never pass the planner's budget;
+    like ask, at most DEFAULT_TOP_K units are sent however much room is left."""
+    from ragkit.evals.retrieval import retrieve_units
+    from ragkit.evals.tasks import QATask
+    from ragkit.retrieve import DEFAULT_TOP_K
+
+    rng = random.Random(11)
+    words = "river bridge tower market harbour garden council library".split()
+    passages = [{"id": "gold", "title": "Bridge", "text": "The railway bridge opened in 1932."}]
+    passages += [{"id": f"d{i}", "title": f"A long title for place number {i}",
+                  "text": " ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) + "."} for i in range(39)]
+    corpus = tmp_path / "passages"
+    corpus.mkdir()
+    (corpus / "passages.jsonl").write_text("".join(json.dumps(p) + "\n" for p in passages))
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"question": QUESTION, "answers": ["1932"], "passage_id": "gold"}) + "\n")
+    task = QATask(corpus=corpus, questions=questions, distractors="random")
+    counter = counter_for(get_model("gpt-4o-mini"))
+    sample = task.make_sample(counter, 40, 0, 0)
+    unit_tokens = counter.count_many(sample.units)
+    framing = task.unit_framing_tokens(sample, counter, unit_tokens)
+    assert framing >= 3  # "Document [i]" and the line break: 10% of a short unit, which overfills if left out
+    empty = counter.count(task.render(sample, [], retrieved=True))
+    in_order = lambda texts, query: list(range(len(texts)))  # noqa: E731 - a known ranking, no embedder
+    for budget in range(40, 1200, 37):
+        chosen = retrieve_units(sample.units, sample.question, budget, counter, ranker=in_order,
+                                per_unit_tokens=framing)
+        rendered = counter.count(task.render(sample, [sample.units[i] for i in chosen], retrieved=True)) - empty
+        assert rendered <= budget, (budget, len(chosen), rendered)
+        assert len(chosen) <= DEFAULT_TOP_K
+    assert len(chosen) == DEFAULT_TOP_K  # the largest budget holds all 40: the cap, not the budget, stopped it

@@ -33,16 +33,18 @@ def rank_units(units: Sequence[str], query: str) -> list[int]:
 
 
 def retrieve_units(units: Sequence[str], query: str, budget_tokens: int, counter, *, order: str = "edges",
-                   ranker: Ranker | None = None) -> list[int]:
-    """The units `ragkit ask` would send: ranked, packed by ragkit.retrieve.pack_hits into the budget
-    (model tokens, estimates inflated by the margin), ordered against lost-in-the-middle, or in the
-    units' own order ("document", as ask puts chunks in corpus order)."""
-    from ragkit.retrieve import Hit, in_file_order, pack_hits
+                   ranker: Ranker | None = None, top_k: int | None = None, per_unit_tokens: int = 0) -> list[int]:
+    """The units `ragkit ask` would send: the `top_k` best ranked (ask's default cap), packed by
+    ragkit.retrieve.pack_hits into the budget (model tokens, estimates inflated by the margin, plus
+    `per_unit_tokens` of the prompt's framing around each unit, as ask reserves each source's fence),
+    ordered against lost-in-the-middle, or in the units' own order ("document", as ask puts chunks in
+    corpus order)."""
+    from ragkit.retrieve import DEFAULT_TOP_K, Hit, in_file_order, pack_hits
 
-    ranked = (ranker or rank_units)(units, query)
+    ranked = (ranker or rank_units)(units, query)[:DEFAULT_TOP_K if top_k is None else top_k]
     hits = [Hit(str(i), f"unit-{i}", 0, len(units[i]), units[i], score=1.0 - k / (len(ranked) + 1), chunk_id=i)
             for k, i in enumerate(ranked)]
-    packed = pack_hits(hits, budget_tokens, counter, order=order).chunks
+    packed = pack_hits(hits, budget_tokens, counter, order=order, per_chunk_overhead_tokens=per_unit_tokens).chunks
     if order == "document":
         packed = in_file_order(list(packed), {str(i): i for i in range(len(units))})
     return [int(c.doc_id) for c in packed]

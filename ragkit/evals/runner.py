@@ -160,7 +160,7 @@ def plan_calls(task: Task, grid: GridSpec, spec, counter, cache: ResponseCache, 
             else:
                 sample = stuff.sample
                 chosen = retrieve_units(sample.units, sample.question, budget, counter, order=grid.order,
-                                        ranker=ranker)
+                                        ranker=ranker, per_unit_tokens=task.unit_framing_tokens(sample, counter, n))
                 calls.append(_call(task, grid, spec, "retrieve", sample, chosen, n, system_tokens, counter))
     todo = [c for c in calls if answered.get(c.call_id) != c.key]
     hits = {c.key: hit for c in todo if (hit := lookup(c.key)) is not None}

@@ -84,6 +84,15 @@ class Task:
         """Each unit as `ragkit ask` would read it to order stuffed documents (default: the unit itself)."""
         return sample.units
 
+    def unit_framing_tokens(self, sample: Sample, counter: Counter, unit_tokens: Sequence[int]) -> int:
+        """Tokens the rendered prompt adds around each unit beyond its own text ("Document [i](Title: …)",
+        separators), rounded up: what `retrieve` reserves per packed unit, as ask reserves a source's fence."""
+        if not sample.units:
+            return 0
+        every = counter.count(self.render(sample, sample.units, retrieved=True))
+        extra = every - counter.count(self.render(sample, [], retrieved=True)) - sum(unit_tokens)
+        return max(0, -(-extra // len(sample.units)))
+
     def describe(self) -> dict:
         return {"task": self.name, "scorer": self.scorer_name}
 
