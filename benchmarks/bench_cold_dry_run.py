@@ -2,8 +2,10 @@
 
     python benchmarks/bench_cold_dry_run.py [--corpus corpora/nq-wiki] [--runs 7] [--base 64d647f]
 
-The base is extracted with `git archive` into a temporary folder. Each tree is warmed once (index built,
-count cache filled), then the trees alternate, each run a new process. Printed per tree: the command's wall
+The base is extracted with `git archive` into a temporary folder. Each tree gets its own copy of the
+corpus without its index folder, indexed by that tree with its default embedding backend (an index left
+in the working copy by an older build — e.g. a PyTorch one — would otherwise set both trees' figures).
+Each tree is warmed once (index built, count cache filled), then the trees alternate, each run a new process. Printed per tree: the command's wall
 time (median, min) and, measured inside a new process, the step that counts every source's fenced tokens
 (Session._counts with the encoding already loaded), and loading the model's tiktoken encoding, which the
 dry run needs anyway to count the finished prompt. The load average is printed before and after.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -64,26 +67,31 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--base", default="64d647f")
     a = ap.parse_args()
-    a.corpus = str((ROOT / a.corpus).resolve())
+    source = (ROOT / a.corpus).resolve()
     with tempfile.TemporaryDirectory(prefix="ragkit-base-") as tmp:
-        base = Path(tmp)
+        base = Path(tmp) / "tree"
+        base.mkdir()
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", a.base], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
         trees = {f"base {a.base}": base, "this tree": ROOT}
-        ask = ["-m", "ragkit.cli", "ask", a.corpus, QUESTION, "--dry-run", "-m", a.model]
+        corpora = {name: Path(tmp) / f"corpus-{i}" for i, name in enumerate(trees)}
+        for corpus in corpora.values():
+            shutil.copytree(source, corpus, ignore=shutil.ignore_patterns(".ragkit"))
+        ask = lambda name: ["-m", "ragkit.cli", "ask", str(corpora[name]), QUESTION, "--dry-run", "-m", a.model]  # noqa: E731
         print(f"load average before: {load()}")
-        for tree in trees.values():   # warm: index built, count cache filled, files in the page cache
-            timed(tree, ask)
+        for name, tree in trees.items():   # warm: index built, count cache filled, files in the page cache
+            timed(tree, ask(name))
         wall = {name: [] for name in trees}
         step = {name: [] for name in trees}
         enc = {name: [] for name in trees}
         for _ in range(a.runs):
             for name, tree in trees.items():
-                wall[name].append(timed(tree, ask))
-                counting, encoding = count_step(tree, a.corpus, a.model)
+                wall[name].append(timed(tree, ask(name)))
+                counting, encoding = count_step(tree, str(corpora[name]), a.model)
                 step[name].append(counting)
                 enc[name].append(encoding)
-        print(f"cold `ragkit ask {a.corpus} \"{QUESTION}\" --dry-run -m {a.model}`, {a.runs} runs each, alternating:")
+        print(f"cold `ragkit ask {a.corpus} \"{QUESTION}\" --dry-run -m {a.model}` (a fresh index per tree), "
+              f"{a.runs} runs each, alternating:")
         for name in trees:
             print(f"  {name:>16}: wall median {statistics.median(wall[name]):.2f} s (min {min(wall[name]):.2f}); "
                   f"counting the sources median {statistics.median(step[name]) * 1000:.0f} ms "
