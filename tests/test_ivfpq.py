@@ -59,18 +59,21 @@ def _build(index_dir: Path, vecs: np.ndarray, **kw) -> dict:
                                   new_chunks=chunks, new_vectors=vecs, ivfpq_threshold=1000, **kw)
 
 
-def _recall(gen, queries, truth, nprobe=None) -> float:
-    got = gen.search(queries, 10, nprobe=nprobe)
+def _recall(gen, queries, truth, nprobe=None, rerank=None) -> float:
+    got = gen.search(queries, 10, nprobe=nprobe, rerank=rerank)
     return float(np.mean([len(set(t) & {i for i, _ in g}) / 10 for t, g in zip(truth, got)]))
+
+
+def _shared_index(tmp_path_factory, vecs: np.ndarray) -> tuple[Path, np.ndarray]:
+    d = tmp_path_factory.mktemp("ivf") / "idx"
+    _build(d, vecs)
+    return d, vecs
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """(index folder, vectors): one IVF-PQ index shared by the read-only tests (copy it to change it)."""
-    d = tmp_path_factory.mktemp("ivf") / "idx"
-    vecs = _vectors(N)
-    _build(d, vecs)
-    return d, vecs
+    return _shared_index(tmp_path_factory, _vectors(N))
 
 
 def test_kind_is_chosen_by_size_with_hysteresis(built, tmp_path):
@@ -132,10 +135,7 @@ def test_exact_duplicate_query_returns_its_chunk(built):
 @pytest.fixture(scope="module")
 def near(tmp_path_factory):
     """(index folder, vectors) over near-duplicate vectors, the case PQ codes alone order badly."""
-    d = tmp_path_factory.mktemp("near") / "idx"
-    vecs = _near_duplicates(N)
-    _build(d, vecs)
-    return d, vecs
+    return _shared_index(tmp_path_factory, _near_duplicates(N))
 
 
 def test_rerank_raises_recall_over_pq_alone_on_near_duplicates(near):
@@ -147,8 +147,7 @@ def test_rerank_raises_recall_over_pq_alone_on_near_duplicates(near):
     _, exact = faiss.knn(queries, vecs, 10, faiss.METRIC_INNER_PRODUCT)
     reranked = _recall(gen, queries, exact, nprobe=64)          # every list scanned: PQ order is the only loss
     assert reranked >= 0.98, reranked
-    pq_alone = float(np.mean([len(set(t) & {i for i, _ in g}) / 10
-                              for t, g in zip(exact, gen.search(queries, 10, nprobe=64, rerank=0))]))
+    pq_alone = _recall(gen, queries, exact, nprobe=64, rerank=0)
     assert pq_alone <= 0.9 and reranked - pq_alone >= 0.1, (pq_alone, reranked)
     assert _recall(gen, queries, exact) >= 0.9                   # at the measured default nprobe too
     # the scores returned are the exact inner products, not PQ's estimates
@@ -183,9 +182,7 @@ def test_manifest_recall_is_the_reranked_one_searches_see(near):
     _, exact = faiss.knn(queries, vecs, 10, faiss.METRIC_INNER_PRODUCT)
     for nprobe in (1, 4, 64):
         assert abs(_recall(gen, queries, exact, nprobe) - recalls[nprobe]) < 0.05, nprobe
-        got = gen.search(queries, 10, nprobe=nprobe, rerank=0)
-        pq_now = float(np.mean([len(set(t) & {i for i, _ in g}) / 10 for t, g in zip(exact, got)]))
-        assert abs(pq_now - pq[nprobe]) < 0.05, nprobe
+        assert abs(_recall(gen, queries, exact, nprobe, rerank=0) - pq[nprobe]) < 0.05, nprobe
 
 
 def test_missing_cache_vectors_fall_back_to_pq_order_with_one_warning(built, tmp_path, capsys, monkeypatch):
