@@ -6,7 +6,8 @@
 IVF-PQ searches are measured twice at each nprobe, side by side: PQ order alone (rerank=0) and what
 ragkit returns, the top store.rerank_pool(10) PQ candidates re-ranked exactly with their vectors read
 from the index folder's embedding cache (filled by the child as a real build leaves it, not timed
-with the build), plus the cost of those cache reads alone.
+with the build), plus the cost of those cache reads alone. `--pools 300,1000` adds columns re-ranking
+larger pools (`ragkit search --rerank N`).
 
 How 1M vectors are made (as bench_index.py does for 100K): the ~2.6K real MiniLM chunk vectors of
 corpora/nq-wiki, plus mixtures of two of them (weights 0.3-0.7) with N(0, 0.01) noise, re-normalised,
@@ -98,6 +99,7 @@ def main() -> None:
     ap.add_argument("--hnsw-size", type=int, default=200_000)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--nprobes", default="8,32")
+    ap.add_argument("--pools", default="", help="IVF-PQ: more re-rank pool sizes to measure, e.g. 300,1000")
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--out")
     ap.add_argument("--ivfpq-threshold", type=int)
@@ -175,13 +177,15 @@ def main() -> None:
                   f"{ivf['recall_at_10']} -> default nprobe {ivf['nprobe']}; PQ order alone: {ivf['pq_recall_at_10']}")
             print(f"   {len(qv)} real NQ questions, recall@10 vs exact, search latency one thread "
                   f"(load avg {os.getloadavg()[0]:.1f}):")
-            print(f"   {'nprobe':>6} | {'PQ order alone':^32} | {f'top {pool} re-ranked exactly':^32} | cache reads")
+            more = [int(x) for x in args.pools.split(",") if x]
+            print(f"   {'nprobe':>6} | {'PQ order alone':^34} | {f'top {pool} re-ranked exactly':^34} | "
+                  f"{'cache reads (top ' + str(pool) + ')':^24}" + "".join(f" | {f'top {n} re-ranked':^34}" for n in more))
             for nprobe in dict.fromkeys([int(x) for x in args.nprobes.split(",")] + [ivf["nprobe"]]):
-                pq_rec, pq50, pq95 = measure(nprobe, rerank=0)
-                rec, p50, p95 = measure(nprobe)
+                cols = [measure(nprobe, rerank=0), measure(nprobe)]
                 c50, c95 = cache_read_ms(nprobe)
-                print(f"   {nprobe:>6} | recall {pq_rec:.3f} p50 {pq50:5.2f} p95 {pq95:5.2f} ms | recall {rec:.3f} "
-                      f"p50 {p50:5.2f} p95 {p95:5.2f} ms | p50 {c50:.2f} p95 {c95:.2f} ms")
+                cols += [measure(nprobe, rerank=n) for n in more]
+                cells = [f"recall {r:.3f} p50 {a:5.2f} p95 {b:5.2f} ms" for r, a, b in cols]
+                print(f"   {nprobe:>6} | " + " | ".join(cells[:2] + [f"p50 {c50:.2f} p95 {c95:.2f} ms"] + cells[2:]))
         else:
             rec, p50, p95 = measure()
             print(f"   HNSW M={store.HNSW_M} efSearch {store.HNSW_EF_SEARCH}: recall@10 vs exact {rec:.3f}; "
