@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -191,7 +192,7 @@ def test_missing_cache_vectors_fall_back_to_pq_order_with_one_warning(built, tmp
     d = tmp_path / "idx"
     shutil.copytree(built[0], d)
     vecs = built[1]
-    monkeypatch.setattr(store, "_fallback_warned", type(store._fallback_warned)())   # as in a fresh process
+    monkeypatch.setattr(store, "_fallback_warned", threading.Lock())   # as in a fresh process
     with sqlite3.connect(d / "embcache.sqlite") as db:           # f000.txt's vectors gone from the cache
         db.execute("DELETE FROM vectors WHERE hash LIKE 'f000.txt-%'")
     gen = store.open_generation(d)
@@ -206,7 +207,11 @@ def test_missing_cache_vectors_fall_back_to_pq_order_with_one_warning(built, tmp
     assert np.allclose(exact_scores, np.sort(vecs[PER_FILE:] @ whole[0])[::-1][:10], atol=1e-5)
     (d / "embcache.sqlite").unlink()                            # the whole cache gone: every query falls back
     gen2 = store.open_generation(d)
-    assert gen2.search(own, 10) == gen2.search(own, 10, rerank=0)
+    pq_order = gen2.search(own, 10, rerank=0)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:                         # threads sharing the generation, as a Session's
+        assert all(r == pq_order for r in pool.map(lambda _: gen2.search(own, 10), range(8)))
     assert not (d / "embcache.sqlite").exists()                 # a search never creates the cache
     err = capsys.readouterr().err
     assert err.count("ragkit: warning:") == 1 and "embedding cache" in err and "--rebuild" in err, err
