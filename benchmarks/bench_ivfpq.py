@@ -1,7 +1,13 @@
 """IVF-PQ at 1M vectors vs exact search, and HNSW for comparison (prints figures; asserts nothing).
 
     python benchmarks/bench_ivfpq.py --real-index corpora/nq-wiki/.ragkit          # 1M IVF-PQ, 200K HNSW
-    python benchmarks/bench_ivfpq.py --size 200000 --hnsw-size 100000
+    python benchmarks/bench_ivfpq.py --size 100000 --hnsw-size 0                   # IVF-PQ only
+
+IVF-PQ searches are measured twice at each nprobe, side by side: PQ order alone (rerank=0) and what
+ragkit returns, the top store.rerank_pool(10) PQ candidates re-ranked exactly with their vectors read
+from the index folder's embedding cache (filled by the child as a real build leaves it, not timed
+with the build), plus the cost of those cache reads alone. `--pools 300,1000` adds columns re-ranking
+larger pools (`ragkit search --rerank N`).
 
 How 1M vectors are made (as bench_index.py does for 100K): the ~2.6K real MiniLM chunk vectors of
 corpora/nq-wiki, plus mixtures of two of them (weights 0.3-0.7) with N(0, 0.01) noise, re-normalised,
@@ -72,9 +78,14 @@ def build(args) -> None:
     m = store.write_generation(Path(args.out), None, store.Settings("all-MiniLM-L6-v2", vecs.shape[1], {}),
                                remove_rels=[], file_records=[], new_chunks=chunks, new_vectors=vecs,
                                ivfpq_threshold=args.ivfpq_threshold, hnsw_threshold=0)
-    print(json.dumps({"build_s": time.perf_counter() - t, "rss_before_mb": rss0,
-                      "peak_rss_mb": vm_hwm_mb(),
-                      "manifest": m}))
+    build_s, peak = time.perf_counter() - t, vm_hwm_mb()
+    t = time.perf_counter()  # the embedding cache a real build leaves (written while embedding, not here)
+    cache = store.EmbeddingCache(Path(args.out) / "embcache.sqlite", "all-MiniLM-L6-v2", vecs.shape[1])
+    for i in range(0, args.size, 50_000) if m["index_type"] == "ivfpq" else ():
+        cache.put_many([c.text_hash for c in chunks[i:i + 50_000]], vecs[i:i + 50_000])
+    cache.close()
+    print(json.dumps({"build_s": build_s, "rss_before_mb": rss0, "peak_rss_mb": peak,
+                      "cache_fill_s": time.perf_counter() - t, "manifest": m}))
 
 
 def du(path: Path) -> int:
@@ -88,6 +99,7 @@ def main() -> None:
     ap.add_argument("--hnsw-size", type=int, default=200_000)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--nprobes", default="8,32")
+    ap.add_argument("--pools", default="", help="IVF-PQ: more re-rank pool sizes to measure, e.g. 300,1000")
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--out")
     ap.add_argument("--ivfpq-threshold", type=int)
@@ -128,14 +140,25 @@ def main() -> None:
         gen = store.open_generation(out)
         faiss.omp_set_num_threads(1)
 
-        def measure(nprobe=None):
+        def measure(nprobe=None, rerank=None):
             lat, got = [], []
             for v in qv:
                 t1 = time.perf_counter()
-                got.append([i for i, _ in gen.search(v[None, :], 10, nprobe=nprobe)[0]])
+                got.append([i for i, _ in gen.search(v[None, :], 10, nprobe=nprobe, rerank=rerank)[0]])
                 lat.append((time.perf_counter() - t1) * 1000)
             rec = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, got)])
             return rec, sorted(lat)[len(lat) // 2], sorted(lat)[int(len(lat) * 0.95)]
+
+        def cache_read_ms(nprobe):
+            """p50 / p95 of reading one query's pool of vectors back (chunk table + embedding cache)."""
+            pools = gen.search(qv, store.rerank_pool(10), nprobe=nprobe, rerank=0)
+            lat = []
+            for row in pools:
+                t1 = time.perf_counter()
+                found = gen.exact_vectors([i for i, _ in row])
+                lat.append((time.perf_counter() - t1) * 1000)
+                assert len(found) == len(row), "vectors missing from the embedding cache"
+            return sorted(lat)[len(lat) // 2], sorted(lat)[int(len(lat) * 0.95)]
 
         m = fig["manifest"]
         print(f"\n== {kind}: {size:,} vectors ({n_real} real MiniLM chunk vectors + mixtures), built in "
@@ -146,13 +169,23 @@ def main() -> None:
         print(f"   exact search (faiss.knn, 2 threads): {exact_ms:.1f} ms/query")
         if kind == "ivfpq":
             ivf = m["ivfpq"]
+            pool = ivf["rerank_pool"]
             print(f"   nlist {ivf['nlist']}, PQ {ivf['m']}x{ivf['nbits']}, trained on {ivf['train_sample']:,} in "
-                  f"{ivf['train_s']:.0f} s, on-disk lists {ivf['ondisk']}; build-time recall@10 (sampled stored "
-                  f"vectors as queries) by nprobe: {ivf['recall_at_10']} -> default nprobe {ivf['nprobe']}")
-            for nprobe in [int(x) for x in args.nprobes.split(",")] + [ivf["nprobe"]]:
-                rec, p50, p95 = measure(nprobe)
-                print(f"   nprobe {nprobe:>3}: recall@10 vs exact {rec:.3f} on {len(qv)} real NQ questions; "
-                      f"search p50 {p50:.2f} ms, p95 {p95:.2f} ms (1 thread)")
+                  f"{ivf['train_s']:.0f} s, on-disk lists {ivf['ondisk']}; embedding cache filled in "
+                  f"{fig['cache_fill_s']:.0f} s ({(out / 'embcache.sqlite').stat().st_size / 1e6:.0f} MB)")
+            print(f"   build-time recall@10 (sampled stored vectors as queries) by nprobe, top {pool} re-ranked: "
+                  f"{ivf['recall_at_10']} -> default nprobe {ivf['nprobe']}; PQ order alone: {ivf['pq_recall_at_10']}")
+            print(f"   {len(qv)} real NQ questions, recall@10 vs exact, search latency one thread "
+                  f"(load avg {os.getloadavg()[0]:.1f}):")
+            more = [int(x) for x in args.pools.split(",") if x]
+            print(f"   {'nprobe':>6} | {'PQ order alone':^34} | {f'top {pool} re-ranked exactly':^34} | "
+                  f"{'cache reads (top ' + str(pool) + ')':^24}" + "".join(f" | {f'top {n} re-ranked':^34}" for n in more))
+            for nprobe in dict.fromkeys([int(x) for x in args.nprobes.split(",")] + [ivf["nprobe"]]):
+                cols = [measure(nprobe, rerank=0), measure(nprobe)]
+                c50, c95 = cache_read_ms(nprobe)
+                cols += [measure(nprobe, rerank=n) for n in more]
+                cells = [f"recall {r:.3f} p50 {a:5.2f} p95 {b:5.2f} ms" for r, a, b in cols]
+                print(f"   {nprobe:>6} | " + " | ".join(cells[:2] + [f"p50 {c50:.2f} p95 {c95:.2f} ms"] + cells[2:]))
         else:
             rec, p50, p95 = measure()
             print(f"   HNSW M={store.HNSW_M} efSearch {store.HNSW_EF_SEARCH}: recall@10 vs exact {rec:.3f}; "

@@ -140,7 +140,8 @@ class Session:
                  timeout_s: float = 60.0, max_retries: int = 2, index_dir: str | Path | None = None,
                  ledger=True, log_question: bool = False, task: str = "ask", corpus=None,
                  progress: bool = False, index_wait_s: float | None = None, embed_backend: str | None = None,
-                 store: str | None = None, where: str | None = None, nprobe: int | None = None):
+                 store: str | None = None, where: str | None = None, nprobe: int | None = None,
+                 rerank: int | None = None):
         from ragkit.corpus import DEFAULT_INDEX_WAIT_S
         from ragkit.ledger import Ledger, check_task_label
 
@@ -153,6 +154,7 @@ class Session:
         self.embed_backend = embed_backend  # None: the index's own (a new index: the default)
         self.store, self.where = store, where  # stores.parse_store URL (None: the FAISS folder); a retrieval filter
         self.nprobe = nprobe  # IVF-PQ indexes: clusters scanned per query (None: the index's measured default)
+        self.rerank = rerank  # IVF-PQ indexes: candidates re-scored exactly (None: store.rerank_pool's; 0: none)
         self.log_question = log_question
         self.task = check_task_label(task)
         self.progress = progress      # index-building progress bar on stderr
@@ -181,7 +183,7 @@ class Session:
                 from ragkit.corpus import Corpus
 
                 self._corpus = Corpus.open(self.path, index_dir=self.index_dir, embed_backend=self.embed_backend,
-                                           store=self.store, nprobe=self.nprobe)
+                                           store=self.store, nprobe=self.nprobe, rerank=self.rerank)
             return self._corpus
 
     def documents(self) -> list:

@@ -67,10 +67,12 @@ class IndexReport:
     embed_s: float
     skipped: tuple[tuple[str, str], ...] = field(default=())   # (path, reason)
     # IVF-PQ only: the default nprobe and its recall@10 against exact search, measured on sampled
-    # stored vectors when the index was trained (in generation `recall_measured_in`)
+    # stored vectors when the index was trained (in generation `recall_measured_in`), through the exact
+    # re-rank of the top `rerank_pool` PQ candidates that searches use
     nprobe: int | None = None
     recall_at_10: float | None = None
     recall_measured_in: str | None = None
+    rerank_pool: int | None = None
 
     @property
     def chunks_per_s(self) -> float:
@@ -88,8 +90,10 @@ class IndexReport:
                 f"-{self.chunks_removed} = {self.chunks_total} ({self.chunks_embedded} embedded, "
                 f"{self.chunks_from_cache} from cache); {self.index_type} index {self.generation} in "
                 f"{self.elapsed_s:.1f} s" + (f" ({self.chunks_per_s:.0f} chunks/s)" if self.chunks_embedded else "")
-                + (f"; recall@10 {self.recall_at_10:.3f} vs exact search at nprobe {self.nprobe} (sampled queries, "
-                   f"measured at training in {self.recall_measured_in})" if self.recall_at_10 is not None else ""))
+                + (f"; recall@10 {self.recall_at_10:.3f} vs exact search at nprobe {self.nprobe}"
+                   + (f", top {self.rerank_pool} re-ranked exactly" if self.rerank_pool else "")
+                   + f" (sampled queries, measured at training in {self.recall_measured_in})"
+                   if self.recall_at_10 is not None else ""))
 
 
 def default_index_dir(path: Path) -> Path:
@@ -104,7 +108,7 @@ class Corpus:
     def __init__(self, path: Path, index_dir: Path, *, embed_model: str | None, chunk: ChunkSettings | None,
                  text_field: str | None, include=(), exclude=(), hnsw_threshold: int = _store.HNSW_THRESHOLD,
                  rebuild: bool = False, embed_backend: str | None = None, store: str | None = None,
-                 ivfpq_threshold: int | None = None, nprobe: int | None = None):
+                 ivfpq_threshold: int | None = None, nprobe: int | None = None, rerank: int | None = None):
         self.path = path
         self.index_dir = index_dir
         self.store = _stores.open_store(store, index_dir, path)   # the FAISS folder unless --store says otherwise
@@ -114,6 +118,7 @@ class Corpus:
         if nprobe is not None and nprobe < 1:
             raise InputError(f"nprobe must be at least 1 (got {nprobe}); it is how many IVF clusters a query scans")
         self.nprobe = nprobe  # IVF-PQ: the default stored by index(), the per-query value of searches
+        self.rerank = _check_rerank(rerank)  # IVF-PQ: candidates re-scored exactly (None: store.rerank_pool's)
         self._requested = (embed_model, chunk, text_field)
         self._gen: _store.Generation | None = None
         self._gen_lock = threading.Lock()
@@ -134,7 +139,7 @@ class Corpus:
              overlap_tokens: int | None = None, text_field: str | None = None, include=(), exclude=(),
              hnsw_threshold: int = _store.HNSW_THRESHOLD, rebuild: bool = False,
              embed_backend: str | None = None, store: str | None = None, ivfpq_threshold: int | None = None,
-             nprobe: int | None = None) -> "Corpus":
+             nprobe: int | None = None, rerank: int | None = None) -> "Corpus":
         p = Path(path).expanduser()
         if not p.exists():
             raise InputError(f"{p} does not exist; pass a file or a folder of documents")
@@ -146,7 +151,8 @@ class Corpus:
         idx = Path(index_dir).expanduser().resolve() if index_dir else default_index_dir(p)
         return cls(p.resolve(), idx, embed_model=embed_model, chunk=chunk, text_field=text_field,
                    include=include, exclude=exclude, hnsw_threshold=hnsw_threshold, rebuild=rebuild,
-                   embed_backend=embed_backend, store=store, ivfpq_threshold=ivfpq_threshold, nprobe=nprobe)
+                   embed_backend=embed_backend, store=store, ivfpq_threshold=ivfpq_threshold, nprobe=nprobe,
+                   rerank=rerank)
 
     # -- settings -----------------------------------------------------------------------------
     def _wanted(self, dim: int | None) -> dict:
@@ -290,7 +296,7 @@ class Corpus:
                            sum(f.rel not in skip for f in ch.changed), len(ch.removed), ch.unchanged - len(skip & ch.unchanged_rels),
                            len(skipped), added, removed, gen.live_chunks, embedded, cached, gen.kind, gen.name,
                            round(time.perf_counter() - t0, 3), round(embed_s, 3), tuple(skipped),
-                           gen.nprobe, recall, ivf.get("trained_in"))
+                           gen.nprobe, recall, ivf.get("trained_in"), ivf.get("rerank_pool"))
 
     def _tokenizer(self):
         from ragkit.embed import load_piece_tokenizer
@@ -381,19 +387,23 @@ class Corpus:
         self._check(gen.settings)
         return gen
 
-    def search(self, query: str, k: int = 5, where: str | None = None, *, nprobe: int | None = None) -> list[Hit]:
+    def search(self, query: str, k: int = 5, where: str | None = None, *, nprobe: int | None = None,
+               rerank: int | None = None) -> list[Hit]:
         """The k chunks most similar to `query` (cosine), best first; `where` filters them (a Milvus store's
-        filter expression, e.g. 'source like "docs/%"'); nprobe: IVF-PQ clusters scanned per query."""
-        return self.search_many([query], k, where, nprobe=nprobe)[0]
+        filter expression, e.g. 'source like "docs/%"'); nprobe, rerank: IVF-PQ only (see search_many)."""
+        return self.search_many([query], k, where, nprobe=nprobe, rerank=rerank)[0]
 
     def search_many(self, queries: list[str], k: int = 5, where: str | None = None, *,
-                    nprobe: int | None = None) -> list[list[Hit]]:
-        """Batched search: one model call for all queries. nprobe: IVF-PQ clusters scanned per query
-        (default: this Corpus's, else the index's measured one); ignored by flat and HNSW indexes."""
+                    nprobe: int | None = None, rerank: int | None = None) -> list[list[Hit]]:
+        """Batched search: one model call for all queries. IVF-PQ only (flat and HNSW are exact or near it):
+        nprobe, the clusters scanned per query (default: this Corpus's, else the index's measured one);
+        rerank, how many PQ candidates are re-scored exactly (default: this Corpus's, else
+        store.rerank_pool's; 0: PQ order)."""
         if k < 1:
             raise InputError("k must be at least 1")
         if nprobe is not None and nprobe < 1:
             raise InputError(f"nprobe must be at least 1 (got {nprobe}); it is how many IVF clusters a query scans")
+        rerank = _check_rerank(rerank)
         for q in queries:
             require_text(q, "the query")
         self.store.check_where(where)
@@ -401,7 +411,8 @@ class Corpus:
         vecs = self.embedder().encode(list(queries))
         return [[Hit(row.doc_id, row.source, row.start_char, row.end_char, row.text, row.title or "",
                      score=round(s, 6), position=row.position, chunk_id=row.id) for row, s in r]
-                for r in self.store.search(gen, vecs, k, where, nprobe=nprobe or self.nprobe)]
+                for r in self.store.search(gen, vecs, k, where, nprobe=nprobe or self.nprobe,
+                                           rerank=self.rerank if rerank is None else rerank)]
 
     def pack(self, question: str, budget_tokens: int, model, k: int = DEFAULT_TOP_K, order: str = "edges", *,
              per_chunk_overhead_tokens: int = 0, where: str | None = None) -> PackedContext:
@@ -448,6 +459,13 @@ def _embed_batches(emb, items: list[tuple[str, str]]):
     for i in range(0, len(items), emb.batch_size):
         part = items[i:i + emb.batch_size]
         yield [h for h, _ in part], emb.encode([t for _, t in part])
+
+
+def _check_rerank(rerank: int | None) -> int | None:
+    if rerank is not None and (isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 0):
+        raise InputError(f"rerank must be a whole number of candidates, 0 or more (got {rerank!r}); 0 keeps the "
+                         f"IVF-PQ order without re-scoring")
+    return rerank
 
 
 def _wanted_backend(requested: str | None, have: dict | None):

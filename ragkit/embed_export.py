@@ -44,12 +44,17 @@ class Backend:
     quantization: str | None = None  # e.g. "dynamic-avx2": the config the int8 weights were made with
 
     def cache_key(self, model: str) -> str:
-        """The embedding cache's key: torch keeps the bare model name, so existing caches stay valid."""
-        return model if self.key == "torch" else f"{model}#{self.key}:{self.quantization or self.precision}"
+        return embedding_cache_key(model, self.key, self.precision, self.quantization)
 
     def manifest(self) -> dict:
         return {"embed_backend": self.key, "embed_precision": self.precision,
                 "embed_quantization": self.quantization}
+
+
+def embedding_cache_key(model: str, backend: str, precision: str, quantization: str | None) -> str:
+    """The embedding cache's key (also read back from an index manifest's settings by store.Generation):
+    torch keeps the bare model name, so existing caches stay valid."""
+    return model if backend == "torch" else f"{model}#{backend}:{quantization or precision}"
 
 
 def _cpu_quantization_config() -> str:

@@ -356,7 +356,8 @@ class MilvusStore:
     def check_where(self, where: str | None) -> None:
         pass  # Milvus parses it; search() turns a parse error into one sentence
 
-    def search(self, view: CollectionView, vectors, k: int, where: str | None = None, *, nprobe: int | None = None):
+    def search(self, view: CollectionView, vectors, k: int, where: str | None = None, *, nprobe: int | None = None,
+               rerank: int | None = None):  # nprobe, rerank: FAISS IVF-PQ knobs
         """Top-k (chunk row, score) per query vector, best first; `where` is a Milvus filter expression."""
         pymilvus = _pymilvus()
         if len(vectors) == 0:

@@ -121,11 +121,12 @@ class FolderStore:
             raise InputError("--where filters need a Milvus store (--store milvus-lite:PATH or milvus://...); the "
                              "FAISS folder keeps no filterable metadata index, so leave --where out here")
 
-    def search(self, gen, vectors, k: int, where: str | None = None, *,
-               nprobe: int | None = None) -> list[list[tuple[_store.ChunkRow, float]]]:
-        """Top-k (chunk row, score) per query vector, best first (nprobe: an IVF-PQ index's clusters scanned)."""
+    def search(self, gen, vectors, k: int, where: str | None = None, *, nprobe: int | None = None,
+               rerank: int | None = None) -> list[list[tuple[_store.ChunkRow, float]]]:
+        """Top-k (chunk row, score) per query vector, best first (an IVF-PQ index's nprobe and rerank:
+        store.Generation.search)."""
         self.check_where(where)
-        results = gen.search(vectors, k, nprobe=nprobe)
+        results = gen.search(vectors, k, nprobe=nprobe, rerank=rerank)
         rows = gen.chunks(sorted({i for r in results for i, _ in r}))
         return [[(rows[i], s) for i, s in r if i in rows] for r in results]
 

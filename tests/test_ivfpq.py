@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -32,26 +33,48 @@ def _chunks(rel: str, n: int, start: int = 0) -> list[store.NewChunk]:
     return [store.NewChunk(rel, f"{rel}#{i}", rel, i, 0, 1, 1, f"{rel}-{start + i}", f"text {i}") for i in range(n)]
 
 
+def _near_duplicates(n: int, seed: int = 0) -> np.ndarray:
+    """Mixtures of two of 60 base vectors (weights 0.3-0.7) plus a little noise, as bench_ivfpq.py makes
+    its 1M: dense near-duplicates, whose order PQ codes cannot tell apart."""
+    rng = np.random.default_rng(seed)
+    base = _vectors(60, seed=99)
+    i1, i2, w = rng.integers(0, 60, n), rng.integers(0, 60, n), rng.uniform(0.3, 0.7, (n, 1))
+    v = w * base[i1] + (1 - w) * base[i2] + rng.normal(0, 0.01, (n, DIM))
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype("float32")
+
+
+def _cache(index_dir: Path, chunks: list[store.NewChunk], vecs: np.ndarray) -> None:
+    """The embedding cache a real build leaves beside the index (model "m": the key of Settings("m"))."""
+    index_dir.mkdir(parents=True, exist_ok=True)
+    cache = store.EmbeddingCache(index_dir / "embcache.sqlite", "m", DIM)
+    cache.put_many([c.text_hash for c in chunks], vecs)
+    cache.close()
+
+
 def _build(index_dir: Path, vecs: np.ndarray, **kw) -> dict:
     files = [f"f{j:03d}.txt" for j in range(len(vecs) // PER_FILE)]
     chunks = [c for rel in files for c in _chunks(rel, PER_FILE)]
+    _cache(index_dir, chunks, vecs)
     return store.write_generation(index_dir, None, store.Settings("m", DIM, {}), remove_rels=[],
                                   file_records=[store.FileRecord(rel, 1, 1, rel, PER_FILE) for rel in files],
                                   new_chunks=chunks, new_vectors=vecs, ivfpq_threshold=1000, **kw)
 
 
-def _recall(gen, queries, truth, nprobe=None) -> float:
-    got = gen.search(queries, 10, nprobe=nprobe)
+def _recall(gen, queries, truth, nprobe=None, rerank=None) -> float:
+    got = gen.search(queries, 10, nprobe=nprobe, rerank=rerank)
     return float(np.mean([len(set(t) & {i for i, _ in g}) / 10 for t, g in zip(truth, got)]))
+
+
+def _shared_index(tmp_path_factory, vecs: np.ndarray) -> tuple[Path, np.ndarray]:
+    d = tmp_path_factory.mktemp("ivf") / "idx"
+    _build(d, vecs)
+    return d, vecs
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """(index folder, vectors): one IVF-PQ index shared by the read-only tests (copy it to change it)."""
-    d = tmp_path_factory.mktemp("ivf") / "idx"
-    vecs = _vectors(N)
-    _build(d, vecs)
-    return d, vecs
+    return _shared_index(tmp_path_factory, _vectors(N))
 
 
 def test_kind_is_chosen_by_size_with_hysteresis(built, tmp_path):
@@ -110,12 +133,97 @@ def test_exact_duplicate_query_returns_its_chunk(built):
     assert rows and next(iter(rows.values())).source.startswith("f0")
 
 
+@pytest.fixture(scope="module")
+def near(tmp_path_factory):
+    """(index folder, vectors) over near-duplicate vectors, the case PQ codes alone order badly."""
+    return _shared_index(tmp_path_factory, _near_duplicates(N))
+
+
+def test_rerank_raises_recall_over_pq_alone_on_near_duplicates(near):
+    import faiss
+
+    d, vecs = near
+    gen = store.open_generation(d)
+    queries = _near_duplicates(200, seed=5)                     # new vectors, not stored ones
+    _, exact = faiss.knn(queries, vecs, 10, faiss.METRIC_INNER_PRODUCT)
+    reranked = _recall(gen, queries, exact, nprobe=64)          # every list scanned: PQ order is the only loss
+    assert reranked >= 0.98, reranked
+    pq_alone = _recall(gen, queries, exact, nprobe=64, rerank=0)
+    assert pq_alone <= 0.9 and reranked - pq_alone >= 0.1, (pq_alone, reranked)
+    assert _recall(gen, queries, exact) >= 0.9                   # at the measured default nprobe too
+    # the scores returned are the exact inner products, not PQ's estimates
+    (hits,) = gen.search(queries[:1], 10, nprobe=64)
+    assert np.allclose([s for _, s in hits], vecs[[i for i, _ in hits]] @ queries[0], atol=1e-5)
+
+
+def test_rerank_over_every_vector_orders_exactly_as_exact_search(built):
+    import faiss
+
+    d, vecs = built
+    gen = store.open_generation(d)
+    queries = _vectors(50, seed=11)
+    scores, exact = faiss.knn(queries, vecs, 10, faiss.METRIC_INNER_PRODUCT)
+    got = gen.search(queries, 10, nprobe=64, rerank=N)          # the pool holds every stored vector
+    assert [[i for i, _ in row] for row in got] == exact.tolist()
+    assert np.allclose([[s for _, s in row] for row in got], scores, atol=1e-5)
+
+
+def test_manifest_recall_is_the_reranked_one_searches_see(near):
+    import faiss
+
+    d, vecs = near
+    gen = store.open_generation(d)
+    ivf = gen.manifest["ivfpq"]
+    assert ivf["rerank_pool"] == store.rerank_pool(10) == store.RERANK_POOL
+    recalls = {int(k): v for k, v in ivf["recall_at_10"].items()}
+    pq = {int(k): v for k, v in ivf["pq_recall_at_10"].items()}
+    assert ivf["nprobe"] == store.choose_nprobe(recalls)
+    assert recalls[64] - pq[64] >= 0.1, (recalls, pq)           # recorded: the re-ranked figure, not PQ's
+    queries = vecs[1::15][:200]                                 # other stored vectors than the build's sample
+    _, exact = faiss.knn(queries, vecs, 10, faiss.METRIC_INNER_PRODUCT)
+    for nprobe in (1, 4, 64):
+        assert abs(_recall(gen, queries, exact, nprobe) - recalls[nprobe]) < 0.05, nprobe
+        assert abs(_recall(gen, queries, exact, nprobe, rerank=0) - pq[nprobe]) < 0.05, nprobe
+
+
+def test_missing_cache_vectors_fall_back_to_pq_order_with_one_warning(built, tmp_path, capsys, monkeypatch):
+    import sqlite3
+
+    d = tmp_path / "idx"
+    shutil.copytree(built[0], d)
+    vecs = built[1]
+    monkeypatch.setattr(store, "_fallback_warned", threading.Lock())   # as in a fresh process
+    with sqlite3.connect(d / "embcache.sqlite") as db:           # f000.txt's vectors gone from the cache
+        db.execute("DELETE FROM vectors WHERE hash LIKE 'f000.txt-%'")
+    gen = store.open_generation(d)
+    own = vecs[:20]                                             # each one's pool holds itself: a missing vector
+    assert gen.search(own, 10, nprobe=64) == gen.search(own, 10, nprobe=64, rerank=0)
+    far = _vectors(20, seed=13)
+    far_pools = gen.search(far, store.RERANK_POOL, nprobe=64, rerank=0)
+    whole = [q for q, row in zip(far, far_pools) if all(i >= PER_FILE for i, _ in row)]
+    assert whole                                                # queries whose candidates all have vectors
+    exact_scores = [s for _, s in gen.search(np.stack(whole[:1]), 10, nprobe=64)[0]]
+    assert exact_scores == sorted(exact_scores, reverse=True)
+    assert np.allclose(exact_scores, np.sort(vecs[PER_FILE:] @ whole[0])[::-1][:10], atol=1e-5)
+    (d / "embcache.sqlite").unlink()                            # the whole cache gone: every query falls back
+    gen2 = store.open_generation(d)
+    pq_order = gen2.search(own, 10, rerank=0)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:                         # threads sharing the generation, as a Session's
+        assert all(r == pq_order for r in pool.map(lambda _: gen2.search(own, 10), range(8)))
+    assert not (d / "embcache.sqlite").exists()                 # a search never creates the cache
+    err = capsys.readouterr().err
+    assert err.count("ragkit: warning:") == 1 and "embedding cache" in err and "--rebuild" in err, err
+
+
 def _change_file(index_dir: Path, rel: str, new_vecs: np.ndarray, start: int, **kw) -> dict:
     old = store.open_generation(index_dir)
+    chunks = _chunks(rel, len(new_vecs), start)
+    _cache(index_dir, chunks, new_vecs)
     return store.write_generation(index_dir, old, store.Settings("m", DIM, {}), remove_rels=[rel],
                                   file_records=[store.FileRecord(rel, 2, 2, rel + "v2", len(new_vecs))],
-                                  new_chunks=_chunks(rel, len(new_vecs), start), new_vectors=new_vecs,
-                                  ivfpq_threshold=1000, **kw)
+                                  new_chunks=chunks, new_vectors=new_vecs, ivfpq_threshold=1000, **kw)
 
 
 def _centroids(gen) -> np.ndarray:
@@ -153,9 +261,13 @@ def test_growth_past_the_retrain_factor_retrains_from_the_embedding_cache(tmp_pa
     more = _vectors(3000, seed=2)
     cache = {f"f{j // PER_FILE:03d}.txt-{j % PER_FILE}": v for j, v in enumerate(first)}
     old = store.open_generation(d)
-    with pytest.raises(IndexError_, match="--rebuild"):   # no cache to read old vectors from
+    with pytest.raises(IndexError_, match="--rebuild") as failed:   # no cache to read old vectors from
         store.write_generation(d, old, store.Settings("m", DIM, {}), remove_rels=[], file_records=[],
                                new_chunks=_chunks("new.txt", 3000), new_vectors=more, ivfpq_threshold=1000)
+    # the failed build's chunk table is closed (rolled back) at once, though its frames are still
+    # referenced: left to the garbage collector, its rollback deleted the journal of the next build
+    # in the same temp folder mid-write ("disk I/O error")
+    assert failed.traceback and not list(d.glob("tmp-*/chunks.sqlite-journal"))
     m = store.write_generation(d, old, store.Settings("m", DIM, {}), remove_rels=[], file_records=[],
                                new_chunks=_chunks("new.txt", 3000), new_vectors=more, ivfpq_threshold=1000,
                                cache_vectors=lambda hashes: {h: cache[h] for h in hashes if h in cache})
@@ -233,11 +345,19 @@ def test_ragkit_index_prints_the_measured_recall_and_search_takes_nprobe(tmp_pat
     assert res.exit_code == 0, res.output + res.stderr
     assert "(0 embedded, 1200 from cache); ivfpq index g000001" in res.output
     assert "recall@10 " in res.output and "vs exact search at nprobe" in res.output
+    assert f"top {store.RERANK_POOL} re-ranked exactly" in res.output
     (docs / "more.jsonl").write_text(json.dumps({"id": "x", "text": "Volcanoes erupt lava."}) + "\n")
     res = runner.invoke(main, ["index", str(docs), "--json", "--nprobe", "8"])
     report = json.loads(res.output)
     assert report["index_type"] == "ivfpq" and report["nprobe"] == 8 and report["chunks_embedded"] == 1
     assert 0 < report["recall_at_10"] <= 1 and report["recall_measured_in"] == "g000001"
+    assert report["rerank_pool"] == store.RERANK_POOL
     res = runner.invoke(main, ["search", str(docs), "volcano lava", "--nprobe", "64", "--json", "-k", "1"])
     assert res.exit_code == 0 and json.loads(res.output)["hits"][0]["doc_id"].endswith("#x")
     assert runner.invoke(main, ["search", str(docs), "lava", "--nprobe", "0"]).exit_code == 2
+    res = runner.invoke(main, ["search", str(docs), "volcano lava", "--rerank", "0", "--json", "-k", "3"])
+    pq_hits = json.loads(res.output)["hits"]                  # PQ order and PQ's estimated scores
+    res = runner.invoke(main, ["search", str(docs), "volcano lava", "--rerank", "1200", "--json", "-k", "3"])
+    exact_hits = json.loads(res.output)["hits"]               # every chunk re-scored: exact cosine
+    assert exact_hits[0]["doc_id"].endswith("#x") and exact_hits[0]["score"] != pq_hits[0]["score"]
+    assert runner.invoke(main, ["search", str(docs), "lava", "--rerank", "-1"]).exit_code == 2

@@ -7,7 +7,8 @@ import sys
 import click
 
 from ragkit.cli.foundation import MODEL_OPTION
-from ragkit.cli.index import INDEX_DIR_OPTION, STORE_OPTION, WHERE_OPTION, embed_backend_option, nprobe_option
+from ragkit.cli.index import (INDEX_DIR_OPTION, STORE_OPTION, WHERE_OPTION, embed_backend_option, nprobe_option,
+                              rerank_option)
 from ragkit.cli.params import FRACTION, SECONDS, USD, Label
 from ragkit.costs import usd
 from ragkit.retrieve import DEFAULT_TOP_K
@@ -64,9 +65,10 @@ def _print_sources(sources, heading: str) -> None:
 @STORE_OPTION
 @WHERE_OPTION
 @nprobe_option
+@rerank_option
 def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k, order, schema, dry_run, as_json,
                 stream, timeout_s, max_retries, index_dir, log_question, no_ledger, task, max_cost, route_task, floor,
-                embed_backend, store, where, nprobe):
+                embed_backend, store, where, nprobe, rerank):
     """Answer QUESTION from the documents under PATH, citing them.
 
     The planner stuffs the whole documents when they fit the model's practical limit and
@@ -88,7 +90,7 @@ def ask_command(path, question, model, base_url, answer_tokens, strategy, top_k,
     session = Session(path, model=model, base_url=base_url, timeout_s=timeout_s, max_retries=max_retries,
                       index_dir=index_dir, ledger=not no_ledger, log_question=log_question, task=task,
                       progress=sys.stderr.isatty(), embed_backend=embed_backend, store=store, where=where,
-                      nprobe=nprobe)
+                      nprobe=nprobe, rerank=rerank)
     try:
         if dry_run:
             prepared = session.prepare(question, answer_tokens=answer_tokens, strategy=strategy, top_k=top_k,

@@ -31,6 +31,11 @@ nprobe_option = click.option(
     help="IVF-PQ indexes (very large corpora) only: clusters a query scans; more is slower and finds more "
          "(default: the one `ragkit index` measured to reach recall@10 0.95; on `index`, sets that default).")
 
+rerank_option = click.option(
+    "--rerank", type=click.IntRange(0), default=None, metavar="N",
+    help="IVF-PQ indexes only: re-score the top N approximate candidates exactly (default max(100, 10 x k); "
+         "0 keeps the approximate order: faster, lower recall).")
+
 embed_backend_option = click.option(
     "--embed-backend", type=click.Choice(BACKEND_KEYS, case_sensitive=False),
     default=None, help="How the embedding model runs (default onnx-int8, or $RAGKIT_EMBED_BACKEND; "
@@ -106,8 +111,10 @@ def index_cmd(path, index_dir, embed_model, embed_backend, store, include, exclu
 @STORE_OPTION
 @WHERE_OPTION
 @nprobe_option
+@rerank_option
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
-def search_cmd(path, query, k, queries, index_dir, embed_model, embed_backend, store, where, nprobe, as_json):
+def search_cmd(path, query, k, queries, index_dir, embed_model, embed_backend, store, where, nprobe, rerank,
+               as_json):
     """Search an indexed file or folder: the chunks most similar to QUERY, best first.
 
     \b
@@ -123,7 +130,7 @@ def search_cmd(path, query, k, queries, index_dir, embed_model, embed_backend, s
     if (query is None) == (queries is None):
         raise InputError("give either a QUERY or --queries FILE (one query per line)")
     corpus = Corpus.open(path, index_dir=index_dir, embed_model=embed_model, embed_backend=embed_backend,
-                         store=store, nprobe=nprobe)
+                         store=store, nprobe=nprobe, rerank=rerank)
     if queries is not None:
         lines = [line.strip() for line in queries if line.strip()]
         for start in range(0, len(lines), 256):  # batched: one model load, few model calls
