@@ -67,3 +67,34 @@ def time_packs(corpus, questions: list[str], *, warmup: int = 5, budget: int = 2
         wall.append((time.perf_counter() - t0) * 1000)
         cpu.append((time.process_time() - c0) * 1000)
     return wall, cpu
+
+
+def time_parts(corpus, questions: list[str], *, budget: int = 2000, model: str = "gpt-4o", k: int = 20):
+    """Where a warm question's time goes: ({"embed", "search", "pack"}: ms per question, query vectors).
+    embed: the corpus's own (its index's backend's) query embedder; search: FAISS alone; pack: pack_hits."""
+    import numpy as np
+
+    from ragkit import store
+    from ragkit.retrieve import pack_hits
+    from ragkit.tokens import counter_for
+
+    counter = counter_for(model)
+    gen = store.open_generation(corpus.index_dir)
+    parts, qvecs = {"embed": [], "search": [], "pack": []}, []
+    try:
+        for q in questions:
+            t0 = time.perf_counter()
+            v = corpus.embedder().encode([q])
+            t1 = time.perf_counter()
+            gen.search(v, k)
+            t2 = time.perf_counter()
+            hits = corpus.search(q, k)
+            t3 = time.perf_counter()
+            pack_hits(hits, budget, counter)
+            parts["pack"].append((time.perf_counter() - t3) * 1000)
+            parts["embed"].append((t1 - t0) * 1000)
+            parts["search"].append((t2 - t1) * 1000)
+            qvecs.append(v[0])
+    finally:
+        gen.close()
+    return parts, np.stack(qvecs)

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _synthetic import pct, synthetic_index, time_packs  # noqa: E402
+from _synthetic import pct, synthetic_index, time_packs, time_parts  # noqa: E402
 
 ENV = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 RAGKIT = [sys.executable, "-m", "ragkit.cli"]
@@ -114,12 +114,14 @@ def warm_large(corpus: str, index_dir: str, backend: str, size: int, questions: 
     c = Corpus.open(corpus, index_dir=big, embed_backend=backend)  # refuses an index of another backend
     try:
         kind = c.stats()["index_type"]
-        wall, _ = time_packs(c, [QUERY] + [q["question"] for q in questions], warmup=5)
+        asked = [QUERY] + [q["question"] for q in questions]
+        wall, _ = time_packs(c, asked, warmup=5)
+        parts, _ = time_parts(c, asked[5:])
     finally:
         c.close()
         shutil.rmtree(big, ignore_errors=True)
     return {"warm_big_p50": pct(wall, .5), "warm_big_p95": pct(wall, .95), "warm_big_build_s": build_s,
-            "warm_big_kind": kind, "warm_big_n": len(wall)}
+            "warm_big_kind": kind, "warm_big_n": len(wall), **{f"warm_big_{p}": pct(v, .5) for p, v in parts.items()}}
 
 
 def thread_matrix(backend: str, texts: list[str]) -> dict:
@@ -196,8 +198,10 @@ def main() -> None:
                    "warm_ms": warm_p50(corpus, idx, qs)}
         if args.warm_size:
             rows[b].update(warm_large(corpus, idx, b, args.warm_size, qs))
-        big = (f"; {args.warm_size}-chunk {rows[b]['warm_big_kind']} index built in {rows[b]['warm_big_build_s']:.0f} s"
-               if args.warm_size else "")
+        r = rows[b]
+        big = (f"; {args.warm_size}-chunk {r['warm_big_kind']} index built in {r['warm_big_build_s']:.0f} s; warm "
+               f"p50 parts: embed {r['warm_big_embed']:.1f} ms, FAISS search {r['warm_big_search']:.2f} ms, "
+               f"pack {r['warm_big_pack']:.2f} ms" if args.warm_size else "")
         print(f"  {b}: done (load {load()}{big})", flush=True)
 
     ref = rows.get("torch")

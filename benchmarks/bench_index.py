@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _synthetic import pct, synthetic_index, time_packs  # noqa: E402
+from _synthetic import pct, synthetic_index, time_packs, time_parts  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -150,11 +150,7 @@ def main() -> None:
     import faiss
     import numpy as np
 
-    from ragkit.retrieve import pack_hits
-    from ragkit.tokens import counter_for
-
     base = store.open_generation(Path(args.real_index)) if args.real_index else gen
-    counter = counter_for("gpt-4o")
     qs = random.Random(1).sample(questions, args.queries + 10)
     print("\n== query latency: embed + search + pack (k=20 hits packed into 2,000 gpt-4o tokens) ==")
     print(f"large indexes: {base.manifest['chunks']} real chunk vectors ({base.settings.get('embed_backend')}) "
@@ -165,34 +161,19 @@ def main() -> None:
         c = Corpus.open(corpus_dir, index_dir=d)
         g = store.open_generation(d)
         total, cpu = time_packs(c, qs, warmup=10)
-        # the parts, one question at a time, with the corpus's own (the index's backend's) query embedder
-        t_embed, t_search, t_pack, qvecs = [], [], [], []
-        for q in qs[10:]:
-            t0 = time.perf_counter()
-            v = c.embedder().encode([q])
-            t1 = time.perf_counter()
-            g.search(v, 20)
-            t2 = time.perf_counter()
-            hits = c.search(q, 20)
-            t3 = time.perf_counter()
-            pack_hits(hits, 2000, counter)
-            t_pack.append((time.perf_counter() - t3) * 1000)
-            t_embed.append((t1 - t0) * 1000)
-            t_search.append((t2 - t1) * 1000)
-            qvecs.append(v[0])
+        parts, qv = time_parts(c, qs[10:])
         recall = ""
         if g.kind == "hnsw":
             exact = faiss.IndexFlatIP(vecs.shape[1])
             exact.add(vecs)
-            qv = np.stack(qvecs)
             _, truth = exact.search(qv, 10)
             got = [[i for i, _ in row] for row in g.search(qv, 10)]
             r = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, got)])
             recall = f"; recall@10 vs exact {r:.3f}"
         print(f"{size:>7} chunks ({g.kind}, built in {build_s:.1f} s, {mb(du(d))} on disk): "
               f"p50 {pct(total, .5):.1f} ms, p95 {pct(total, .95):.1f} ms wall; CPU p50 {pct(cpu, .5):.1f} ms "
-              f"(embed p50 {pct(t_embed, .5):.1f} ms, FAISS search p50 {pct(t_search, .5):.2f} ms, "
-              f"pack p50 {pct(t_pack, .5):.2f} ms){recall}")
+              f"(embed p50 {pct(parts['embed'], .5):.1f} ms, FAISS search p50 {pct(parts['search'], .5):.2f} ms, "
+              f"pack p50 {pct(parts['pack'], .5):.2f} ms){recall}")
         c.close()
         g.close()
     print(f"\npeak RSS of this process: {peak_rss_mb():.0f} MB")
