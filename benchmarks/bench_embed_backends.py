@@ -3,6 +3,7 @@
     python benchmarks/bench_embed_backends.py                    # 600 NQ passages, 300 questions (seed 0)
     python benchmarks/bench_embed_backends.py --passages 0 --questions 0   # all 2,599 passages, 2,655 questions
     python benchmarks/bench_embed_backends.py --backends torch,onnx-int8 --thread-texts 0
+    python benchmarks/bench_embed_backends.py --backends torch,onnx-int8 --questions 100 --thread-texts 0 --warm-size 100000
 
 For each backend (torch fp32 is the reference every other figure is set against):
   1. `ragkit index` of the first --passages corpora/nq-wiki passages in a new process: chunks/s of the embedding step and the
@@ -13,7 +14,10 @@ For each backend (torch fp32 is the reference every other figure is set against)
      each a new process, median of --cold-runs;
   4. warm query p50 (Corpus.search in one process, model loaded);
   5. threads: encode --thread-texts chunk texts with 1 and 2 threads, quiet and with a busy-loop
-     process competing for a core.
+     process competing for a core;
+  6. --warm-size N: warm embed + search + pack p50/p95 (Corpus.pack, k=20 into 2,000 gpt-4o tokens, model
+     loaded, after 5 warm-up questions) on a synthetic N-chunk index in the backend's own vector space:
+     its real chunk vectors from 1. plus mixtures of two of them (benchmarks/_synthetic.py, as bench_index.py).
 The load average is printed before and after: the machine is shared, so every figure is relative.
 """
 from __future__ import annotations
@@ -22,6 +26,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,6 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _synthetic import pct, synthetic_index, time_packs, time_parts  # noqa: E402
+
 ENV = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 RAGKIT = [sys.executable, "-m", "ragkit.cli"]
 QUERY = "who wrote the book the origin of species"
@@ -91,6 +99,31 @@ def warm_p50(corpus: str, index_dir: str, questions: list[dict]) -> float:
     return statistics.median(times) * 1000
 
 
+def warm_large(corpus: str, index_dir: str, backend: str, size: int, questions: list[dict]) -> dict:
+    """Warm Corpus.pack p50/p95 ms on a `size`-chunk synthetic index seeded with this backend's real chunk
+    vectors (the index at index_dir), queries embedded by the same backend; the large index is deleted after."""
+    from ragkit import store
+    from ragkit.corpus import Corpus
+
+    big = Path(f"{index_dir}-warm{size}")
+    base = store.open_generation(Path(index_dir))
+    try:
+        build_s, _ = synthetic_index(big, base, size)
+    finally:
+        base.close()
+    c = Corpus.open(corpus, index_dir=big, embed_backend=backend)  # refuses an index of another backend
+    try:
+        kind = c.stats()["index_type"]
+        asked = [QUERY] + [q["question"] for q in questions]
+        wall, _ = time_packs(c, asked, warmup=5)
+        parts, _ = time_parts(c, asked[5:])
+    finally:
+        c.close()
+        shutil.rmtree(big, ignore_errors=True)
+    return {"warm_big_p50": pct(wall, .5), "warm_big_p95": pct(wall, .95), "warm_big_build_s": build_s,
+            "warm_big_kind": kind, "warm_big_n": len(wall), **{f"warm_big_{p}": pct(v, .5) for p, v in parts.items()}}
+
+
 def thread_matrix(backend: str, texts: list[str]) -> dict:
     """chunks/s with 1 and 2 threads, quiet and against a busy-loop process."""
     from ragkit.embed import Embedder, OnnxEmbedder
@@ -122,6 +155,9 @@ def main() -> None:
     ap.add_argument("--thread-texts", type=int, default=200, help="chunk texts per thread measurement; 0 = skip")
     ap.add_argument("--passages", type=int, default=600,
                     help="index the first N NQ passages (0 = all 2,599); questions whose gold passage is among them")
+    ap.add_argument("--warm-size", type=int, default=0,
+                    help="also time warm embed + search + pack on a synthetic index of N chunks per backend "
+                         "(e.g. 100000; 0 = off)")
     ap.add_argument("--work", default=None, help="folder for the indexes (default: a temp folder)")
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-embed-"))
@@ -160,7 +196,13 @@ def main() -> None:
                    "cold_ask": cold(["ask", corpus, QUERY, "--dry-run", "--strategy", "retrieve", "--no-ledger",
                                      "--index-dir", idx], args.cold_runs),
                    "warm_ms": warm_p50(corpus, idx, qs)}
-        print(f"  {b}: done (load {load()})", flush=True)
+        if args.warm_size:
+            rows[b].update(warm_large(corpus, idx, b, args.warm_size, qs))
+        r = rows[b]
+        big = (f"; {args.warm_size}-chunk {r['warm_big_kind']} index built in {r['warm_big_build_s']:.0f} s; warm "
+               f"p50 parts: embed {r['warm_big_embed']:.1f} ms, FAISS search {r['warm_big_search']:.2f} ms, "
+               f"pack {r['warm_big_pack']:.2f} ms" if args.warm_size else "")
+        print(f"  {b}: done (load {load()}{big})", flush=True)
 
     ref = rows.get("torch")
 
@@ -171,15 +213,23 @@ def main() -> None:
         rel = f"{v / ref[key]:.2f}x" if ratio else f"{(v - ref[key]) * 100:+.1f} pt"
         return fmt.format(v) + f" ({rel})"
 
+    size = f"{args.warm_size // 1000}K" if args.warm_size % 1000 == 0 else str(args.warm_size)
     print(f"\nindex of the first {len(lines)} corpora/nq-wiki passages ({next(iter(rows.values()))['chunks'] if rows else 0} chunks), "
           f"recall over {len(qs)} questions (seed 0); (x) = relative to torch")
+    if args.warm_size and rows:
+        print(f"warm {size}: Corpus.pack (embed + search + pack, k=20 into 2,000 gpt-4o tokens) on a synthetic "
+              f"{args.warm_size}-chunk index per backend, over {next(iter(rows.values()))['warm_big_n']} questions "
+              f"after 5 warm-up ones")
     head = f"{'backend':10} {'chunks/s':>16} {'peak RSS MB':>16} {'recall@5':>16} {'cold search s':>16} " \
            f"{'cold ask s':>16} {'warm p50 ms':>16}"
+    if args.warm_size:
+        head += f" {f'warm {size} p50 ms':>18} {f'warm {size} p95 ms':>18}"
     print(head)
     for b in rows:
         print(f"{b:10} {vs(b, 'chunks_per_s', '{:.1f}'):>16} {vs(b, 'rss', '{:.0f}'):>16} "
               f"{vs(b, 'recall', '{:.3f}', ratio=False):>16} {vs(b, 'cold_search', '{:.2f}'):>16} "
-              f"{vs(b, 'cold_ask', '{:.2f}'):>16} {vs(b, 'warm_ms', '{:.1f}'):>16}")
+              f"{vs(b, 'cold_ask', '{:.2f}'):>16} {vs(b, 'warm_ms', '{:.1f}'):>16}"
+              + (f" {vs(b, 'warm_big_p50', '{:.1f}'):>18} {vs(b, 'warm_big_p95', '{:.1f}'):>18}" if args.warm_size else ""))
 
     if args.thread_texts:
         texts = [json.loads(line)["text"] for line in lines][:args.thread_texts]

@@ -4,13 +4,15 @@
     python benchmarks/bench_index.py --passages 2599 --sizes 10000,100000
 
 In one run, on the same chunks:
-  1. raw SentenceTransformer.encode throughput on ragkit's chunk texts (run before and after 2.);
+  1. raw encode throughput of the default backend's embedder on ragkit's chunk texts (run before and after 2.):
+     SentenceTransformer.encode for torch/openvino, ONNX Runtime + tokenizers (OnnxEmbedder.encode) for onnx;
   2. ragkit index throughput (Corpus.index() in process, model already loaded: pipeline overhead only),
      and the `ragkit index` CLI cold (new process: imports + model load + build);
   3. re-index of the unchanged corpus as a fraction of the cold build (in process and CLI);
   4. query latency p50/p95 of embed + search + pack (Corpus.pack, gpt-4o tokens) at each size.
      Embedding 100K chunks takes hours on 2 cores, so the large indexes hold the real chunk vectors
-     plus mixtures of two real vectors (+ small noise, re-normalised), real chunk texts, real questions;
+     plus mixtures of two real vectors (+ small noise, re-normalised), real chunk texts, real questions
+     (benchmarks/_synthetic.py; bench_embed_backends.py --warm-size does the same per backend);
   5. index size on disk and peak RSS.
 """
 from __future__ import annotations
@@ -30,6 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _synthetic import pct, synthetic_index, time_packs, time_parts  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -44,11 +48,6 @@ def mb(n: float) -> str:
 
 def peak_rss_mb(who=resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # KB on Linux
-
-
-def pct(values, q):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
 def main() -> None:
@@ -84,17 +83,25 @@ def main() -> None:
     chunks = Chunker(load_piece_tokenizer()).split_many(load_documents(corpus_dir))
     texts = [c.embed_text for c in chunks]
     pieces = sum(c.tokens for c in chunks)
-    print(f"machine: {os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f}; torch threads {emb.threads}; "
-          f"batch {emb.batch_size}")
+    print(f"machine: {os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f}; embedding backend "
+          f"{emb.backend.key}, threads {emb.threads}; batch {emb.batch_size}")
     print(f"corpus: {len(rows)} NQ passages in 20 JSONL files -> {len(chunks)} chunks, {pieces} word pieces "
           f"(mean {pieces / len(chunks):.0f}/chunk)")
     emb.encode(texts[:64])  # warm-up
 
+    # The embedder alone, without ragkit's pipeline: an OnnxEmbedder has no SentenceTransformer underneath,
+    # its encode is already the bare ONNX Runtime + tokenizers call.
+    model = getattr(emb, "model", None)
+    raw_name = "SentenceTransformer.encode" if model is not None else "OnnxEmbedder.encode"
+
     def raw_encode() -> tuple[float, float]:
         """(wall s, CPU s) of one plain encode of the same texts."""
         w, c = time.perf_counter(), time.process_time()
-        emb.model.encode(texts, batch_size=emb.batch_size, normalize_embeddings=True, convert_to_numpy=True,
+        if model is not None:
+            model.encode(texts, batch_size=emb.batch_size, normalize_embeddings=True, convert_to_numpy=True,
                          show_progress_bar=False)
+        else:
+            emb.encode(texts)
         return time.perf_counter() - w, time.process_time() - c
 
     # Interleaved rounds, best of each: on a shared machine one run of each can differ by 20% from load alone.
@@ -111,7 +118,7 @@ def main() -> None:
     our_w, our_c = min(x[0] for x in ours), min(x[1] for x in ours)
     n = len(texts)
     print("\n== indexing (same chunks) ==")
-    print("raw SentenceTransformer.encode, wall s per run: " + ", ".join(f"{x[0]:.1f}" for x in raws)
+    print(f"raw {raw_name} ({emb.backend.key}), wall s per run: " + ", ".join(f"{x[0]:.1f}" for x in raws)
           + f"; best {n / raw_w:.1f} chunks/s ({n / raw_c:.1f} per CPU-s)")
     print("ragkit index (in process: walk, hash, load, chunk, embed, FAISS, SQLite, atomic write), wall s per run: "
           + ", ".join(f"{x[0]:.1f}" for x in ours) + f"; best {n / our_w:.1f} chunks/s ({n / our_c:.1f} per CPU-s)")
@@ -143,74 +150,30 @@ def main() -> None:
     import faiss
     import numpy as np
 
-    if args.real_index:
-        gen = store.open_generation(Path(args.real_index))
-    ids, base_vecs = store._index_vectors(gen.index)
-    base_rows = gen.chunks([int(i) for i in ids])
-    base = [base_rows[int(i)] for i in ids]
-    settings = store.Settings(**{k: gen.settings[k] for k in ("embed_model", "dim", "chunker", "text_field")})
-    rng = np.random.default_rng(0)
+    base = store.open_generation(Path(args.real_index)) if args.real_index else gen
     qs = random.Random(1).sample(questions, args.queries + 10)
     print("\n== query latency: embed + search + pack (k=20 hits packed into 2,000 gpt-4o tokens) ==")
-    print(f"large indexes: {len(base_vecs)} real chunk vectors + mixtures of two of them (see docstring)")
+    print(f"large indexes: {base.manifest['chunks']} real chunk vectors ({base.settings.get('embed_backend')}) "
+          f"+ mixtures of two of them (see docstring)")
     for size in [int(s) for s in args.sizes.split(",") if s]:
         d = work / f"idx-{size}"
-        # extra vectors: mixtures of two real chunk vectors plus a little noise, re-normalised -- they
-        # stay on the low-dimensional manifold real embeddings occupy (isotropic noise would not)
-        n_extra = max(0, size - len(base_vecs))
-        i1, i2 = rng.integers(0, len(base_vecs), n_extra), rng.integers(0, len(base_vecs), n_extra)
-        w = rng.uniform(0.3, 0.7, (n_extra, 1)).astype("float32")
-        extra = w * base_vecs[i1] + (1 - w) * base_vecs[i2] + rng.normal(0, 0.01, (n_extra, base_vecs.shape[1]))
-        vecs = np.concatenate([base_vecs, extra.astype("float32")])[:size]
-        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-        new_chunks = [store.NewChunk(f"part{i % 20:02d}.jsonl", f"syn#{i}", f"part{i % 20:02d}.jsonl",
-                                     0, b.start_char, b.end_char, b.tokens, f"h{i}", b.text, b.title)
-                      for i, b in ((i, base[i % len(base)]) for i in range(size))]
-        faiss.omp_set_num_threads(os.cpu_count() or 1)
-        t = time.perf_counter()
-        store.write_generation(d, None, settings, remove_rels=[], file_records=[], new_chunks=new_chunks,
-                               new_vectors=vecs)
-        build_s = time.perf_counter() - t
+        build_s, vecs = synthetic_index(d, base, size)
         c = Corpus.open(corpus_dir, index_dir=d)
         g = store.open_generation(d)
-        for q in qs[:10]:
-            c.pack(q, 2000, "gpt-4o", k=20)
-        total, cpu, t_embed, t_search, t_pack = [], [], [], [], []
-        from ragkit.retrieve import pack_hits
-        from ragkit.tokens import counter_for
-
-        counter = counter_for("gpt-4o")
-        qvecs = []
-        for q in qs[10:]:
-            t0, c0 = time.perf_counter(), time.process_time()
-            c.pack(q, 2000, "gpt-4o", k=20)
-            total.append((time.perf_counter() - t0) * 1000)
-            cpu.append((time.process_time() - c0) * 1000)
-            t0 = time.perf_counter()
-            v = emb.encode([q])
-            t1 = time.perf_counter()
-            g.search(v, 20)
-            t2 = time.perf_counter()
-            hits = c.search(q, 20)
-            t3 = time.perf_counter()
-            pack_hits(hits, 2000, counter)
-            t_pack.append((time.perf_counter() - t3) * 1000)
-            t_embed.append((t1 - t0) * 1000)
-            t_search.append((t2 - t1) * 1000)
-            qvecs.append(v[0])
+        total, cpu = time_packs(c, qs, warmup=10)
+        parts, qv = time_parts(c, qs[10:])
         recall = ""
         if g.kind == "hnsw":
             exact = faiss.IndexFlatIP(vecs.shape[1])
             exact.add(vecs)
-            qv = np.stack(qvecs)
             _, truth = exact.search(qv, 10)
             got = [[i for i, _ in row] for row in g.search(qv, 10)]
             r = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, got)])
             recall = f"; recall@10 vs exact {r:.3f}"
         print(f"{size:>7} chunks ({g.kind}, built in {build_s:.1f} s, {mb(du(d))} on disk): "
               f"p50 {pct(total, .5):.1f} ms, p95 {pct(total, .95):.1f} ms wall; CPU p50 {pct(cpu, .5):.1f} ms "
-              f"(embed p50 {pct(t_embed, .5):.1f} ms, FAISS search p50 {pct(t_search, .5):.2f} ms, "
-              f"pack p50 {pct(t_pack, .5):.2f} ms){recall}")
+              f"(embed p50 {pct(parts['embed'], .5):.1f} ms, FAISS search p50 {pct(parts['search'], .5):.2f} ms, "
+              f"pack p50 {pct(parts['pack'], .5):.2f} ms){recall}")
         c.close()
         g.close()
     print(f"\npeak RSS of this process: {peak_rss_mb():.0f} MB")
