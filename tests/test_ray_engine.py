@@ -45,6 +45,16 @@ def _snapshot(index_dir: Path) -> dict:
     return out
 
 
+def _assert_same_index(local, local_dir: Path, report, ray_dir: Path) -> None:
+    """The Ray build (`report`, `ray_dir`) has the local build's chunk ids, rows and vectors (atol 1e-5)."""
+    assert report.chunks_total == local.chunks_total > 20 and report.chunks_embedded == local.chunks_embedded
+    a, b = _snapshot(local_dir), _snapshot(ray_dir)
+    assert sorted(a) == sorted(b)
+    for i in a:
+        assert a[i][0] == b[i][0]
+        np.testing.assert_allclose(a[i][1], b[i][1], atol=1e-5)
+
+
 class CountingEngine(RayEngine):
     """The real engine, remembering which texts it sent to the embedding actors."""
 
@@ -120,17 +130,13 @@ def test_an_unreachable_ray_address_is_one_line_in_seconds(tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_engine_gives_the_local_paths_chunks_and_vectors(ray_instance, tmp_path):
+def test_ray_engine_gives_the_local_paths_chunks_and_vectors(ray_instance, tmp_path, capsys):
     corpus = _make_corpus(tmp_path / "docs")
     local = _index(corpus, tmp_path / "local")
     engine = CountingEngine(batch_size=8)
     report = _index(corpus, tmp_path / "ray", engine)
-    assert report.chunks_total == local.chunks_total > 20 and report.chunks_embedded == local.chunks_embedded
-    a, b = _snapshot(tmp_path / "local"), _snapshot(tmp_path / "ray")
-    assert sorted(a) == sorted(b)
-    for i in a:
-        assert a[i][0] == b[i][0]
-        np.testing.assert_allclose(a[i][1], b[i][1], atol=1e-5)
+    assert "warning" not in capsys.readouterr().err   # CPU actors: no GPU fallback note (tests/test_embed_device.py)
+    _assert_same_index(local, tmp_path / "local", report, tmp_path / "ray")
     assert len(engine.sent) == len(set(engine.sent)) == report.chunks_embedded
 
 
