@@ -110,6 +110,8 @@ def build(args) -> None:
     """Child process: build one index folder with ragkit's store and print its figures as JSON."""
     from ragkit import store
 
+    with open("/proc/self/oom_score_adj", "w") as f:  # a shared machine: out of RAM, the kernel kills this first
+        f.write("1000")
     if args.store:
         return build_milvus(args)
     vecs, _ = vectors(Path(args.real_index), args.size)
@@ -141,14 +143,14 @@ def build_milvus(args) -> None:
     chunks = bench_chunks(args.size)
     rss0 = vm_hwm_mb()
     reset_peak_rss()
-    db, t0 = Path(stores.parse_store(args.store).uri), time.perf_counter()
+    db, t0, phase = Path(stores.parse_store(args.store).uri), time.perf_counter(), ["write"]
 
     def progress():
         while True:
             time.sleep(30)
-            print(f"progress: {time.perf_counter() - t0:.0f} s into the write, {chunks.handed:,} of {len(chunks):,} rows handed to "
-                  f"Milvus, RSS {vm_rss_mb():.0f} MB (peak {vm_hwm_mb():.0f}), .db {du(db) / 1e6:.0f} MB",
-                  file=sys.stderr, flush=True)
+            print(f"progress: {time.perf_counter() - t0:.0f} s in, at the {phase[0]}; {chunks.handed:,} of "
+                  f"{len(chunks):,} rows handed to Milvus, RSS {vm_rss_mb():.0f} MB (peak {vm_hwm_mb():.0f}), "
+                  f".db {du(db) / 1e6:.0f} MB", file=sys.stderr, flush=True)
 
     threading.Thread(target=progress, daemon=True).start()
     ms = stores.open_store(args.store, Path(args.out), Path(args.out))
@@ -158,10 +160,10 @@ def build_milvus(args) -> None:
                  new_chunks=chunks, new_vectors=vecs)
     write_s = time.perf_counter() - t
     del vecs
-    t = time.perf_counter()
+    t, phase[0] = time.perf_counter(), "close"
     ms.close()  # frees the .db: Milvus Lite drains its background compaction and index builds first
     close_s = time.perf_counter() - t
-    t = time.perf_counter()
+    t, phase[0] = time.perf_counter(), "reopen and load"
     ms = stores.open_store(args.store, Path(args.out), Path(args.out))
     view = ms.open_current()
     load_s = time.perf_counter() - t
@@ -210,7 +212,8 @@ def run_child(args, size: int, out: Path, extra: list[str], timeout: float | Non
         res = subprocess.run(cmd + extra, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:  # run() kills the child and keeps what it printed
         err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
-        return None, f"stopped after {timeout:.0f} s (--milvus-timeout, the child from its start); last progress: {last_progress(err)}"
+        return None, (f"stopped after {timeout:.0f} s (--milvus-timeout, the child from its start); last progress: "
+                      f"{last_progress(err)}")
     if res.returncode:
         return None, (f"exit {res.returncode}" + (" (killed by a signal: out of memory?)" if res.returncode < 0 else "")
                       + f"; last progress: {last_progress(res.stderr)}; stderr tail: {res.stderr[-1500:]}")
@@ -227,7 +230,8 @@ def measure_milvus(args, qv, truth_of, work: Path, summary: list) -> None:
     of --size, then --milvus-fallback that holds is measured."""
     from ragkit import stores
 
-    for size in dict.fromkeys([args.size] + [int(x) for x in args.milvus_fallback.split(",") if x and int(x) < args.size]):
+    sizes = [args.size] + [int(x) for x in args.milvus_fallback.split(",") if x and int(x) < args.size]
+    for size in dict.fromkeys(sizes):
         url = f"milvus-lite:{work / f'milvus-{size}.db'}"
         t = time.perf_counter()
         fig, failed = run_child(args, size, work / f"milvus-{size}-state", ["--store", url], args.milvus_timeout)
