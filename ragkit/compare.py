@@ -420,6 +420,8 @@ def run_compare(corpus: Path | str, golden: Path | str, models: Sequence[str], o
                          "corpus": str(corpus), "golden": str(golden), "golden_sha256": golden_sha,
                          "questions": len(questions), "sample": sample, "models": models,
                          "strategies": list(strategies), "tasks_per_day": tasks_per_day, "task": task_label,
+                         # each model as this run saw it: an override (practical limit, prices) changes the answers
+                         "model_specs": {m: get_model(m).to_dict() for m in models},
                          "judge": {"model": judge_id, "system": JUDGE_SYSTEM,
                                    "prompt": judge_prompt("QUESTION", ["REFERENCE"], "ANSWER")} if judge_id else None,
                          **({"schema": structured.schema} if structured is not None else {})})

@@ -59,7 +59,12 @@ def test_compare_recovers_known_accuracies_costs_and_the_switching_verdicts(worl
     assert summary["pareto"] == ["small", "close", "twin"]
     for name in ("report.md", "summary.json", "results.jsonl", "run.json", "cost_accuracy.png", "latency.png"):
         assert (out / name).is_file(), name
-    assert "not decisive at n=40" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "not decisive at n=40" in report
+    # the models as this run saw them (an override of the limit or prices changes the answers and costs)
+    big = get_model("big")
+    assert json.loads((out / "run.json").read_text())["model_specs"]["big"] == big.to_dict()
+    assert f"| big | {big.practical_limit_tokens:,} | {big.max_output_tokens:,} | " in report
     # every call reached the ledger under task "compare", once
     assert {e.task for e in Ledger().entries()} == {"compare"} and len(Ledger().entries()) == 160 == len(srv.requests)
 

@@ -211,8 +211,21 @@ def summarize(meta: dict, records: Sequence[EvalRecord], tasks_per_day: int | No
             "groups": [g.to_dict() for g in groups], "verdicts": [v.to_dict() for v in verdicts],
             "pareto": pareto([g for g in groups if g.accuracy is not None]),
             "judge": meta.get("judge"),   # None: deterministic scoring
+            "model_specs": meta.get("model_specs"),   # None: a run from before they were recorded
             "judge_calls": sum(1 for r in records if r.ok and (r.metrics or {}).get("judge_cached") is False),
             "judge_cost_usd": round(sum((r.metrics or {}).get("judge_cost_usd") or 0.0 for r in records), 6)}
+
+
+def _models_as_run(specs: dict | None) -> list[str]:
+    """Each model's limits and prices as the run saw them (overrides included), when run.json kept them."""
+    if not specs:
+        return []
+    lines = ["", "Models as configured for this run (the plan packs each prompt into the practical limit):", "",
+             "| model | practical limit | max answer tokens | $ in / out per 1M | limit source |", "|---|---|---|---|---|"]
+    for model, s in specs.items():
+        lines.append(f"| {model} | {s['practical_limit_tokens']:,} | {s['max_output_tokens']:,} | "
+                     f"{s['input_usd_per_mtok']:g} / {s['output_usd_per_mtok']:g} | {s['limit_source']} |")
+    return lines
 
 
 def pareto(groups: Sequence[Group]) -> list[str]:
@@ -253,6 +266,7 @@ def render_markdown(summary: dict) -> str:
                      f"{usd(g['cost_per_task_usd'])} | {tokens} | {_s(g['latency_p50_s'])}/{_s(g['latency_p95_s'])} | "
                      f"{_s(g['ttft_p50_s'])}/{_s(g['ttft_p95_s'])} | {usd(g['cost_per_day_usd'])} | "
                      f"{usd(g['cost_per_month_usd'])} |")
+    lines += _models_as_run(summary.get("model_specs"))
     structured = [g for g in summary["groups"] if g.get("schema_valid_first") is not None]
     if structured:
         lines += ["", "Structured answers (--schema; accuracy above is over the object's text, 0 when it never "
