@@ -72,3 +72,44 @@ def test_render_report_from_a_log(tmp_path):
     assert data["limit"]["length"] == 2000 and data["limit"]["floor_rule"] == "absolute (--floor)"
     md = (tmp_path / "report.md").read_text()
     assert "| 1K | 100% (72–100) n=10 |" in md and "| 2K | 50% (24–76) n=10 |" in md
+
+
+def qa_records(scores: dict) -> list[EvalRecord]:
+    """scores: {(length, position): [score per question]} -> stuffed QA records (gold placed by position)."""
+    return [EvalRecord.from_dict({"call_id": f"stuff/L{L}/D{D}/S{i}", "task": "qa", "model": "gpt-4o-mini",
+                                  "length": L, "length_unit": "docs", "depth": D, "depth_unit": "position",
+                                  "strategy": "stuff", "sample": i, "status": "ok", "score": s,
+                                  "input_tokens": 100, "cost_usd": 0.0, "latency_s": 0.1, "prediction": "x"})
+            for (L, D), ss in scores.items() for i, s in enumerate(ss)]
+
+
+def test_edges_vs_middle_pairs_each_question_and_says_when_the_middle_is_lost():
+    from ragkit.evals.report import edges_vs_middle
+
+    # 20 questions at 10 documents: answered at positions 0 and 9 by the first 10, never at 4;
+    # position 9 is the last document, so it counts as an edge
+    lost = qa_records({(10, 0): [1.0] * 10 + [0.0] * 10, (10, 4): [0.0] * 20, (10, 9): [1.0] * 10 + [0.0] * 10})
+    lines = edges_vs_middle(lost)
+    row = next(line for line in lines if line.startswith("| stuff | 10 docs"))
+    assert "| 50% (n=40) | 0% (n=20) | +50.0 pp [+" in row and row.endswith("| 20 |")
+    low = float(row.split("[")[1].split(",")[0])
+    assert low > 0  # the interval excludes 0: a dip
+    flat = qa_records({(10, 0): [1.0, 0.0] * 10, (10, 4): [1.0, 0.0] * 10, (10, 9): [1.0, 0.0] * 10})
+    assert "| +0.0 pp [+0.0, +0.0] | 20 |" in next(line for line in edges_vs_middle(flat) if "10 docs" in line)
+    # needle depths are percent of a haystack, not documents: no such table
+    assert edges_vs_middle(records({1000: 1.0})) == []
+
+
+def test_the_report_tests_the_middle_only_where_the_gold_was_read_where_it_was_placed(tmp_path):
+    from ragkit.evals.records import RecordLog
+
+    lost = qa_records({(10, 0): [1.0] * 10 + [0.0] * 10, (10, 4): [0.0] * 20, (10, 9): [1.0] * 10 + [0.0] * 10})
+    for order, shown in (("document", True), ("edges", False)):
+        out = tmp_path / order
+        out.mkdir()
+        (out / "run.json").write_text(json.dumps({"format": "ragkit-eval/1", "grid": {"stuff_order": order}}))
+        log = RecordLog(out)
+        for r in lost:
+            log.append(r)
+        render_report(out, plots=False)
+        assert ("## Edges vs middle" in (out / "report.md").read_text()) is shown, order

@@ -15,11 +15,9 @@ from typing import Sequence
 from ragkit.costs import DAYS_PER_MONTH, usd
 from ragkit.errors import InputError
 from ragkit.evals.records import EvalRecord, atomic_write, latest_by_call, read, read_meta, results_path
-from ragkit.evals.report import wilson
+from ragkit.evals.report import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, paired_bootstrap, wilson  # noqa: F401 (re-exported)
 
 SWITCH_POINTS = 5.0          # the article: within 5 percentage points, switching is worth it
-BOOTSTRAP_RESAMPLES = 2000
-BOOTSTRAP_SEED = 0
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -107,15 +105,6 @@ def _structured(metrics: Sequence[dict]) -> dict:
 
 
 # ---------------------------------------------------------------- the paired verdict
-
-def paired_bootstrap(diffs: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
-                     seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
-    """95% percentile interval of the mean of per-question differences, resampling questions (fixed seed)."""
-    n = len(diffs)
-    rng = random.Random(seed)
-    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
-    return means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
-
 
 @dataclass(frozen=True)
 class Verdict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -14,6 +15,8 @@ from ragkit.evals.records import EvalRecord, latest_by_call, plural, read, read_
 
 Z95 = 1.96
 RELATIVE_FLOOR = 0.9  # default floor: 90% of the accuracy at the shortest length
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,15 @@ def wilson(successes: float, n: int) -> tuple[float, float]:
     centre = (p + Z95 ** 2 / (2 * n)) / denom
     half = Z95 * math.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n * n)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def paired_bootstrap(diffs: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
+                     seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """95% percentile interval of the mean of per-question differences, resampling questions (fixed seed)."""
+    n = len(diffs)
+    rng = random.Random(seed)
+    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    return means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
 
 
 def cell(records: Sequence[EvalRecord]) -> Cell:
@@ -189,6 +201,38 @@ def markdown_tables(records: Sequence[EvalRecord]) -> str:
         lines.append("| all lengths | " + " | ".join(_pct(s["by_depth"][D]) for D in depths)
                      + f" | {_pct(s['overall'])} |\n")
     return "\n".join(lines)
+
+
+def edges_vs_middle(records: Sequence[EvalRecord]) -> list[str]:
+    """Lost in the middle, tested (gold placed by document position, stuffed in that order): per length, the gold in
+    the first or last document against the positions between, paired by question (each question's mean
+    at the edges minus its mean in the middle), with a 95% bootstrap interval over questions."""
+    if not records or records[0].depth_unit != "position":
+        return []
+    rows = []
+    for strategy in sorted({r.strategy for r in records}):
+        for L in sorted({r.length for r in records if r.strategy == strategy}):
+            by_q: dict[int, dict[bool, list[float]]] = {}
+            for r in records:
+                if r.strategy == strategy and r.length == L and r.ok:
+                    by_q.setdefault(r.sample, {True: [], False: []})[int(r.depth) in (0, L - 1)].append(r.score)
+            pairs = [q for q in by_q.values() if q[True] and q[False]]
+            if not pairs:
+                continue
+            edge, middle = ([s for q in pairs for s in q[side]] for side in (True, False))
+            diffs = [sum(q[True]) / len(q[True]) - sum(q[False]) / len(q[False]) for q in pairs]
+            diff, (lo, hi) = sum(diffs) / len(diffs), paired_bootstrap(diffs)
+            rows.append(f"| {strategy} | {_fmt_len(L, records[0].length_unit)} | {100 * sum(edge) / len(edge):.0f}% "
+                        f"(n={len(edge)}) | {100 * sum(middle) / len(middle):.0f}% (n={len(middle)}) | "
+                        f"{100 * diff:+.1f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}] | {len(pairs)} |")
+    if not rows:
+        return []
+    return ["## Edges vs middle", "",
+            "The gold in the first or last document against the positions between, per question (its mean at the "
+            f"edges minus its mean in the middle), 95% paired bootstrap over questions ({BOOTSTRAP_RESAMPLES:,} "
+            f"resamples, seed {BOOTSTRAP_SEED}). A lost-in-the-middle dip shows where the interval excludes 0.", "",
+            "| strategy | length | gold at an edge | gold in the middle | edges − middle (95% CI) | questions |",
+            "|---|---|---|---|---|---|", *rows, ""]
 
 
 def plot_heatmap(records: Sequence[EvalRecord], strategy: str, path: Path) -> None:
@@ -328,7 +372,9 @@ def render_report(out_dir: Path | str, *, floor: float | None = None, plots: boo
         lines.append(f"Retrieve overtakes stuff at **{_fmt_len(limit.retrieve_overtakes_at, lu)}**."
                      if limit.retrieve_overtakes_at is not None else
                      "Retrieve does not overtake stuff at any tested length.")
-    lines += ["", "## Accuracy", "", markdown_tables(records)]
+    # only where the placement is where the model read the gold: stuffed in file order
+    placed = [r for r in records if r.strategy == "stuff"] if grid.get("stuff_order") != "edges" else []
+    lines += ["", "## Accuracy", "", markdown_tables(records)] + edges_vs_middle(placed)
     if images:
         lines += ["## Plots", ""] + [f"![{name}]({name})" for name in images] + [""]
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
