@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ragkit.cli.foundation import BASE_URL_OPTION, NO_PROGRESS_OPTION, RESPONSE_CACHE_OPTION
 from ragkit.cli.params import COUNT, USD, Label
 from ragkit.errors import InputError
 
@@ -53,9 +54,8 @@ def _strategies(text: str) -> tuple[str, ...]:
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
               help="Run folder (default ragkit-compare/CORPUS-NAME). Re-running into it resumes.")
 @click.option("--concurrency", type=COUNT, default=None, help="Parallel calls per model (default: local 1, anthropic 4, openai 8).")
-@click.option("-u", "--base-url", default=None, help="OpenAI/Anthropic-compatible endpoint to call instead.")
-@click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default=None,
-              help="Response cache (SQLite). Default ~/.cache/ragkit/eval-cache.sqlite or $RAGKIT_EVAL_CACHE.")
+@BASE_URL_OPTION
+@RESPONSE_CACHE_OPTION
 @click.option("-d", "--index-dir", type=click.Path(file_okay=False), default=None, help="Index folder (retrieve).")
 @click.option("--judge", default=None, metavar="MODEL",
               help="Grade answers with this model (LLM-as-judge, for free-form references) instead of exact match; "
@@ -66,7 +66,7 @@ def _strategies(text: str) -> tuple[str, ...]:
 @click.option("--schema", default=None,
               help="Structured answers: a JSON Schema file or shorthand ('title str, year int | null'); the report "
                    "adds schema-valid rates, repairs and field accuracy against each line's \"reference\".")
-@click.option("-q", "--quiet", "--no-progress", "no_progress", is_flag=True, help="No progress bar.")
+@NO_PROGRESS_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def run_cmd(corpus, golden, models, strategy, sample, tasks_per_day, task_label, max_cost, out, concurrency, base_url,
             cache_path, index_dir, judge, schema, save, overrides, no_progress, as_json):

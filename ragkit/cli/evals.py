@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ragkit.cli.foundation import MODEL_OPTION
+from ragkit.cli.foundation import BASE_URL_OPTION, MODEL_OPTION, NO_PROGRESS_OPTION, RESPONSE_CACHE_OPTION
 from ragkit.cli.params import COUNT, FRACTION, PERCENTS, POSITIONS, USD, Sizes
 from ragkit.errors import InputError
 
@@ -44,9 +44,8 @@ def common_options(fn):
         click.option("--max-tokens", default=64, show_default=True, type=COUNT, help="Answer tokens per call."),
         click.option("--concurrency", type=COUNT, default=None,
                      help="Parallel calls (default: local 1, anthropic 4, openai 8)."),
-        click.option("-u", "--base-url", default=None, help="OpenAI/Anthropic-compatible endpoint to call instead."),
-        click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default=None,
-                     help="Response cache (SQLite). Default ~/.cache/ragkit/eval-cache.sqlite or $RAGKIT_EVAL_CACHE."),
+        BASE_URL_OPTION,
+        RESPONSE_CACHE_OPTION,
         click.option("--retrieve-budget", type=COUNT, default=None,
                      help="Tokens to pack for `retrieve` (default: the planner's budget for the model)."),
         click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generated samples."),
@@ -57,7 +56,7 @@ def common_options(fn):
         _FORCE_OPTION,
         click.option("--overrides", type=click.Path(dir_okay=False), default=None,
                      help="Overrides file for --save-limit (default: your user models.toml)."),
-        click.option("-q", "--quiet", "--no-progress", "no_progress", is_flag=True, help="No progress bar."),
+        NO_PROGRESS_OPTION,
         click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON."),
     ]
     for option in reversed(options):
@@ -245,10 +244,9 @@ def kv_cmd(lengths, depths, source, **kw):
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
               help="Run folder (results.jsonl, report.md). Default ragkit-evals/schema-MODEL. Re-running into it resumes.")
 @click.option("--concurrency", type=COUNT, default=None, help="Parallel tasks (default: local 1, anthropic 4, openai 8).")
-@click.option("-u", "--base-url", default=None, help="OpenAI/Anthropic-compatible endpoint to call instead.")
-@click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default=None,
-              help="Response cache (SQLite). Default ~/.cache/ragkit/eval-cache.sqlite or $RAGKIT_EVAL_CACHE.")
-@click.option("-q", "--quiet", "--no-progress", "no_progress", is_flag=True, help="No progress bar.")
+@BASE_URL_OPTION
+@RESPONSE_CACHE_OPTION
+@NO_PROGRESS_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 def schema_cmd(models, enforcement, n_tasks, max_chars, max_tokens, corpus, questions, max_cost, out, concurrency,
                base_url, cache_path, no_progress, as_json):
@@ -339,10 +337,10 @@ def report_cmd(out_dir, floor, save_limit, force, overrides, as_json):
 @click.option("--max-cost", default=5.0, show_default=True, type=USD, help="USD cap for the whole suite.")
 @click.option("-n", "--samples", type=COUNT, default=None, help="Override the suite's samples per cell.")
 @click.option("--concurrency", type=COUNT, default=None, help="Parallel calls (default by provider).")
-@click.option("-u", "--base-url", default=None, help="OpenAI/Anthropic-compatible endpoint to call instead.")
-@click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default=None, help="Response cache (SQLite).")
+@BASE_URL_OPTION
+@RESPONSE_CACHE_OPTION
 @click.option("--list", "list_only", is_flag=True, help="Show the suite's runs and exit.")
-@click.option("-q", "--quiet", "--no-progress", "no_progress", is_flag=True, help="No progress bar.")
+@NO_PROGRESS_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON.")
 def suite_cmd(suite, model, out, max_cost, samples, concurrency, base_url, cache_path, list_only, no_progress,
               as_json):

@@ -13,6 +13,15 @@ MODEL_OPTION = click.option("-m", "--model", default=config.default_model,
                             show_default=f"$RAGKIT_MODEL, else {config.DEFAULT_MODEL}",
                             help="Model id or alias (see `ragkit models`).")
 
+# Options the commands that call models in bulk (eval, compare) share, defined once so they stay alike.
+BASE_URL_OPTION = click.option("-u", "--base-url", default=None,
+                               help="OpenAI/Anthropic-compatible endpoint to call instead.")
+RESPONSE_CACHE_OPTION = click.option(
+    "--cache", "cache_path", type=click.Path(dir_okay=False), default=None,
+    help="Response cache (SQLite). Default ~/.cache/ragkit/eval-cache.sqlite or $RAGKIT_EVAL_CACHE.")
+NO_PROGRESS_OPTION = click.option("-q", "--quiet", "--no-progress", "no_progress", is_flag=True,
+                                  help="No progress bar.")
+
 
 def _echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
