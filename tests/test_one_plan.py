@@ -293,6 +293,18 @@ def test_eval_retrieve_budget_reserves_the_eval_prompt_as_rendered():
         stuff_units(units, QUESTION, order="middle")
 
 
+def qa_task(tmp_path, passages: list[dict], question: str, answer: str):
+    """(corpus folder, QATask) over these passages (one JSONL file) and one question whose gold passage is "gold"."""
+    from ragkit.evals.tasks import QATask
+
+    corpus = tmp_path / "passages"
+    corpus.mkdir()
+    (corpus / "passages.jsonl").write_text("".join(json.dumps(p) + "\n" for p in passages))
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"question": question, "answers": [answer], "passage_id": "gold"}) + "\n")
+    return corpus, QATask(corpus=corpus, questions=questions, distractors="random")
+
+
 def test_eval_stuffs_qa_documents_in_the_order_ask_would_send_them(tmp_path):
     """The eval's `--stuff-order edges` is ask's order, not a look-alike: the same passages as a JSONL
     corpus, the same question, the same prompt order. The question shares only the word "title" with
@@ -306,13 +318,7 @@ def test_eval_stuffs_qa_documents_in_the_order_ask_would_send_them(tmp_path):
     passages = [{"id": "gold", "title": "Skyfall", "text": "Adele sang the Skyfall theme song in 2012."}]
     passages += [{"id": f"d{i}", "title": f"Place {i}",
                   "text": " ".join(rng.choice(filler) for _ in range(rng.randint(8, 60))) + "."} for i in range(9)]
-    corpus = tmp_path / "passages"
-    corpus.mkdir()
-    (corpus / "passages.jsonl").write_text("".join(json.dumps(p) + "\n" for p in passages))
-    questions = tmp_path / "questions.jsonl"
-    questions.write_text(json.dumps({"question": "who sang the skyfall title song", "answers": ["Adele"],
-                                     "passage_id": "gold"}) + "\n")
-    task = QATask(corpus=corpus, questions=questions, distractors="random")
+    corpus, task = qa_task(tmp_path, passages, "who sang the skyfall title song", "Adele")
     counter = counter_for(get_model("gpt-4o-mini"))
     by_unit = {QATask.unit(p): p["id"] for p in passages}
     for position in (0, 4, 9):
@@ -346,7 +352,6 @@ def test_eval_retrieve_fits_the_rendered_documents_into_the_budget_and_caps_at_a
     its "Document [i](Title: …)" framing, and the rendered documents never pass the planner's budget;
     like ask, at most DEFAULT_TOP_K units are sent however much room is left."""
     from ragkit.evals.retrieval import retrieve_units
-    from ragkit.evals.tasks import QATask
     from ragkit.retrieve import DEFAULT_TOP_K
 
     rng = random.Random(11)
@@ -354,12 +359,7 @@ def test_eval_retrieve_fits_the_rendered_documents_into_the_budget_and_caps_at_a
     passages = [{"id": "gold", "title": "Bridge", "text": "The railway bridge opened in 1932."}]
     passages += [{"id": f"d{i}", "title": f"A long title for place number {i}",
                   "text": " ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) + "."} for i in range(39)]
-    corpus = tmp_path / "passages"
-    corpus.mkdir()
-    (corpus / "passages.jsonl").write_text("".join(json.dumps(p) + "\n" for p in passages))
-    questions = tmp_path / "questions.jsonl"
-    questions.write_text(json.dumps({"question": QUESTION, "answers": ["1932"], "passage_id": "gold"}) + "\n")
-    task = QATask(corpus=corpus, questions=questions, distractors="random")
+    _, task = qa_task(tmp_path, passages, QUESTION, "1932")
     counter = counter_for(get_model("gpt-4o-mini"))
     sample = task.make_sample(counter, 40, 0, 0)
     unit_tokens = counter.count_many(sample.units)
