@@ -3,7 +3,7 @@
 Reads two `ragkit eval qa` run folders made on the same grid (one with the default --stuff-order
 document, one with --stuff-order edges), pairs their calls by (position, question), and writes a
 markdown comparison: accuracy per gold position for both orders (Wilson 95% intervals), the paired
-difference with a 95% paired-bootstrap interval (ragkit.evals.compare_report.paired_bootstrap,
+difference with a 95% paired-bootstrap interval (ragkit.evals.report.paired_bootstrap,
 resampling questions), and where the gold passage ended up in the reordered prompt. Each prompt is
 rebuilt from the task and checked against the key logged with its answer, so the positions reported
 are those of the prompts the model really read.
@@ -18,9 +18,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from ragkit.evals.cache import call_key
-from ragkit.evals.compare_report import paired_bootstrap
 from ragkit.evals.records import latest_by_call, read, read_meta
-from ragkit.evals.report import wilson
+from ragkit.evals.report import paired_bootstrap, wilson
 from ragkit.evals.retrieval import stuff_units
 from ragkit.evals.tasks import make_task
 from ragkit.models import get_model

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -15,7 +14,7 @@ from typing import Sequence
 from ragkit.costs import DAYS_PER_MONTH, usd
 from ragkit.errors import InputError
 from ragkit.evals.records import EvalRecord, atomic_write, latest_by_call, read, read_meta, results_path
-from ragkit.evals.report import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, paired_bootstrap, wilson  # noqa: F401 (re-exported)
+from ragkit.evals.report import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, paired_bootstrap, wilson
 
 SWITCH_POINTS = 5.0          # the article: within 5 percentage points, switching is worth it
 

@@ -446,7 +446,7 @@ def summarize_group(records: Sequence[EvalRecord]) -> dict:
 
 def summarize_schema(meta: dict, records: Sequence[EvalRecord]) -> dict:
     """Per model and mode, plus paired differences between a model's modes on the tasks both answered."""
-    from ragkit.evals.compare_report import paired_bootstrap
+    from ragkit.evals.report import paired_bootstrap
 
     groups: dict[str, list[EvalRecord]] = {}
     for r in sorted(records, key=lambda r: r.sample):
