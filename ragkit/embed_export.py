@@ -18,6 +18,7 @@ onnxruntime and tokenizers (ragkit.embed.OnnxEmbedder).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -57,6 +58,7 @@ def embedding_cache_key(model: str, backend: str, precision: str, quantization: 
     return model if backend == "torch" else f"{model}#{backend}:{quantization or precision}"
 
 
+@functools.cache  # read once: every query asks (through get_backend), and the CPU does not change
 def _cpu_quantization_config() -> str:
     """sentence-transformers' dynamic-quantization preset for this CPU."""
     import platform
