@@ -41,7 +41,7 @@ def synthetic_index(index_dir: Path, base, size: int, *, seed: int = 0):
     vecs = np.concatenate([base_vecs, extra.astype("float32")])[:size]
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     new_chunks = [store.NewChunk(f"part{i % 20:02d}.jsonl", f"syn#{i}", f"part{i % 20:02d}.jsonl",
-                                 0, b.start_char, b.end_char, b.tokens, f"h{i}", b.text, b.title)
+                                 0, b.start_char, b.end_char, b.tokens, f"h{i}", b.text, b.title, b.counts)
                   for i, b in ((i, chunks[i % len(chunks)]) for i in range(size))]
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(os.cpu_count() or 1)  # the build only; searches set their own (ragkit.store)

@@ -122,6 +122,7 @@ class Corpus:
         self._requested = (embed_model, chunk, text_field)
         self._gen: _store.Generation | None = None
         self._gen_lock = threading.Lock()
+        self._checked: _store.Generation | None = None  # the generation whose settings _require has checked
         # rebuild=True: the old index's settings are ignored (index(rebuild=True) then discards it).
         have = None if rebuild else self.store.current_settings()  # FAISS loads on the first search
         # Unspecified settings follow the existing index; specified ones must match it.
@@ -384,7 +385,9 @@ class Corpus:
         gen = self._generation()
         if gen is None:
             raise IndexError_(self.store.index_hint(self.path, default_index_dir(self.path)))
-        self._check(gen.settings)
+        if gen is not self._checked:  # once per generation: a warm query need not re-derive the settings
+            self._check(gen.settings)
+            self._checked = gen
         return gen
 
     def search(self, query: str, k: int = 5, where: str | None = None, *, nprobe: int | None = None,
@@ -410,7 +413,8 @@ class Corpus:
         gen = self._require()
         vecs = self.embedder().encode(list(queries))
         return [[Hit(row.doc_id, row.source, row.start_char, row.end_char, row.text, row.title or "",
-                     score=round(s, 6), position=row.position, chunk_id=row.id) for row, s in r]
+                     score=round(s, 6), position=row.position, chunk_id=row.id, token_counts=row.counts)
+                 for row, s in r]
                 for r in self.store.search(gen, vecs, k, where, nprobe=nprobe or self.nprobe,
                                            rerank=self.rerank if rerank is None else rerank)]
 
@@ -437,6 +441,8 @@ class Corpus:
 def chunk_file(sf, digest: str, chunker: Chunker, text_field: str, on_skip) -> tuple[_store.FileRecord, list[_store.NewChunk]]:
     """One changed file loaded and chunked: its file record (skipped, with the reasons, when it gave no
     chunks) and its chunks. Every engine calls this, so chunk ids and texts are the same everywhere."""
+    from ragkit.tokens import counts_in_every_encoding
+
     reasons: list[str] = []
 
     def _skip(rel, reason):
@@ -450,8 +456,9 @@ def chunk_file(sf, digest: str, chunker: Chunker, text_field: str, on_skip) -> t
     except OSError:
         size, mtime = -1, -1
     record = _store.FileRecord(sf.rel, size, mtime, digest, len(chunks), "; ".join(reasons) if not chunks else None)
+    counts = counts_in_every_encoding([c.text for c in chunks])  # packing then needs no tokenizer call
     return record, [_store.NewChunk(sf.rel, c.doc_id, c.source, c.position, c.start_char, c.end_char,
-                                    c.tokens, c.text_hash, c.text, c.title) for c in chunks]
+                                    c.tokens, c.text_hash, c.text, c.title, n) for c, n in zip(chunks, counts)]
 
 
 def _embed_batches(emb, items: list[tuple[str, str]]):

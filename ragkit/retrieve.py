@@ -27,6 +27,13 @@ class Hit(Span):
     score: float
     position: int = 0      # chunk number within its document
     chunk_id: int = -1
+    # The text's tokens per encoding, stored at index time (None: count when packing). Not part of the result.
+    token_counts: dict | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d.pop("token_counts")
+        return d
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -200,6 +207,10 @@ def pack_hits(hits: list[Hit], budget_tokens: int, counter, *, order: str = "edg
     if order not in ORDERS:
         raise InputError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
     cost = lambda text: counter.planning_tokens(counter.count(text))  # noqa: E731
+
+    def hit_cost(h: Hit) -> int:  # the count stored at index time when there is one for this encoding
+        known = h.token_counts.get(counter.encoding_name) if h.token_counts else None
+        return cost(h.text) if known is None else counter.planning_tokens(known)
     groups: list[_Group] = []
     total = dropped = merged = 0
     for rank, h in enumerate(sorted(hits, key=lambda h: -h.score)):
@@ -216,13 +227,13 @@ def pack_hits(hits: list[Hit], budget_tokens: int, counter, *, order: str = "edg
                 target.shingles = _shingles(text)
                 merged += 1
             continue
+        if budget_tokens - total - per_chunk_overhead_tokens <= 0:
+            break  # full: nothing more can fit (nor needs fingerprinting)
         sh = _shingles(h.text)
         if any(_near_duplicate(sh, g.shingles, dedupe_jaccard) for g in groups):
             dropped += 1
             continue
-        if budget_tokens - total - per_chunk_overhead_tokens <= 0:
-            break  # full: nothing more can fit
-        t = cost(h.text)
+        t = hit_cost(h)
         if total + t + per_chunk_overhead_tokens > budget_tokens:
             continue  # a later, shorter chunk may still fit
         groups.append(_Group(h.doc_id, h.source, h.start_char, h.end_char, h.text, h.score, h.position,

@@ -111,7 +111,8 @@ CREATE TABLE IF NOT EXISTS files (rel TEXT PRIMARY KEY, size INTEGER, mtime_ns I
                                   chunks INTEGER, skipped TEXT);
 CREATE TABLE IF NOT EXISTS chunks (id INTEGER PRIMARY KEY, rel TEXT NOT NULL, doc_id TEXT NOT NULL,
                                    source TEXT NOT NULL, position INTEGER, start_char INTEGER,
-                                   end_char INTEGER, tokens INTEGER, text_hash TEXT, text TEXT, title TEXT);
+                                   end_char INTEGER, tokens INTEGER, text_hash TEXT, text TEXT, title TEXT,
+                                   counts TEXT);
 CREATE INDEX IF NOT EXISTS chunks_rel ON chunks(rel);
 CREATE TABLE IF NOT EXISTS tombstones (id INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -162,6 +163,7 @@ class NewChunk:
     text_hash: str     # of the embedded text (title + text): the embedding cache key
     text: str
     title: str = ""
+    counts: dict | None = None  # the text's tokens per counting encoding (ragkit.tokens.counts_in_every_encoding)
 
 
 @dataclass
@@ -175,6 +177,7 @@ class ChunkRow:
     text: str
     tokens: int
     title: str
+    counts: dict | None = None  # None: an index written before chunks kept their counts
 
 
 def damaged_message(index_dir: Path, what: str) -> str:
@@ -427,6 +430,7 @@ class Generation:
         self._db_lock = threading.Lock()
         try:
             self.db.execute("SELECT 1 FROM files LIMIT 1").fetchall()  # reads the header: garbage fails here
+            self._counts_column = "counts" if _has_counts_column(self.db) else "NULL"
             # on-disk lists: their path inside index.faiss is the temp folder's; SAME_DIR reads them beside it
             flags = faiss.IO_FLAG_ONDISK_SAME_DIR if (self.path / "lists.ivfdata").exists() else 0
             self.index = read_faiss(self.path / "index.faiss", flags)
@@ -532,10 +536,10 @@ class Generation:
         with self._reading() as db:
             for i in range(0, len(ids), 900):
                 part = ids[i:i + 900]
-                q = ("SELECT id, doc_id, source, position, start_char, end_char, text, tokens, title FROM chunks "
-                     f"WHERE id IN ({','.join('?' * len(part))})")
-                for row in db.execute(q, part):
-                    out[row[0]] = ChunkRow(*row)
+                q = (f"SELECT id, doc_id, source, position, start_char, end_char, text, tokens, title, "
+                     f"{self._counts_column} FROM chunks WHERE id IN ({','.join('?' * len(part))})")
+                for *row, counts in db.execute(q, part):
+                    out[row[0]] = ChunkRow(*row, json.loads(counts) if counts else None)
         return out
 
     def files(self) -> dict[str, FileRecord]:
@@ -546,6 +550,10 @@ class Generation:
     def close(self) -> None:
         self.db.close()
         self._cache.close()
+
+
+def _has_counts_column(db: sqlite3.Connection) -> bool:
+    return any(r[1] == "counts" for r in db.execute("PRAGMA table_info(chunks)"))
 
 
 def read_current(index_dir: Path) -> str | None:
@@ -726,6 +734,8 @@ def write_generation(index_dir: Path, old: Generation | None, settings: Settings
     db = sqlite3.connect(str(db_path))
     try:
         db.executescript(_SCHEMA)
+        if not _has_counts_column(db):  # a generation written before chunks kept their counts: its rows stay NULL
+            db.execute("ALTER TABLE chunks ADD COLUMN counts TEXT")
 
         # 1. Chunk table: drop rows of removed/changed files, append new rows with fresh, never-reused ids.
         removed_ids: list[int] = []
@@ -738,9 +748,11 @@ def write_generation(index_dir: Path, old: Generation | None, settings: Settings
         row = db.execute("SELECT value FROM meta WHERE key='next_id'").fetchone()
         next_id = int(row[0]) if row else 0
         new_ids = np.arange(next_id, next_id + len(new_chunks), dtype="int64")
-        db.executemany("INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        db.executemany("INSERT INTO chunks (id, rel, doc_id, source, position, start_char, end_char, tokens, "
+                       "text_hash, text, title, counts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                        [(int(i), c.rel, c.doc_id, c.source, c.position, c.start_char, c.end_char, c.tokens,
-                         c.text_hash, c.text, c.title) for i, c in zip(new_ids, new_chunks)])
+                         c.text_hash, c.text, c.title, json.dumps(c.counts) if c.counts else None)
+                        for i, c in zip(new_ids, new_chunks)])
         db.execute("INSERT OR REPLACE INTO meta VALUES ('next_id', ?)", [str(next_id + len(new_chunks))])
         db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?)",
                        [(f.rel, f.size, f.mtime_ns, f.sha256, f.chunks, f.skipped) for f in file_records])

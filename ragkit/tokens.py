@@ -167,6 +167,17 @@ class TokenCounter:
         return text if len(ids) <= max_tokens else self.decode(ids[:max_tokens])
 
 
+def counts_in_every_encoding(texts: list[str]) -> list[dict[str, int]]:
+    """Each text's token count in each encoding ragkit counts with ({encoding: n}): stored per chunk at
+    index time, so packing a question's hits for any model needs no tokenizer call."""
+    out: list[dict[str, int]] = [{} for _ in texts]
+    for name in ENCODINGS:
+        enc = get_encoding(name)
+        for d, text in zip(out, texts):
+            d[name] = len(enc.encode_ordinary(text))
+    return out
+
+
 def counter_for(model) -> TokenCounter:
     """The counter for a model id, alias or ModelSpec."""
     from ragkit.models import get_model

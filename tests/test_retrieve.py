@@ -111,3 +111,73 @@ def test_memory_index_for_evals():
     assert [h.doc_id for h in hits][0] == "de" and len(hits) == 2
     assert hits[0].score >= hits[1].score
     assert [h[0].doc_id for h in mem.search_many(["yellow fruit", "French capital"], k=1)] == ["fruit", "fr"]
+
+
+class _NoTokenizer:
+    """A counter for gpt-4o's encoding whose tokenizer must not be called."""
+    encoding_name, exact, margin = "o200k_base", True, 0.0
+
+    def count(self, text):
+        raise AssertionError("packing tokenized a chunk whose count the index stored")
+
+    def planning_tokens(self, n):
+        return n
+
+
+def _topic_corpus(tmp_path):
+    """24 one-chunk documents (JSON Lines records: packing merges no two), no two near-duplicates."""
+    import json
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    sentences = ["Volcanoes erupt molten rock called lava.", "The Pacific is the deepest ocean.",
+                 "Bread is baked from flour, water and yeast; ünïcode — 数据 🙂."]
+    for name in ("a", "b"):
+        (docs / f"{name}.jsonl").write_text("".join(
+            json.dumps({"text": f"{sentences[n % 3]} Note {name}{n}: " + " ".join(f"w{n}x{j}" for j in range(25))})
+            + "\n" for n in range(12)))
+    return docs
+
+
+def _without_counts(hits):
+    import dataclasses
+
+    return [dataclasses.replace(h, token_counts=None) for h in hits]
+
+
+def test_the_index_stores_each_chunks_tokens_in_every_encoding_so_packing_needs_no_tokenizer(tmp_path):
+    from ragkit.tokens import ENCODINGS, get_encoding
+
+    corpus = Corpus.open(_topic_corpus(tmp_path))
+    corpus.index()
+    hits = corpus.search("Which ocean is the deepest?", k=20)
+    assert len(hits) == 20
+    for h in hits:
+        assert h.token_counts == {e: len(get_encoding(e).encode_ordinary(h.text)) for e in ENCODINGS}
+        assert "token_counts" not in h.to_dict()  # an internal figure, not part of a search result
+    stored = pack_hits(hits, 300, _NoTokenizer())
+    assert stored == pack_hits(_without_counts(hits), 300, counter_for("gpt-4o"))
+    assert 0 < stored.tokens <= 300 and len(stored.chunks) < 20  # the budget, not the hits, set the size
+
+
+def test_an_index_from_before_stored_counts_packs_by_counting_and_an_update_adds_counts(tmp_path):
+    import sqlite3
+
+    docs = _topic_corpus(tmp_path)
+    corpus = Corpus.open(docs)
+    corpus.index()
+    gen = corpus.stats()["generation"]
+    corpus.close()
+    with sqlite3.connect(docs / ".ragkit" / gen / "chunks.sqlite") as db:  # as an older ragkit wrote it
+        db.execute("ALTER TABLE chunks DROP COLUMN counts")
+    counter = counter_for("claude-3.5-haiku")  # an estimated encoding: the margin applies either way
+    corpus = Corpus.open(docs)
+    old_hits = corpus.search("lava", k=20)
+    assert all(h.token_counts is None for h in old_hits)
+    assert corpus.pack("lava", 300, "claude-3.5-haiku", k=20) == pack_hits(old_hits, 300, counter)
+
+    (docs / "a.jsonl").write_text('{"text": "Lava cools into basalt."}\n')  # b.jsonl's rows are kept as they were
+    assert corpus.index().chunks_added > 0
+    hits = corpus.search("lava", k=20)
+    assert {h.token_counts is None for h in hits} == {True, False}  # new rows counted, old rows as they were
+    assert corpus.pack("lava", 300, "claude-3.5-haiku", k=20) == pack_hits(_without_counts(hits), 300, counter)
