@@ -31,8 +31,9 @@ index type away from IVF-PQ) reads them from embcache.sqlite by content hash. Re
 design, so each training measures recall@10 against exact search on a sample of stored vectors,
 picks the default nprobe from it and records both in the manifest. When the index would take more
 than ONDISK_RAM_FRACTION of the machine's RAM, its inverted lists live in lists.ivfdata (mmapped)
-inside the generation folder: the folder is still renamed into place whole, and readers open it with
-IO_FLAG_ONDISK_SAME_DIR so the path recorded inside index.faiss follows the folder.
+inside the generation folder: the folder is still renamed into place whole. index.faiss records the
+lists' path after that rename, but readers never trust a recorded path: `read_index_in` maps the
+lists.ivfdata beside index.faiss, so a folder copied or moved elsewhere (`cp -r`) opens its own lists.
 
 Exact re-rank (IVF-PQ): PQ codes cannot order near-duplicate vectors (recall@10 ~0.45 at 1M real
 MiniLM vectors, flat in nprobe), so a search takes the top rerank_pool(k) candidates by PQ and
@@ -86,6 +87,7 @@ ONDISK_RAM_FRACTION = 0.25     # inverted lists go to disk when the index would 
 RERANK_POOL = 100              # IVF-PQ candidates re-scored exactly per query (recall@10 at 100K: 0.66 -> 0.94)
 RERANK_PER_K = 10              # ... and at least this many per hit asked for
 UNREADABLE = "unreadable"      # the sha256 recorded for a file whose bytes could not be read
+LISTS_FILE = "lists.ivfdata"   # IVF-PQ's on-disk inverted lists, beside index.faiss
 
 
 def _fsync_dir(path: Path) -> None:
@@ -344,7 +346,46 @@ def read_faiss(path: Path, flags: int = 0):
         return faiss.read_index(str(path), flags)
     import numpy as np
 
-    return faiss.deserialize_index(np.fromfile(path, dtype="uint8"))
+    reader = faiss.VectorIOReader()
+    faiss.copy_array_to_vector(np.fromfile(path, dtype="uint8"), reader.data)
+    return faiss.read_index(reader, flags)
+
+
+def read_index_in(folder: Path, writable: bool = False):
+    """The index.faiss of a generation folder. Its on-disk IVF lists (if any) are mapped from the
+    lists.ivfdata beside it, whatever path index.faiss recorded: a copied or moved folder, and indexes
+    written before the recorded path was the final one, point at a temp folder or at another copy.
+    FAISS's own IO_FLAG_ONDISK_SAME_DIR does the same but printf's "updating ondisk filename" to C's
+    stdout on every open, which reaches the process's stdout at exit (after `search --json` output).
+    Readers map the lists read-only; `writable` is for a build's own copy (add/remove write in place)."""
+    import faiss
+
+    lists = folder / LISTS_FILE
+    if not lists.exists():
+        return read_faiss(folder / "index.faiss")
+    index = read_faiss(folder / "index.faiss", faiss.IO_FLAG_SKIP_IVF_DATA)  # the list table, nothing mapped
+    ondisk = _ondisk_lists(index)
+    if ondisk is None:
+        raise ValueError(f"{LISTS_FILE} is present but index.faiss has no on-disk inverted lists")
+    size = lists.stat().st_size
+    if size < ondisk.totsize:  # mapping past the end of the file would crash the first search (SIGBUS)
+        raise ValueError(f"{LISTS_FILE} has {size} bytes, index.faiss expects {ondisk.totsize}")
+    ondisk.filename = str(lists.absolute())
+    ondisk.read_only = not writable
+    ondisk.do_mmap()
+    return index
+
+
+def _ondisk_lists(index):
+    """The OnDiskInvertedLists of an IVF index, or None (lists in RAM, or not IVF)."""
+    import faiss
+
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    return lists if isinstance(lists, faiss.OnDiskInvertedLists) else None
 
 
 def write_faiss(index, path: Path) -> None:
@@ -415,8 +456,6 @@ class Generation:
     def __init__(self, index_dir: Path, name: str):
         """Raises OSError, ValueError, KeyError, sqlite3.DatabaseError or RuntimeError (faiss) when
         the generation's files are missing or damaged: `open_generation` turns them into one sentence."""
-        import faiss
-
         self.index_dir, self.name = index_dir, name
         self.path = index_dir / name
         self.manifest = json.loads((self.path / "manifest.json").read_text())
@@ -431,9 +470,7 @@ class Generation:
         try:
             self.db.execute("SELECT 1 FROM files LIMIT 1").fetchall()  # reads the header: garbage fails here
             self._counts_column = "counts" if _has_counts_column(self.db) else "NULL"
-            # on-disk lists: their path inside index.faiss is the temp folder's; SAME_DIR reads them beside it
-            flags = faiss.IO_FLAG_ONDISK_SAME_DIR if (self.path / "lists.ivfdata").exists() else 0
-            self.index = read_faiss(self.path / "index.faiss", flags)
+            self.index = read_index_in(self.path)
         except BaseException:
             self.db.close()
             raise
@@ -807,7 +844,9 @@ def write_generation(index_dir: Path, old: Generation | None, settings: Settings
         raise
     db.close()
     _crash_point("before_index_write")
-    write_faiss(index, tmp / "index.faiss")
+    final = index_dir / name
+    with _lists_recorded_as(index, final / LISTS_FILE):
+        write_faiss(index, tmp / "index.faiss")
 
     manifest = {
         "format": FORMAT_VERSION, "generation": name, "settings": settings.to_dict(),
@@ -818,11 +857,10 @@ def write_generation(index_dir: Path, old: Generation | None, settings: Settings
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    for f in ("chunks.sqlite", "index.faiss", "manifest.json", "lists.ivfdata"):
-        if f != "lists.ivfdata" or (tmp / f).exists():
+    for f in ("chunks.sqlite", "index.faiss", "manifest.json", LISTS_FILE):
+        if f != LISTS_FILE or (tmp / f).exists():
             _fsync_file(tmp / f)
     _crash_point("before_rename")
-    final = index_dir / name
     if final.exists():  # left by a run killed between rename and pointer swap: never current, safe to drop
         shutil.rmtree(final)
     os.rename(tmp, final)
@@ -869,6 +907,22 @@ def _rebuild(kind: str, dim: int, ids, vecs):
     if len(ids):
         index.add_with_ids(vecs, ids)
     return index
+
+
+@contextmanager
+def _lists_recorded_as(index, path: Path):
+    """On-disk lists written into index.faiss with the path they will have once the temp folder is
+    renamed into place (plain faiss.read_index then finds them); the index keeps using its temp file."""
+    ondisk = _ondisk_lists(index)
+    if ondisk is None:
+        yield
+        return
+    building = ondisk.filename
+    ondisk.filename = str(path.absolute())
+    try:
+        yield
+    finally:
+        ondisk.filename = building
 
 
 @contextmanager
@@ -969,7 +1023,7 @@ def _train_ivfpq(dim: int, ids, vecs, tmp: Path, ondisk: bool | None, nprobe: in
     if ondisk is None:
         ondisk = ivfpq_bytes(n, dim, ivf.nlist, ivf.pq.M) > ONDISK_RAM_FRACTION * _ram_bytes()
     if ondisk:
-        lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(tmp / "lists.ivfdata"))
+        lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(tmp / LISTS_FILE))
         ivf.replace_invlists(lists, True)
         lists.this.disown()  # the index owns it now
     with _stdout_to_stderr(ondisk):
@@ -997,12 +1051,10 @@ def _train_ivfpq(dim: int, ids, vecs, tmp: Path, ondisk: bool | None, nprobe: in
 def _open_ivf_copy(old: "Generation", tmp: Path):
     """The old IVF-PQ index, opened from a copy in the new generation's folder: on-disk lists are
     written in place by add/remove, and the old generation must stay as readers saw it."""
-    import faiss
-
-    for f in ("index.faiss", "lists.ivfdata"):
+    for f in ("index.faiss", LISTS_FILE):
         if (old.path / f).exists():
             shutil.copyfile(old.path / f, tmp / f)
-    return read_faiss(tmp / "index.faiss", faiss.IO_FLAG_ONDISK_SAME_DIR)
+    return read_index_in(tmp, writable=True)
 
 
 def cleanup(index_dir: Path, keep: set[str]) -> None:

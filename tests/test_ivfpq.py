@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -315,14 +316,10 @@ def test_ondisk_lists_survive_process_exit_and_the_generation_switch(tmp_path):
     assert json.loads((d / "CURRENT").read_text())["generation"] == "g000002"
 
 
-@pytest.mark.slow
-def test_ragkit_index_prints_the_measured_recall_and_search_takes_nprobe(tmp_path, monkeypatch):
-    """Through the real CLI: the vectors come from a pre-filled embedding cache (by content hash, as
-    an unchanged chunk's would), so 1,200 chunks need no model time; queries use the real model."""
-    from click.testing import CliRunner
-
+def _ivfpq_corpus(tmp_path: Path, monkeypatch) -> Path:
+    """A folder of 1,200 one-line facts whose embedding cache is pre-filled (by content hash, as an
+    unchanged chunk's would be), so `ragkit index` needs no model time; IVF-PQ from 1,000 chunks."""
     from ragkit.chunking import Chunker
-    from ragkit.cli import main
     from ragkit.corpus import Corpus
     from ragkit.embed import load_piece_tokenizer
     from ragkit.loaders import load_documents
@@ -340,6 +337,17 @@ def test_ragkit_index_prints_the_measured_recall_and_search_takes_nprobe(tmp_pat
     cache.put_many([c.text_hash for c in chunks], _vectors(1200, seed=3))
     cache.close()
     monkeypatch.setattr(store, "IVFPQ_THRESHOLD", 1000)
+    return docs
+
+
+@pytest.mark.slow
+def test_ragkit_index_prints_the_measured_recall_and_search_takes_nprobe(tmp_path, monkeypatch):
+    """Through the real CLI: vectors from the pre-filled cache; queries use the real model."""
+    from click.testing import CliRunner
+
+    from ragkit.cli import main
+
+    docs = _ivfpq_corpus(tmp_path, monkeypatch)
     runner = CliRunner()
     res = runner.invoke(main, ["index", str(docs), "-q"])
     assert res.exit_code == 0, res.output + res.stderr
@@ -361,3 +369,111 @@ def test_ragkit_index_prints_the_measured_recall_and_search_takes_nprobe(tmp_pat
     exact_hits = json.loads(res.output)["hits"]               # every chunk re-scored: exact cosine
     assert exact_hits[0]["doc_id"].endswith("#x") and exact_hits[0]["score"] != pq_hits[0]["score"]
     assert runner.invoke(main, ["search", str(docs), "lava", "--rerank", "-1"]).exit_code == 2
+
+
+# On-disk lists, read beside index.faiss: never through FAISS's IO_FLAG_ONDISK_SAME_DIR, whose printf
+# ("updating ondisk filename ...") reached the process's stdout at exit, after `search --json` output.
+ONDISK_N = 2000
+SEARCH_JSON = """
+import json, sys
+import numpy as np
+from pathlib import Path
+from ragkit import store
+gen = store.open_generation(Path(sys.argv[1]))
+print(json.dumps(gen.search(np.load(sys.argv[2]), 5)))
+"""
+
+
+@pytest.fixture(scope="module")
+def ondisk(tmp_path_factory):
+    """(index folder, vectors): a small IVF-PQ index with on-disk lists, shared (copy it to change it)."""
+    d = tmp_path_factory.mktemp("ondisk") / "idx"
+    vecs = _vectors(ONDISK_N)
+    assert _build(d, vecs, ivf_ondisk=True)["ivfpq"]["ondisk"]
+    return d, vecs
+
+
+def _search_in_subprocess(index_dir: Path, queries: np.ndarray, tmp_path: Path) -> subprocess.CompletedProcess:
+    np.save(tmp_path / "queries.npy", queries)
+    return subprocess.run([sys.executable, "-c", SEARCH_JSON, str(index_dir), str(tmp_path / "queries.npy")],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def _c_stdout_flushed() -> None:
+    """What C code printf'd but C's stdio still buffers goes to fd 1 now (else only at process exit)."""
+    import ctypes
+
+    ctypes.CDLL(None).fflush(None)
+
+
+def test_a_process_searching_an_ondisk_index_prints_only_its_own_json(ondisk, tmp_path):
+    d, vecs = ondisk
+    res = _search_in_subprocess(d, vecs[:5], tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    hits = json.loads(res.stdout)                                # the whole stdout is one JSON document
+    assert [row[0][0] for row in hits] == [0, 1, 2, 3, 4]
+    assert "IO_FLAG_ONDISK_SAME_DIR" not in res.stdout + res.stderr
+
+
+def test_ragkit_search_json_on_an_ondisk_index_is_exactly_json(tmp_path, monkeypatch):
+    """`ragkit search --json` in its own process (C's stdout buffer is written out at exit, after the JSON)."""
+    from click.testing import CliRunner
+
+    from ragkit.cli import main
+
+    docs = _ivfpq_corpus(tmp_path, monkeypatch)
+    monkeypatch.setattr(store, "ONDISK_RAM_FRACTION", 0)        # the lists go to disk whatever the RAM
+    res = CliRunner().invoke(main, ["index", str(docs), "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["index_type"] == "ivfpq", res.output
+    assert list(docs.glob(f".ragkit/g*/{store.LISTS_FILE}"))
+    res = subprocess.run([sys.executable, "-m", "ragkit.cli", "search", str(docs), "fact about topic 3", "--json"],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout)["hits"]                      # the whole stdout is one JSON document
+
+
+def test_a_copied_or_moved_index_folder_opens_its_own_lists_silently(ondisk, tmp_path, capfd):
+    d = tmp_path / "idx"
+    vecs = _vectors(1000, seed=5)
+    _build(d, vecs, ivf_ondisk=True)
+    want = store.open_generation(d).search(vecs[:20], 10)
+    shutil.copytree(d, tmp_path / "copied")                     # cp -r
+    os.rename(d, tmp_path / "moved")                            # mv: the path index.faiss records is gone
+    for where in ("copied", "moved"):
+        assert store.open_generation(tmp_path / where).search(vecs[:20], 10) == want, where
+    shutil.copytree(ondisk[0], d)                               # another index's lists at the recorded path
+    assert store.open_generation(tmp_path / "copied").search(vecs[:20], 10) == want
+    _c_stdout_flushed()
+    assert capfd.readouterr().out == ""
+
+
+def test_index_faiss_records_where_the_lists_are_after_the_rename(ondisk):
+    """Plain FAISS (no flags) opens a generation's index.faiss: the recorded path is not the temp folder's."""
+    import faiss
+
+    d, vecs = ondisk
+    gen = store.open_generation(d)
+    index = faiss.read_index(str(gen.path / "index.faiss"))
+    assert faiss.downcast_InvertedLists(index.invlists).filename == str((gen.path / store.LISTS_FILE).absolute())
+    params = faiss.SearchParametersIVF()
+    params.nprobe = 8
+    assert list(index.search(vecs[:5], 1, params=params)[1][:, 0]) == [0, 1, 2, 3, 4]
+
+
+def test_truncated_lists_are_reported_damaged_not_a_crash(ondisk, tmp_path):
+    d = tmp_path / "idx"
+    shutil.copytree(ondisk[0], d)
+    lists = d / store.read_current(d) / store.LISTS_FILE
+    os.truncate(lists, lists.stat().st_size // 4)               # a copy cut short (disk full, interrupted cp)
+    res = _search_in_subprocess(d, ondisk[1][:5], tmp_path)      # mapping past the end: SIGBUS on search
+    assert res.returncode == 1 and res.stdout == "", (res.returncode, res.stderr[-2000:])
+    assert "is damaged" in res.stderr and "lists.ivfdata has" in res.stderr and "--rebuild" in res.stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's memory maps (Linux)")
+def test_a_reader_maps_the_generations_lists_without_write_access(ondisk):
+    """Read-only: a search never writes there, and an index whose files the user cannot write still opens."""
+    gen = store.open_generation(ondisk[0])
+    lists = str((gen.path / store.LISTS_FILE).resolve())
+    modes = [line.split()[1] for line in Path("/proc/self/maps").read_text().splitlines() if line.endswith(lists)]
+    assert modes and all(m[1] == "-" for m in modes), modes
