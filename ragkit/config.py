@@ -94,11 +94,15 @@ def _threads(var: str, default: int) -> int:
     return value
 
 
-def embed_threads() -> int:
-    """torch/ONNX Runtime/FAISS threads for embedding. Default half the cores, at most 8: on a 2-core
-    machine a second thread loses as soon as anything else runs (benchmarks/bench_embed_backends.py,
-    onnx-int8 against a busy loop: 33 chunks/s on one thread, 22 on two)."""
-    return _threads("RAGKIT_EMBED_THREADS", max(1, min(8, (os.cpu_count() or 2) // 2)))
+def embed_threads(*, side_by_side: bool = False) -> int:
+    """Threads for embedding (and FAISS queries). Intra-op threads (torch; `side_by_side=False`) default to
+    half the cores, at most 8: they meet at a barrier every layer, so on a 2-core machine a second thread
+    loses as soon as anything else runs (onnx-int8 against a busy loop: 33 chunks/s on one intra-op thread,
+    22 on two). Side-by-side runs (ONNX Runtime on the CPU: one text per run on a single-threaded session,
+    `side_by_side=True`) default to every core, at most 8: a busy core slows one run, not all of them
+    (benchmarks/bench_embed_backends.py, threads table)."""
+    cores = os.cpu_count() or 2
+    return _threads("RAGKIT_EMBED_THREADS", max(1, min(8, cores if side_by_side else cores // 2)))
 
 
 def embed_backend() -> str | None:

@@ -10,6 +10,7 @@ actually loaded.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,12 +162,16 @@ class OnnxEmbedder:
         _check_device(device)
         if self.backend.runtime != "onnx":
             raise ConfigError(f"OnnxEmbedder runs onnx exports, not {self.backend.key}")
-        # int8: dynamic quantization scales activations over the whole batch (padding included), so a
-        # batched text's vector depends on its neighbours (cosine 0.986 measured); one text per run keeps
-        # a vector a function of its text (the embedding cache and query-vs-index rely on it), and on
-        # MiniLM it was no slower (benchmarks/bench_embed_backends.py).
-        self.batch_size = 1 if self.backend.precision == "int8" else batch_size
-        self.threads = threads or default_threads()
+        # One text per run on the CPU: int8's dynamic quantization scales activations over the whole batch
+        # (padding included), so a batched text's vector would depend on its neighbours (cosine 0.986
+        # measured) while the embedding cache and query-vs-index need it a function of its text; and on
+        # this CPU batching bought nothing in fp32 either. Runs go side by side on `threads` threads, each
+        # on a single-threaded session: no per-layer barrier, so a busy core slows one run, not all
+        # (benchmarks/bench_embed_backends.py, threads table). A GPU batches (fp32; int8 stays one per run).
+        self.batch_size = batch_size   # texts per encode() call while indexing (progress, cache commits)
+        self._run_size = batch_size if device == "cuda" and self.backend.precision != "int8" else 1
+        self.threads = threads or default_threads(side_by_side=device == "cpu")
+        self._pool = None  # the side-by-side runs' threads, started on the first encode of several texts
         folder = ensure_exported(self.name, source, self.backend)
         prov = read_provenance(folder)
         self.max_tokens, self.dim = _sentence_config(folder)
@@ -182,7 +187,7 @@ class OnnxEmbedder:
             raise ConfigError(f"the {self.backend.key} embedding backend needs onnxruntime: pip install 'ragkit[onnx]', "
                               f"or use --embed-backend torch (an existing index: rebuild it with it).") from None
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads
+        opts.intra_op_num_threads = 1 if device == "cpu" else self.threads  # CUDA: threads for its CPU nodes
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         # On "cuda" the CPU stays second: ORT runs there the nodes CUDA has no kernel for.
@@ -192,7 +197,7 @@ class OnnxEmbedder:
         # CUDA provider is installed but cannot start, e.g. without the CUDA/cuDNN libraries.
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
         self._inputs = {i.name for i in self.session.get_inputs()}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the pool's start; ORT sessions run concurrently by design
 
     def _forward(self, texts: list[str]):
         import numpy as np
@@ -208,18 +213,30 @@ class OnnxEmbedder:
         return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
 
     def encode(self, texts: list[str], *, batch_size: int | None = None):
-        """(n, dim) float32 array of unit vectors; batches of similar length (as sentence-transformers)."""
+        """(n, dim) float32 array of unit vectors, one run per text (GPU fp32: batches of similar length).
+        Any number of threads may call it at once: each call's runs share the `threads` workers' cores."""
         import numpy as np
 
         texts = list(texts)
         out = np.zeros((len(texts), self.dim), dtype="float32")
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        size = 1 if self.backend.precision == "int8" else (batch_size or self.batch_size)
-        with self._lock:  # ORT intra-op threads are the parallelism
-            for start in range(0, len(order), size):
-                idx = order[start:start + size]
+        size = self._run_size if self._run_size == 1 else (batch_size or self._run_size)
+        runs = [order[s:s + size] for s in range(0, len(order), size)]
+        if len(runs) > 1 and self.threads > 1:
+            for idx, vecs in zip(runs, self._workers().map(lambda idx: self._forward([texts[i] for i in idx]), runs)):
+                out[idx] = vecs
+        else:  # a query: run in the caller's thread
+            for idx in runs:
                 out[idx] = self._forward([texts[i] for i in idx])
         return out
+
+    def _workers(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        with self._lock:
+            if self._pool is None or self._pool[0] != os.getpid():  # a forked child has none of its parent's threads
+                self._pool = (os.getpid(), ThreadPoolExecutor(self.threads, thread_name_prefix="ragkit-embed"))
+            return self._pool[1]
 
     def encode_query(self, text: str):
         return self.encode([text])[0]

@@ -65,12 +65,29 @@ def test_onnx_runner_matches_sentence_transformers_onnx_backend(backend):
     ours = get_embedder(None, backend)
     assert isinstance(ours, OnnxEmbedder) and ours.max_tokens == 256
     theirs = Embedder(None, backend=backend)  # sentence-transformers backend="onnx" on the exported file
-    a, b = ours.encode(TEXTS), theirs.encode(TEXTS, batch_size=ours.batch_size)  # int8: one text per run
+    a, b = ours.encode(TEXTS), theirs.encode(TEXTS, batch_size=1)  # ragkit runs one text per run on the CPU
     assert np.abs(a - b).max() < 1e-5
     # the long text really is truncated: a different tail past 256 pieces changes nothing
     long = TEXTS[-1]
     x, y = ours.encode([long + " volcanoes erupt", long + " oceans are deep"])
     assert np.allclose(x, y, atol=1e-6)
+
+
+@needs_onnx
+@pytest.mark.parametrize("backend", ["onnx", "onnx-int8"])
+def test_onnx_vectors_are_the_same_on_any_number_of_threads_and_for_concurrent_callers(backend):
+    """Runs go side by side on single-threaded sessions: neither the thread count nor other callers'
+    texts may change a text's vector (the embedding cache and query-vs-index depend on it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = TEXTS * 3
+    one = OnnxEmbedder(None, backend=backend, threads=1).encode(texts)
+    two = OnnxEmbedder(None, backend=backend, threads=2)
+    assert two.threads == 2 and np.array_equal(two.encode(texts), one)
+    with ThreadPoolExecutor(8) as pool:  # 8 app threads asking at once, some with several texts
+        got = list(pool.map(lambda i: two.encode(texts[i:i + 1 + i % 3]), range(len(texts) - 2)))
+    for i, vecs in enumerate(got):
+        assert np.array_equal(vecs, one[i:i + 1 + i % 3])
 
 
 def _ragkit(*args, env=None, check=True):
