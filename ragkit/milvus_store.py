@@ -195,6 +195,7 @@ class MilvusStore:
     def current_name(self) -> str | None:
         """The collection the alias points at, or None before the first build."""
         if self.spec.kind == "milvus-lite" and not Path(self.spec.uri).exists():
+            _pymilvus()  # without the extra, that is the error to see first
             return None  # nothing built yet; opening a client would create the database, and a read creates nothing
         c = self.client
         if self.alias not in c.list_aliases().get("aliases", []):

@@ -264,7 +264,7 @@ def test_one_writer_at_a_time_the_second_gets_the_busy_error(docs, url):
 
 def test_milvus_lite_open_in_another_process_is_one_line_saying_so(docs, url):
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from ragkit.corpus import Corpus; "
-                               "Corpus.open(sys.argv[1], store=sys.argv[2]); print('open', flush=True); "
+                               "Corpus.open(sys.argv[1], store=sys.argv[2]).index(); print('open', flush=True); "
                                "time.sleep(120)", str(docs), url], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "open"
