@@ -3,7 +3,6 @@ an embedding cache with damaged rows or locked by another process, and a --rebui
 (real FAISS, real SQLite, the real model for the rebuild)."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -20,7 +19,7 @@ import pytest
 from ragkit import store
 from ragkit.corpus import Corpus
 from ragkit.errors import InputError
-from test_ivfpq import DIM, PER_FILE, _build, _vectors
+from test_ivfpq import DIM, PER_FILE, _build, _vectors, facts_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 1000
@@ -124,21 +123,8 @@ def test_a_cache_locked_by_another_process_falls_back_at_once_in_every_thread(sm
 def test_a_killed_rebuild_leaves_the_serving_index_its_reranking_vectors(tmp_path):
     """--rebuild deleted the embedding cache before embedding again: the generation still serving (until
     the swap, and for good once the rebuild is killed) lost the vectors its exact re-rank reads."""
-    from ragkit.chunking import Chunker
-    from ragkit.embed import load_piece_tokenizer
-    from ragkit.loaders import load_documents
-
     docs = tmp_path / "docs"
-    docs.mkdir()
-    with open(docs / "facts.jsonl", "w") as f:
-        for i in range(400):
-            f.write(json.dumps({"id": f"d{i}", "text": f"Fact {i} is about topic {i % 37}."}) + "\n")
-    chunks = Chunker(load_piece_tokenizer()).split_many(load_documents(docs))
-    corpus = Corpus.open(docs, ivfpq_threshold=300)
-    corpus.index_dir.mkdir(parents=True)
-    cache = store.EmbeddingCache(corpus.index_dir / "embcache.sqlite", corpus.backend.cache_key(corpus.embed_model), DIM)
-    cache.put_many([c.text_hash for c in chunks], _vectors(len(chunks), seed=4))   # no model time for the build
-    cache.close()
+    corpus, chunks = facts_corpus(docs, 400, seed=4, ivfpq_threshold=300)
     assert corpus.index().index_type == "ivfpq"
     code = ("import sys; from ragkit.corpus import Corpus; "
             "Corpus.open(sys.argv[1], ivfpq_threshold=300, rebuild=True).index(rebuild=True)")
