@@ -115,9 +115,7 @@ class Corpus:
         self.include, self.exclude = tuple(include), tuple(exclude)
         self.hnsw_threshold = hnsw_threshold
         self.ivfpq_threshold = _store.IVFPQ_THRESHOLD if ivfpq_threshold is None else ivfpq_threshold
-        if nprobe is not None and nprobe < 1:
-            raise InputError(f"nprobe must be at least 1 (got {nprobe}); it is how many IVF clusters a query scans")
-        self.nprobe = nprobe  # IVF-PQ: the default stored by index(), the per-query value of searches
+        self.nprobe = _check_nprobe(nprobe)  # IVF-PQ: the default stored by index(), the per-query value of searches
         self.rerank = _check_rerank(rerank)  # IVF-PQ: candidates re-scored exactly (None: store.rerank_pool's)
         self._requested = (embed_model, chunk, text_field)
         self._gen: _store.Generation | None = None
@@ -220,9 +218,6 @@ class Corpus:
             old = None if rebuild else current
             if old is not None:
                 self._check(old.settings)
-            if rebuild:  # build from nothing; the current generation stays readable until the swap
-                for suffix in ("", "-wal", "-shm"):
-                    Path(f"{self.store.cache_path}{suffix}").unlink(missing_ok=True)
             self.store.cleanup_stray(current.name if current else None)
             files, old_files, ch = self._scan(old)   # again under the lock: the files may have moved on
             if not files and old is None:
@@ -244,7 +239,11 @@ class Corpus:
                     skipped.append((record.rel, record.skipped))
                 records.append(record)
                 new_chunks += chunks
-            vectors, embedded, cached, embed_s, dim = self._vectors(new_chunks, progress, on_progress, engine)
+            # --rebuild embeds everything again (the build comes from nothing; the current generation stays
+            # readable until the swap) but keeps the embedding cache: that generation's IVF-PQ re-rank reads
+            # it until then, and after a killed rebuild for good; the new vectors overwrite the old by hash
+            vectors, embedded, cached, embed_s, dim = self._vectors(new_chunks, progress, on_progress, engine,
+                                                                    recompute=rebuild)
             remove = ch.removed + [sf.rel for sf in ch.changed]
             removed_chunks = sum(old_files[r].chunks for r in ch.removed + [sf.rel for sf in ch.changed]
                                  if r in old_files)
@@ -314,10 +313,11 @@ class Corpus:
 
         return get_embedder(self._model_arg(), self.backend.key)
 
-    def _vectors(self, chunks: list[_store.NewChunk], progress: bool, on_progress, engine=None):
-        """Vectors for new chunks: from the content-hash cache when possible, else the model (one model
-        batch per call, longest first so batches pad little; committed to the cache as they come).
-        An engine computes the missing ones elsewhere and streams back (hashes, vectors) batches."""
+    def _vectors(self, chunks: list[_store.NewChunk], progress: bool, on_progress, engine=None,
+                 recompute: bool = False):
+        """Vectors for new chunks: from the content-hash cache when possible (never with `recompute`), else
+        the model (one model batch per call, longest first so batches pad little; committed to the cache
+        as they come). An engine computes the missing ones elsewhere and streams back (hashes, vectors)."""
         import numpy as np
 
         gen = self._gen
@@ -329,7 +329,7 @@ class Corpus:
         cache = _store.EmbeddingCache(self.store.cache_path, self.backend.cache_key(self.embed_model), dim)
         try:
             unique = list(dict.fromkeys(c.text_hash for c in chunks))
-            found = cache.get_many(unique)
+            found = {} if recompute else cache.get_many(unique)
             text_of = {c.text_hash: (f"{c.title}\n{c.text}" if c.title else c.text, c.tokens) for c in chunks}
             todo = sorted((h for h in unique if h not in found), key=lambda h: -text_of[h][1])
             t0 = time.perf_counter()
@@ -402,11 +402,8 @@ class Corpus:
         nprobe, the clusters scanned per query (default: this Corpus's, else the index's measured one);
         rerank, how many PQ candidates are re-scored exactly (default: this Corpus's, else
         store.rerank_pool's; 0: PQ order)."""
-        if k < 1:
-            raise InputError("k must be at least 1")
-        if nprobe is not None and nprobe < 1:
-            raise InputError(f"nprobe must be at least 1 (got {nprobe}); it is how many IVF clusters a query scans")
-        rerank = _check_rerank(rerank)
+        k = _whole_number(k, "k", 1, "it is how many hits a query returns", optional=False)
+        nprobe, rerank = _check_nprobe(nprobe), _check_rerank(rerank)
         for q in queries:
             require_text(q, "the query")
         self.store.check_where(where)
@@ -468,11 +465,25 @@ def _embed_batches(emb, items: list[tuple[str, str]]):
         yield [h for h, _ in part], emb.encode([t for _, t in part])
 
 
-def _check_rerank(rerank: int | None) -> int | None:
-    if rerank is not None and (isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 0):
-        raise InputError(f"rerank must be a whole number of candidates, 0 or more (got {rerank!r}); 0 keeps the "
-                         f"IVF-PQ order without re-scoring")
-    return rerank
+def _whole_number(value, name: str, minimum: int, meaning: str, optional: bool = True) -> int | None:
+    """`value` as an int when it is a whole number (a numpy integer too, not a bool) of at least `minimum`
+    (or None, when optional); anything else is one sentence, not a TypeError or a FAISS overflow deeper down."""
+    import numbers
+
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise InputError(f"{name} must be a whole number, {minimum} or more (got {value!r}); {meaning}")
+    return int(value)
+
+
+def _check_nprobe(nprobe) -> int | None:
+    return _whole_number(nprobe, "nprobe", 1, "it is how many IVF clusters a query scans")
+
+
+def _check_rerank(rerank) -> int | None:
+    return _whole_number(rerank, "rerank", 0, "it is how many IVF-PQ candidates are re-scored exactly (0 keeps "
+                                              "the IVF-PQ order without re-scoring)")
 
 
 def _wanted_backend(requested: str | None, have: dict | None):

@@ -67,12 +67,22 @@ def _client(uri: str, hold: bool):
             try:
                 _clients[uri] = [pymilvus.MilvusClient(uri), 0]
             except pymilvus.exceptions.MilvusException as exc:
-                where = (f"the Milvus Lite database {uri} is open in another process (Milvus Lite serves one "
-                         f"process at a time: wait for it, or use a Milvus server, --store milvus://HOST:19530/NAME)"
-                         if not uri.startswith("http") else f"cannot reach Milvus at {uri}; is the server running?")
+                where = (_lite_open_failure(Path(uri)) if not uri.startswith("http")
+                         else f"cannot reach Milvus at {uri}; is the server running?")
                 raise IndexError_(f"{where} ({getattr(exc, 'message', exc)})") from None
         _clients[uri][1] += hold
         return _clients[uri][0]
+
+
+def _lite_open_failure(db: Path) -> str:
+    """Why Milvus Lite could not open `db` (it says only "Open local milvus failed")."""
+    if not db.parent.is_dir():
+        return f"the folder {db.parent} of the Milvus Lite database {db.name} does not exist; create it or fix the path"
+    if db.exists() and not db.is_dir():
+        return (f"{db} is a file, not a Milvus Lite database (Milvus Lite keeps one in a folder it makes); "
+                f"give a new path ending in .db")
+    return (f"the Milvus Lite database {db} is open in another process (Milvus Lite serves one process at a "
+            f"time: wait for it, or use a Milvus server, --store milvus://HOST:19530/NAME)")
 
 
 def _release(uri: str) -> None:
@@ -180,10 +190,13 @@ class MilvusStore:
         return self.current_name() is not None
 
     def prepare(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        _store.create_dir(self.state_dir)
 
     def current_name(self) -> str | None:
         """The collection the alias points at, or None before the first build."""
+        if self.spec.kind == "milvus-lite" and not Path(self.spec.uri).exists():
+            _pymilvus()  # without the extra, that is the error to see first
+            return None  # nothing built yet; opening a client would create the database, and a read creates nothing
         c = self.client
         if self.alias not in c.list_aliases().get("aliases", []):
             if c.has_collection(self.alias):

@@ -60,7 +60,7 @@ from pathlib import Path
 from ragkit.atomic_dir import crash_point as _crash_point  # corpus.py: _store._crash_point
 from ragkit.cache_file import connecting, open_cache, recovering
 from ragkit.console import encodable
-from ragkit.errors import IndexBusy, IndexError_
+from ragkit.errors import IndexBusy, IndexError_, InputError
 
 FORMAT_VERSION = 1
 HNSW_THRESHOLD = 20_000       # live chunks; exact Flat below (≈ 3.6 ms/query at 20K), HNSW above
@@ -88,6 +88,16 @@ RERANK_POOL = 100              # IVF-PQ candidates re-scored exactly per query (
 RERANK_PER_K = 10              # ... and at least this many per hit asked for
 UNREADABLE = "unreadable"      # the sha256 recorded for a file whose bytes could not be read
 LISTS_FILE = "lists.ivfdata"   # IVF-PQ's on-disk inverted lists, beside index.faiss
+
+
+def create_dir(path: Path) -> None:
+    """mkdir -p of a store's folder (the index folder, a Milvus store's state), or one sentence saying why not
+    (a file where a folder should be, no permission)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the index folder {path} ({exc.strerror or exc}); pick another path "
+                         f"(--index-dir, or the --store path)") from None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -248,9 +258,11 @@ def _read_vectors(db: sqlite3.Connection, model: str, dim: int, hashes: list[str
         part = hashes[i:i + 900]
         q = f"SELECT hash, vec FROM vectors WHERE model=? AND hash IN ({','.join('?' * len(part))})"
         for h, blob in db.execute(q, [model, *part]):
-            v = np.frombuffer(blob, dtype="float32")
-            if v.shape[0] == dim:
-                out[h] = v
+            # a row of another size, type or NaNs (a damaged page SQLite cannot tell) reads as missing
+            if isinstance(blob, bytes) and len(blob) == 4 * dim:
+                v = np.frombuffer(blob, dtype="float32")
+                if np.isfinite(v).all():
+                    out[h] = v
     return out
 
 
@@ -258,6 +270,8 @@ class CachedVectorReader:
     """Read-only lookups in the embedding cache for IVF-PQ re-ranking, shared by a generation's threads.
     A search never creates, writes or moves the file: one that is missing, damaged or not yet
     readable reads as holding nothing (the caller falls back), and is tried again on the next call."""
+
+    BUSY_TIMEOUT_S = 0.2  # a cache locked longer (another process's exclusive lock) falls back, not stalls
 
     def __init__(self, path: Path, model: str, dim: int):
         self.path, self.model, self.dim = path, model, dim
@@ -268,7 +282,8 @@ class CachedVectorReader:
         with self._lock:
             try:
                 if self._db is None:
-                    self._db = sqlite3.connect(read_only_uri(self.path), uri=True, check_same_thread=False)
+                    self._db = sqlite3.connect(read_only_uri(self.path), uri=True, check_same_thread=False,
+                                               timeout=self.BUSY_TIMEOUT_S)
                 return _read_vectors(self._db, self.model, self.dim, hashes)
             except sqlite3.Error:
                 self._close()
@@ -319,7 +334,8 @@ def _warn_no_rerank(cache_path: Path) -> None:
         return
     from ragkit.console import warn
 
-    warn(f"the embedding cache {cache_path} lacks vectors of this IVF-PQ index (deleted or pruned), so "
+    warn(f"the embedding cache {cache_path} lacks vectors of this IVF-PQ index (deleted, pruned, damaged or "
+         f"locked by another process), so "
          f"some searches keep the index's approximate order (lower recall); rebuild it with "
          f"`ragkit index <PATH> --rebuild` to restore the exact re-rank")
 
@@ -498,6 +514,12 @@ class Generation:
         ivf = self.manifest.get("ivfpq")
         return int(ivf["nprobe"]) if ivf else None
 
+    @property
+    def nlist(self) -> int | None:
+        """IVF-PQ: the clusters there are (an nprobe above it scans them all)."""
+        ivf = self.manifest.get("ivfpq")
+        return int(ivf["nlist"]) if ivf else None
+
     def search(self, queries, k: int, nprobe: int | None = None,
                rerank: int | None = None) -> list[list[tuple[int, float]]]:
         """Top-k (chunk id, score) per query vector; tombstoned ids are over-fetched and dropped.
@@ -521,7 +543,7 @@ class Generation:
                 params.efSearch = max(HNSW_EF_SEARCH, fetch)
             elif self.kind == "ivfpq":
                 params = faiss.SearchParametersIVF()
-                params.nprobe = int(nprobe or self.nprobe)
+                params.nprobe = min(int(nprobe or self.nprobe), self.nlist)  # more lists than exist: all of them
             scores, ids = self.index.search(queries, fetch, params=params)
             out = [[(int(i), float(s)) for i, s in zip(row_i, row_s) if i >= 0] for row_i, row_s in zip(ids, scores)]
             if self.tombstones:
@@ -823,7 +845,7 @@ def write_generation(index_dir: Path, old: Generation | None, settings: Settings
                 if len(new_ids):
                     index.add_with_ids(new_vectors, new_ids)
             if nprobe:
-                ivf["nprobe"] = int(nprobe)
+                ivf["nprobe"] = min(int(nprobe), int(ivf["nlist"]))
         if index is None:
             # first build, a change of index type, an HNSW past its tombstone limit, or an IVF-PQ to retrain
             ids, vecs = (_live_old_vectors(old, db, cache_vectors, next_id) if old is not None
@@ -1040,7 +1062,7 @@ def _train_ivfpq(dim: int, ids, vecs, tmp: Path, ondisk: bool | None, nprobe: in
     pq_recalls = ivf_recall(index, queries, ids[exact], IVFPQ_NPROBES, k)
     chosen = choose_nprobe(recalls)
     info = {"nlist": int(ivf.nlist), "m": int(ivf.pq.M), "nbits": int(ivf.pq.nbits),
-            "nprobe": int(nprobe or chosen), "measured_nprobe": int(chosen), "trained_at": int(n),
+            "nprobe": min(int(nprobe or chosen), int(ivf.nlist)), "measured_nprobe": int(chosen), "trained_at": int(n),
             "train_sample": int(n_train), "train_s": round(train_s, 2), "ondisk": bool(ondisk),
             "recall_at_10": {str(p): round(r, 4) for p, r in recalls.items()}, "rerank_pool": int(pool),
             "pq_recall_at_10": {str(p): round(r, 4) for p, r in pq_recalls.items()},

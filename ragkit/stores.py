@@ -49,9 +49,12 @@ def parse_store(url: str | None) -> StoreSpec:
     bad = (f"--store {url!r} is not a store; use milvus-lite:PATH (embedded, e.g. milvus-lite:./index.db), "
            f"milvus://HOST:19530/COLLECTION (a Milvus server), or leave it out for the FAISS folder")
     if url.startswith("milvus-lite:"):
-        path, _, coll = url.removeprefix("milvus-lite:").partition("#")
+        path, _, coll = url.removeprefix("milvus-lite:").rpartition("#")
+        if not path.endswith(".db"):  # no "NAME.db#COLLECTION" at the end: a '#' is part of the folder's name
+            path, coll = url.removeprefix("milvus-lite:"), ""
         if not path or (coll and not _COLLECTION.fullmatch(coll)):
-            raise InputError(bad)
+            raise InputError(bad + (" (a collection name after # is letters, digits and _, starting with a letter "
+                                    "or _)" if coll else ""))
         if not path.endswith(".db"):  # how pymilvus tells a Milvus Lite file from a server address
             raise InputError(f"--store {url!r}: a Milvus Lite path ends in .db, e.g. milvus-lite:./index.db")
         return StoreSpec("milvus-lite", str(Path(path).expanduser().resolve()), coll or "ragkit")
@@ -59,6 +62,8 @@ def parse_store(url: str | None) -> StoreSpec:
     if not m or not _COLLECTION.fullmatch(m.group(3)):
         raise InputError(bad + " (a collection name is letters, digits and _, starting with a letter or _)"
                          if m else bad)
+    if m.group(2) and not 0 < int(m.group(2)) < 65536:
+        raise InputError(f"--store {url!r}: port {m.group(2)} is not a TCP port (1-65535); Milvus listens on 19530")
     return StoreSpec("milvus", f"http://{m.group(1)}:{m.group(2) or 19530}", m.group(3))
 
 
@@ -96,7 +101,7 @@ class FolderStore:
         return self.index_dir.is_dir()
 
     def prepare(self) -> None:
-        self.index_dir.mkdir(parents=True, exist_ok=True)
+        _store.create_dir(self.index_dir)
 
     def current_name(self) -> str | None:
         return _store.read_current(self.index_dir) if self.index_dir.is_dir() else None

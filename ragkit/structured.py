@@ -171,6 +171,7 @@ def check_schema(schema) -> None:
                           '"properties": {...}): each property is a field the answer cites sources for.')
     _check_node(schema, "the top level", schema)
     _check_ref_cycles(schema)
+    _check_finite_defs(schema)
 
 
 def _kind(value) -> str:
@@ -285,6 +286,44 @@ def _check_ref_cycles(root: dict) -> None:
 
     for ref in _all_refs(root):
         visit(ref, ())
+
+
+def _check_finite_defs(root: dict) -> None:
+    """A def whose every value must hold itself again (a required property, or an item of an array with
+    minItems, that refers back to it) has no finite value: the model would write until the token limit."""
+    defs = [(section, name, d) for section in ("$defs", "definitions")
+            for name, d in (root.get(section) or {}).items()]
+    finite: set[int] = set()   # id() of the defs known to have a finite value
+    grew = True
+    while grew:                # a least fixpoint: a def is finite once what it needs is
+        grew = False
+        for _, _, d in defs:
+            if id(d) not in finite and _has_finite_value(d, finite, root):
+                finite.add(id(d))
+                grew = True
+    for section, name, d in defs:
+        if id(d) not in finite:
+            raise SchemaError(f"the schema's {section}.{name} has no finite value: each one must hold another "
+                              "(a required property or a minItems array that refers back to it); make that "
+                              "property optional or nullable, or allow an empty array.")
+
+
+def _has_finite_value(node, finite: set[int], root: dict) -> bool:
+    if not isinstance(node, dict):
+        return True
+    if "$ref" in node and id(ref_target(node["$ref"], root)) not in finite:
+        return False
+    if "anyOf" in node and not any(_has_finite_value(o, finite, root) for o in node["anyOf"]):
+        return False
+    types = node.get("type")
+    types = types if isinstance(types, list) else [types] if types else []
+    if "enum" in node or "const" in node or not types or any(t not in ("object", "array") for t in types):
+        return True   # a literal, or a scalar or null the type allows
+    if "object" in types and all(_has_finite_value((node.get("properties") or {}).get(r, {}), finite, root)
+                                 for r in node.get("required") or ()):
+        return True
+    items = node.get("items")
+    return "array" in types and (not node.get("minItems") or _has_finite_value(items, finite, root))
 
 
 def _all_refs(node) -> set[str]:

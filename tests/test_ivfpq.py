@@ -61,6 +61,27 @@ def _build(index_dir: Path, vecs: np.ndarray, **kw) -> dict:
                                   new_chunks=chunks, new_vectors=vecs, ivfpq_threshold=1000, **kw)
 
 
+def facts_corpus(docs: Path, n: int, seed: int, **open_kw):
+    """(Corpus, chunks) of n one-line facts in docs/facts.jsonl, their vectors already in the embedding
+    cache by content hash (as an unchanged chunk's would be), so a build of them takes no model time."""
+    from ragkit.chunking import Chunker
+    from ragkit.corpus import Corpus
+    from ragkit.embed import load_piece_tokenizer
+    from ragkit.loaders import load_documents
+
+    docs.mkdir()
+    with open(docs / "facts.jsonl", "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"id": f"d{i}", "text": f"Fact number {i} is about topic {i % 37}."}) + "\n")
+    chunks = Chunker(load_piece_tokenizer()).split_many(load_documents(docs))
+    corpus = Corpus.open(docs, **open_kw)
+    corpus.index_dir.mkdir(parents=True)
+    cache = store.EmbeddingCache(corpus.index_dir / "embcache.sqlite", corpus.backend.cache_key(corpus.embed_model), DIM)
+    cache.put_many([c.text_hash for c in chunks], _vectors(len(chunks), seed=seed))
+    cache.close()
+    return corpus, chunks
+
+
 def _recall(gen, queries, truth, nprobe=None, rerank=None) -> float:
     got = gen.search(queries, 10, nprobe=nprobe, rerank=rerank)
     return float(np.mean([len(set(t) & {i for i, _ in g}) / 10 for t, g in zip(truth, got)]))
@@ -319,23 +340,9 @@ def test_ondisk_lists_survive_process_exit_and_the_generation_switch(tmp_path):
 def _ivfpq_corpus(tmp_path: Path, monkeypatch) -> Path:
     """A folder of 1,200 one-line facts whose embedding cache is pre-filled (by content hash, as an
     unchanged chunk's would be), so `ragkit index` needs no model time; IVF-PQ from 1,000 chunks."""
-    from ragkit.chunking import Chunker
-    from ragkit.corpus import Corpus
-    from ragkit.embed import load_piece_tokenizer
-    from ragkit.loaders import load_documents
-
     docs = tmp_path / "docs"
-    docs.mkdir()
-    with open(docs / "facts.jsonl", "w") as f:
-        for i in range(1200):
-            f.write(json.dumps({"id": f"d{i}", "text": f"Fact number {i} is about topic {i % 37}."}) + "\n")
-    chunks = Chunker(load_piece_tokenizer()).split_many(load_documents(docs))
+    _, chunks = facts_corpus(docs, 1200, seed=3)
     assert len(chunks) == 1200
-    corpus = Corpus.open(docs)
-    corpus.index_dir.mkdir(parents=True)
-    cache = store.EmbeddingCache(corpus.index_dir / "embcache.sqlite", corpus.backend.cache_key(corpus.embed_model), DIM)
-    cache.put_many([c.text_hash for c in chunks], _vectors(1200, seed=3))
-    cache.close()
     monkeypatch.setattr(store, "IVFPQ_THRESHOLD", 1000)
     return docs
 

@@ -264,7 +264,7 @@ def test_one_writer_at_a_time_the_second_gets_the_busy_error(docs, url):
 
 def test_milvus_lite_open_in_another_process_is_one_line_saying_so(docs, url):
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from ragkit.corpus import Corpus; "
-                               "Corpus.open(sys.argv[1], store=sys.argv[2]); print('open', flush=True); "
+                               "Corpus.open(sys.argv[1], store=sys.argv[2]).index(); print('open', flush=True); "
                                "time.sleep(120)", str(docs), url], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "open"
@@ -275,3 +275,32 @@ def test_milvus_lite_open_in_another_process_is_one_line_saying_so(docs, url):
         holder.wait()
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
     assert "is open in another process (Milvus Lite serves one process at a time" in proc.stderr
+
+
+def test_store_urls_with_a_hash_in_the_path_and_out_of_range_ports(tmp_path):
+    lite = parse_store(f"milvus-lite:{tmp_path}/v#2/x.db")             # a '#' in a folder's name
+    assert (lite.uri, lite.collection) == (str(tmp_path / "v#2" / "x.db"), "ragkit")
+    assert parse_store(lite.url) == lite
+    named = parse_store(f"milvus-lite:{tmp_path}/v#2/x.db#team")
+    assert (named.uri, named.collection) == (str(tmp_path / "v#2" / "x.db"), "team") and parse_store(named.url) == named
+    with pytest.raises(InputError, match="a collection name after # is letters"):
+        parse_store(f"milvus-lite:{tmp_path}/x.db#bad-name")
+    for port in ("0", "65536", "99999"):
+        with pytest.raises(InputError, match=f"port {port} is not a TCP port"):
+            parse_store(f"milvus://host:{port}/docs")
+
+
+def test_a_bad_milvus_lite_path_is_one_sentence_saying_what_is_wrong_and_a_search_creates_nothing(docs, tmp_path):
+    missing = tmp_path / "no such folder" / "x.db"
+    with pytest.raises(IndexError_, match="no index in milvus-lite"):    # a read opens no database
+        Corpus.open(docs, store=f"milvus-lite:{missing}").search("lava")
+    assert not missing.parent.exists()
+    a_file = tmp_path / "plain.db"
+    a_file.write_text("not a database")
+    with pytest.raises(IndexError_, match="is a file, not a Milvus Lite database"):
+        Corpus.open(docs, store=f"milvus-lite:{a_file}")
+    under_a_file = docs / "geo" / "ocean.txt" / "x.db"
+    for store in (f"milvus-lite:{under_a_file}", None):                 # both stores' folders
+        corpus = Corpus.open(docs, store=store, index_dir=docs / "geo" / "ocean.txt" / "idx")
+        with pytest.raises(InputError, match="cannot create the index folder .*Not a directory.*pick another path"):
+            corpus.index()

@@ -286,3 +286,29 @@ def test_local_constrained_decoding_is_schema_valid_on_every_case():
         assert done.enforcement == "grammar", name
         parsed = spec.parse(done.text, n_sources=1)  # raises SchemaMismatch if anything is off
         assert set(parsed.citations) == set(schema["properties"]), name
+
+
+@pytest.mark.parametrize("defs", [
+    {"N": {"type": "object", "properties": {"next": {"$ref": "#/$defs/N"}}, "required": ["next"]}},
+    {"N": {"type": "array", "items": {"$ref": "#/$defs/N"}, "minItems": 1}},
+    {"A": {"type": "object", "properties": {"b": {"$ref": "#/$defs/B"}}, "required": ["b"]},
+     "B": {"type": "array", "items": {"$ref": "#/$defs/A"}, "minItems": 2}},
+])
+def test_a_def_that_must_always_hold_itself_again_is_refused(defs):
+    """No finite value matches: under the local grammar the model would write until the token limit."""
+    first = next(iter(defs))
+    with pytest.raises(SchemaError, match=rf"\$defs\.{first} has no finite value.*optional or nullable"):
+        make_schema({"type": "object", "properties": {"x": {"$ref": f"#/$defs/{first}"}}, "$defs": defs})
+
+
+def test_recursive_defs_with_a_way_out_are_accepted():
+    tree = {"type": "object", "properties": {"name": {"type": "string"},
+                                             "kids": {"type": "array", "items": {"$ref": "#/$defs/T"}}},
+            "required": ["name", "kids"]}
+    nullable = {"type": "object", "properties": {"next": {"anyOf": [{"$ref": "#/$defs/L"}, {"type": "null"}]}},
+                "required": ["next"]}
+    optional = {"type": "object", "properties": {"next": {"$ref": "#/$defs/O"}}}
+    spec = make_schema({"type": "object", "properties": {"t": {"$ref": "#/$defs/T"}, "l": {"$ref": "#/$defs/L"},
+                                                         "o": {"$ref": "#/$defs/O"}},
+                        "$defs": {"T": tree, "L": nullable, "O": optional}})
+    assert spec.fields == ("t", "l", "o")
