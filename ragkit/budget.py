@@ -52,6 +52,17 @@ class Plan:
         return asdict(self)
 
 
+def _no_room_message(spec, instructions: int, question: int, answer: int) -> str:
+    """Why nothing fits, naming each part's tokens and what to shorten: the largest part."""
+    fixes = {"instructions": "use a smaller --schema (its fields and descriptions are sent in the instructions)",
+             "question": "shorten the question", "answer": "lower --answer-tokens"}
+    parts = {"instructions": instructions, "question": question, "answer": answer}
+    largest = max(parts, key=parts.get)
+    return (f"the instructions ({instructions:,} tokens), the question ({question:,}) and a {answer:,}-token answer "
+            f"need {instructions + question + answer:,} tokens, more than {spec.name}'s practical limit of "
+            f"{spec.practical_limit_tokens:,}; the largest part is the {largest}: {fixes[largest]}.")
+
+
 def plan_for_sources(model, sources, question: str = "", *, answer_tokens: int | None = None,
                      strategy: str | None = None, counts=None, frame=None) -> Plan:
     """The plan for these sources (prompt.SourceRef, numbered any way) and question, counted exactly
@@ -114,9 +125,7 @@ def plan(model, *, corpus_tokens: int, question: str = "", answer_tokens: int | 
     reserve = instructions + asked + answer_tokens
     budget = limit - reserve
     if budget <= 0:
-        raise InputError(f"the question, instructions and a {answer_tokens:,}-token answer need {reserve:,} tokens, "
-                         f"more than {spec.name}'s practical limit of {limit:,}; shorten the question or lower "
-                         "--answer-tokens.")
+        raise InputError(_no_room_message(spec, instructions, asked, answer_tokens))
     framed = corpus_tokens + framing_tokens
     needed = counter.planning_tokens(scaffold + framed) - counter.planning_tokens(scaffold)
     fits = needed <= budget

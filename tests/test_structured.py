@@ -312,3 +312,16 @@ def test_recursive_defs_with_a_way_out_are_accepted():
                                                          "o": {"$ref": "#/$defs/O"}},
                         "$defs": {"T": tree, "L": nullable, "O": optional}})
     assert spec.fields == ("t", "l", "o")
+
+
+def test_a_schema_too_large_for_the_model_is_named_as_what_to_shrink(corpus):
+    """A schema is sent in the instructions: when it alone passes the practical limit, the error says so
+    (it used to say to shorten the question or lower --answer-tokens)."""
+    from ragkit.errors import InputError
+
+    huge = {"type": "object", "properties": {"title": {"type": "string", "description": "x " * 40_000}},
+            "required": ["title"]}
+    with Session(corpus, model="gpt-4o-mini") as s:
+        with pytest.raises(InputError, match=r"the instructions \(\d{2},\d{3} tokens\), the question \(\d+\) .*"
+                                             r"the largest part is the instructions: use a smaller --schema"):
+            s.prepare("Which book?", schema=huge)
