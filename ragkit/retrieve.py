@@ -228,14 +228,14 @@ def pack_hits(hits: list[Hit], budget_tokens: int, counter, *, order: str = "edg
                 merged += 1
             continue
         if budget_tokens - total - per_chunk_overhead_tokens <= 0:
-            break  # full: nothing more can fit (nor needs fingerprinting)
+            break  # full: nothing more can fit
+        t = hit_cost(h)
+        if total + t + per_chunk_overhead_tokens > budget_tokens:
+            continue  # a later, shorter chunk may still fit; this one needs no fingerprint
         sh = _shingles(h.text)
         if any(_near_duplicate(sh, g.shingles, dedupe_jaccard) for g in groups):
             dropped += 1
             continue
-        t = hit_cost(h)
-        if total + t + per_chunk_overhead_tokens > budget_tokens:
-            continue  # a later, shorter chunk may still fit
         groups.append(_Group(h.doc_id, h.source, h.start_char, h.end_char, h.text, h.score, h.position,
                              h.position, t, rank, sh, h.title))
         total += t + per_chunk_overhead_tokens
