@@ -51,3 +51,23 @@ def test_synthetic_index_keeps_the_base_backend_and_its_queries_use_it(tmp_path)
     big.close()
     small.close()
     base.close()
+
+
+@needs_onnxruntime
+def test_the_synthetic_index_keeps_each_chunks_stored_token_counts(tmp_path):
+    """A large index made from a real one is packed as the real one is: from the counts its chunks stored."""
+    from _synthetic import time_parts
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    shutil.copy(ROOT / "corpora" / "nq-wiki-sample" / "passages.jsonl", docs / "passages.jsonl")
+    Corpus.open(docs, index_dir=tmp_path / "small").index()
+    base = store.open_generation(tmp_path / "small")
+    synthetic_index(tmp_path / "big", base, 300)
+    big = Corpus.open(docs, index_dir=tmp_path / "big")
+    hits = big.search("who wrote the book the origin of species", k=20)
+    assert len(hits) == 20 and all(h.token_counts and "o200k_base" in h.token_counts for h in hits)
+    parts, _ = time_parts(big, ["who wrote the book the origin of species"])  # packs both ways, same result
+    assert set(parts) == {"embed", "search", "pack", "pack_counting"}
+    big.close()
+    base.close()
