@@ -68,11 +68,14 @@ class PackedContext:
 
 
 _WORDS = re.compile(r"\w+")
+# ASCII characters outside \w, to a space: on ASCII text, translate + split finds \w+'s words in half the time
+_ASCII_NON_WORD = {i: " " for i in range(128) if not (chr(i).isalnum() or chr(i) == "_")}
 
 
 def _shingles(text: str, n: int = 3) -> frozenset:
     """Hashed word 3-grams: cheap near-duplicate fingerprints."""
-    words = _WORDS.findall(text.lower())
+    low = text.lower()
+    words = low.translate(_ASCII_NON_WORD).split() if low.isascii() else _WORDS.findall(low)
     if len(words) < n:
         return frozenset([hash(tuple(words))])
     return frozenset(map(hash, zip(*(words[i:] for i in range(n)))))

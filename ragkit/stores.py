@@ -12,6 +12,7 @@ Milvus collection's `milvus_store.CollectionView`): one consistent state that se
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,8 @@ class FolderStore:
         self.location = str(index_dir)
         self.cache_path = index_dir / "embcache.sqlite"
         self.private_paths = (index_dir,)   # never indexed as documents
+        self._pointer = index_dir / "CURRENT"
+        self._seen: tuple | None = None     # (the pointer's inode, mtime_ns, size), the name read then
 
     def index_hint(self, corpus_path: Path, default_dir: Path) -> str:
         other = "" if self.index_dir.resolve() == default_dir else f" --index-dir {self.index_dir}"
@@ -104,7 +107,21 @@ class FolderStore:
         _store.create_dir(self.index_dir)
 
     def current_name(self) -> str | None:
-        return _store.read_current(self.index_dir) if self.index_dir.is_dir() else None
+        """The current generation's name. Asked on every query: the pointer is read again only when a
+        stat says it was replaced (a writer's atomic rename gives it a new inode)."""
+        try:
+            st = os.stat(self._pointer)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError:
+            return _store.read_current(self.index_dir)  # its one-sentence error
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        seen = self._seen
+        if seen is not None and seen[0] == stamp:
+            return seen[1]
+        name = _store.read_current(self.index_dir)
+        self._seen = (stamp, name)  # one assignment: threads see a whole pair
+        return name
 
     def current_settings(self) -> dict | None:
         return _store.current_settings(self.index_dir)

@@ -181,3 +181,21 @@ def test_an_index_from_before_stored_counts_packs_by_counting_and_an_update_adds
     hits = corpus.search("lava", k=20)
     assert {h.token_counts is None for h in hits} == {True, False}  # new rows counted, old rows as they were
     assert corpus.pack("lava", 300, "claude-3.5-haiku", k=20) == pack_hits(_without_counts(hits), 300, counter)
+
+
+def test_fingerprints_split_words_exactly_as_the_word_pattern_does():
+    """The ASCII fast path (translate + split) must find \\w+'s words, so near-duplicate decisions do not
+    depend on which path a text took; non-ASCII texts take the pattern itself."""
+    import re
+
+    from ragkit.retrieve import _shingles
+
+    def reference(text):
+        w = re.findall(r"\w+", text.lower())
+        return frozenset([hash(tuple(w))]) if len(w) < 3 else frozenset(map(hash, zip(w, w[1:], w[2:])))
+
+    rng = random.Random(7)
+    alphabet = "abcXYZ019_ -\t\n.,;:!?'\"()[]{}<>/\\|@#$%^&*+=~`é数🙂\u212a"  # Kelvin sign lower()s to ASCII 'k'
+    for _ in range(2000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+        assert _shingles(text) == reference(text), text
