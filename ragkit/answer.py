@@ -142,7 +142,7 @@ class Session:
                  progress: bool = False, index_wait_s: float | None = None, embed_backend: str | None = None,
                  store: str | None = None, where: str | None = None, nprobe: int | None = None,
                  rerank: int | None = None):
-        from ragkit.corpus import DEFAULT_INDEX_WAIT_S
+        from ragkit.corpus import DEFAULT_INDEX_WAIT_S, _check_nprobe, _check_rerank
         from ragkit.ledger import Ledger, check_task_label
 
         self.path = Path(path)
@@ -153,8 +153,9 @@ class Session:
         self.index_dir = index_dir
         self.embed_backend = embed_backend  # None: the index's own (a new index: the default)
         self.store, self.where = store, where  # stores.parse_store URL (None: the FAISS folder); a retrieval filter
-        self.nprobe = nprobe  # IVF-PQ indexes: clusters scanned per query (None: the index's measured default)
-        self.rerank = rerank  # IVF-PQ indexes: candidates re-scored exactly (None: store.rerank_pool's; 0: none)
+        # IVF-PQ indexes (checked here: the corpus opens at the first question, too late for a bad value)
+        self.nprobe = _check_nprobe(nprobe)  # clusters scanned per query (None: the index's measured default)
+        self.rerank = _check_rerank(rerank)  # candidates re-scored exactly (None: store.rerank_pool's; 0: none)
         self.log_question = log_question
         self.task = check_task_label(task)
         self.progress = progress      # index-building progress bar on stderr

@@ -47,6 +47,14 @@ def test_nprobe_k_and_rerank_must_be_whole_numbers_and_numpy_integers_are(tmp_pa
     assert (opened.nprobe, opened.rerank) == (8, 50) and type(opened.nprobe) is int
 
 
+@pytest.mark.parametrize("kw", [dict(rerank=-1), dict(rerank="5"), dict(nprobe=0), dict(nprobe=True)])
+def test_a_session_refuses_a_bad_nprobe_or_rerank_when_made_not_at_its_first_question(tmp_path, kw):
+    from ragkit.answer import Session
+
+    with pytest.raises(InputError, match="must be a whole number"):
+        Session(tmp_path, model="gpt-4o-mini", ledger=False, **kw)
+
+
 def test_an_nprobe_past_the_number_of_lists_scans_them_all(small, tmp_path):
     d, vecs = small
     gen = store.open_generation(d)
