@@ -82,16 +82,18 @@ def _split_top(text: str, sep: str) -> list[str]:
 def parse_shorthand(text: str) -> dict:
     """'name str, score float, tags list[str], year int | null: when it happened' -> a JSON Schema object.
 
-    Like `llm --schema`: fields separated by commas or newlines, the type after the name (str by
-    default), an optional description after ':'. Every field is required (null where the type allows it).
+    Like `llm --schema`: one field per line when there are several lines (a description may then hold
+    commas), else fields separated by commas; the type after the name and any whitespace (str by default),
+    an optional description after ':'. Every field is required (null where the type allows it).
     """
     props: dict[str, dict] = {}
-    for raw in (p for line in text.splitlines() for p in _split_top(line, ",")):
+    fields = text.splitlines() if "\n" in text.strip() else _split_top(text, ",")
+    for raw in fields:
         item, _, desc = raw.partition(":")
         item = item.strip()
         if not item:
             continue
-        name, _, typ = item.partition(" ")
+        name, typ = (re.split(r"\s+", item, maxsplit=1) + [""])[:2]
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise SchemaError(f"schema shorthand: {name!r} is not a field name; write fields like 'name str, score float'.")
         if name in props:

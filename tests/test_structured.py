@@ -226,6 +226,14 @@ def test_shorthand_and_strict_form_round_trip():
     assert parsed.value == {"a": "x"}
 
 
+def test_shorthand_splits_fields_as_llm_does_lines_first_and_any_whitespace_before_the_type():
+    lines = make_schema("name\tstr: who wrote it, and when\nyear  int | null\n").schema
+    assert list(lines["properties"]) == ["name", "year"]
+    assert lines["properties"]["name"] == {"type": "string", "description": "who wrote it, and when"}
+    one_line = make_schema("name\tstr: who, year int\n").schema   # a trailing newline keeps comma fields
+    assert list(one_line["properties"]) == ["name", "year"]
+
+
 @pytest.mark.parametrize("line, provider, fine", [
     ('structured_output = "tool"', "openai", False),
     ('structured_output = "strict"', "anthropic", False),
