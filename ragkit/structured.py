@@ -416,7 +416,8 @@ class StructuredSpec:
         try:
             reply = json.loads(_unfence(text))
         except json.JSONDecodeError as exc:
-            raise SchemaMismatch(f"the reply is not valid JSON ({exc.msg} at character {exc.pos})") from None
+            where = "character" if exc.msg.endswith(" at") else "at character"  # "Unterminated string starting at"
+            raise SchemaMismatch(f"the reply is not valid JSON ({exc.msg} {where} {exc.pos})") from None
         if isinstance(reply, dict) and isinstance(reply.get("answer"), dict):
             reply = {**reply, "answer": _from_strict(reply["answer"], self.schema, self.schema)}
         _validate(reply, self.wire())

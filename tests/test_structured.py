@@ -234,6 +234,17 @@ def test_shorthand_splits_fields_as_llm_does_lines_first_and_any_whitespace_befo
     assert list(one_line["properties"]) == ["name", "year"]
 
 
+def test_a_cut_reply_is_reported_in_one_readable_phrase():
+    from ragkit.structured import SchemaMismatch
+
+    spec = make_schema(SHORTHAND)
+    with pytest.raises(SchemaMismatch, match=r"^the reply is not valid JSON \(Unterminated string starting at "
+                                             r"character 21\)$"):
+        spec.parse('{"answer": {"title": "On the Orig', n_sources=1)   # it said "starting at at character"
+    with pytest.raises(SchemaMismatch, match=r"\(Expecting value at character 0\)$"):
+        spec.parse("", n_sources=1)
+
+
 @pytest.mark.parametrize("line, provider, fine", [
     ('structured_output = "tool"', "openai", False),
     ('structured_output = "strict"', "anthropic", False),
