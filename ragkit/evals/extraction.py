@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
+import statistics
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -410,6 +411,12 @@ def _rate(k: float, n: int) -> dict:
     return {"rate": k / n if n else None, "k": k, "n": n, "low": lo, "high": hi}
 
 
+def _first_decode_speed(metrics: dict) -> float | None:
+    """Decode tokens/s of the first reply: tokens after the first over the time after the first token."""
+    tokens, secs = metrics.get("output_tokens") or [0], metrics.get("decode_s") or [0.0]
+    return (tokens[0] - 1) / secs[0] if tokens[0] > 1 and secs[0] > 0 else None
+
+
 def summarize_group(records: Sequence[EvalRecord]) -> dict:
     """One model x mode: validity (first reply, after the repair), how the first replies failed, field
     accuracy (an invalid answer scores 0 on every field), repairs, and decode speed."""
@@ -422,8 +429,7 @@ def summarize_group(records: Sequence[EvalRecord]) -> dict:
     wrong_shape = sum(1 for e, _ in first if e and not e.startswith("the reply is not valid JSON"))
     out_tokens = sum(t for x in m for t in x.get("output_tokens", ()))
     decode_s = sum(s for x in m for s in x.get("decode_s", ()))
-    first_tokens = [x["output_tokens"][0] for x in m if x.get("output_tokens")]
-    first_decode = [x["decode_s"][0] for x in m if x.get("decode_s")]
+    speeds = [s for s in map(_first_decode_speed, m) if s is not None]
     return {
         "n": n, "failed": len(records) - n,
         "valid_first": _rate(sum(1 for x in m if x.get("valid_first")), n),
@@ -436,8 +442,9 @@ def summarize_group(records: Sequence[EvalRecord]) -> dict:
         "repairs": sum(x.get("repairs", 0) for x in m), "calls": sum(x.get("calls", 1) for x in m),
         "repairs_per_task": sum(x.get("repairs", 0) for x in m) / n if n else None,
         "output_tokens": out_tokens, "decode_s": round(decode_s, 2),
-        "tokens_per_s": round(max(0, sum(first_tokens) - len(first_tokens)) / sum(first_decode), 2)
-        if sum(first_decode) else None,
+        # the median reply's speed: a sum over replies lets one stalled reply (a paused or starved process)
+        # set the figure for a whole mode
+        "tokens_per_s": round(statistics.median(speeds), 2) if speeds else None,
         "latency_s_per_task": round(sum(r.latency_s for r in ok) / n, 2) if n else None,
         "cost_usd": round(sum(r.cost_usd for r in ok), 6),
         "enforcement": sorted({x.get("enforcement") for x in m if x.get("enforcement")}),
@@ -469,6 +476,9 @@ def summarize_schema(meta: dict, records: Sequence[EvalRecord]) -> dict:
                 diffs = [get(ra[s]) - get(rb[s]) for s in both]
                 lo, hi = paired_bootstrap(diffs)
                 row[name] = {"diff": sum(diffs) / len(diffs), "low": lo, "high": hi}
+            ratios = [sa / sb for sa, sb in ((_first_decode_speed(ra[s].metrics), _first_decode_speed(rb[s].metrics))
+                                             for s in both) if sa and sb]
+            row["decode_speed_ratio"] = round(statistics.median(ratios), 3) if ratios else None  # the same task's replies
             paired.append(row)
     return {"format": meta.get("format"), "created": meta.get("created"), "schema": meta.get("schema"),
             "tasks": meta.get("tasks"), "command": meta.get("command"), "max_chars": meta.get("max_chars"), "max_tokens": meta.get("max_tokens"),
@@ -511,9 +521,11 @@ def render_markdown(summary: dict, records: Sequence[EvalRecord], folder: str = 
         lines += ["", "Paired differences (same tasks; first minus second, percentage points, 95% interval):", ""]
         for p in summary["paired"]:
             v, a = p["valid_first"], p["field_accuracy"]
+            speed = (f"; decode speed {p['decode_speed_ratio']:.3f}x (median over tasks of the first's tokens/s over "
+                     f"the second's)" if p.get("decode_speed_ratio") else "")
             lines.append(f"- {p['a']} - {p['b']} over {p['n']} tasks: schema-valid first reply "
                          f"{100 * v['diff']:+.1f} ({100 * v['low']:+.1f} to {100 * v['high']:+.1f}); field accuracy "
-                         f"{100 * a['diff']:+.1f} ({100 * a['low']:+.1f} to {100 * a['high']:+.1f}).")
+                         f"{100 * a['diff']:+.1f} ({100 * a['low']:+.1f} to {100 * a['high']:+.1f}){speed}.")
     failures = [r for r in records if r.ok and (r.metrics or {}).get("first_error")]
     if failures:
         lines += ["", "First replies that did not match (up to 3 per model / enforcement):", ""]
@@ -526,7 +538,7 @@ def render_markdown(summary: dict, records: Sequence[EvalRecord], folder: str = 
             lines.append(f"- {label}, task {r.sample}: {r.metrics['first_error'][:160]}; "
                          f"{'repaired' if r.metrics.get('valid') else 'still invalid after the repair'}.")
     lines += ["", "Decode tok/s: output tokens after the first, over the time after the first token, first replies "
-              "only (the constraint's cost per token; the prompt's prefill is in s / task).",
+              "only, the median reply (the constraint's cost per token; the prompt's prefill is in s / task).",
               f"Re-render without calling a model: `ragkit eval report {folder}`."]
     return "\n".join(lines) + "\n"
 
