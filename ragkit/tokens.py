@@ -170,12 +170,8 @@ class TokenCounter:
 def counts_in_every_encoding(texts: list[str]) -> list[dict[str, int]]:
     """Each text's token count in each encoding ragkit counts with ({encoding: n}): stored per chunk at
     index time, so packing a question's hits for any model needs no tokenizer call."""
-    out: list[dict[str, int]] = [{} for _ in texts]
-    for name in ENCODINGS:
-        enc = get_encoding(name)
-        for d, text in zip(out, texts):
-            d[name] = len(enc.encode_ordinary(text))
-    return out
+    columns = [TokenCounter(name, True, 0.0).count_many(texts) for name in ENCODINGS]
+    return [dict(zip(ENCODINGS, row)) for row in zip(*columns)]
 
 
 def counter_for(model) -> TokenCounter:
